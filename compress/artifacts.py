@@ -1,0 +1,127 @@
+"""Named artifacts in a run directory, written atomically and identified by content hash.
+
+An artifact is a file or a directory under `<run dir>/artifacts/<name>`. It is created under a
+temporary name next to its final place and renamed when complete, so a killed run never leaves a
+half-written artifact under its final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from compress.errors import CompressError
+
+TMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A named output of a stage. `path` is absolute; `format` says what reads it."""
+
+    name: str
+    path: Path
+    format: str  # hf-model | onnx | dataset | bench | json
+    sha256: str
+    metadata: dict = field(default_factory=dict)
+
+    def to_json(self, run_dir: Path) -> dict:
+        data = asdict(self)
+        data["path"] = _relative_or_absolute(self.path, run_dir)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, run_dir: Path) -> "Artifact":
+        path = Path(data["path"])
+        return cls(
+            name=data["name"],
+            path=path if path.is_absolute() else run_dir / path,
+            format=data["format"],
+            sha256=data["sha256"],
+            metadata=data.get("metadata", {}),
+        )
+
+
+def _relative_or_absolute(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def check_name(name: str) -> str:
+    """Refuse names that could escape the artifacts directory or hide as temp files."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise CompressError(f"invalid artifact name {name!r}: use letters, digits, '.', '-' and '_' only")
+    return name
+
+
+def sha256_path(path: Path) -> str:
+    """Hash a file, or a directory as the sorted list of (relative name, file hash)."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(path)).encode())
+            digest.update(bytes.fromhex(sha256_path(file)))
+        return digest.hexdigest()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(path: Path) -> None:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `final`; rename it into place only on success.
+
+    The caller writes a file or a directory at the yielded path. On any exception (including
+    KeyboardInterrupt) the temporary is removed and `final` is untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{final.name}"
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise CompressError(f"internal error: nothing was written for {final.name}")
+        _fsync_tree(tmp)
+        if final.is_dir():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def clean_temporaries(directory: Path) -> int:
+    """Remove what an interrupted run left under temporary names; return how many."""
+    if not directory.is_dir():
+        return 0
+    leftovers = [p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]
+    for path in leftovers:
+        remove(path)
+    return len(leftovers)

@@ -1,0 +1,125 @@
+"""The `compress` command: thin wrappers that build a Recipe and call the runner.
+
+Nothing here imports torch or onnxruntime: `compress --help` and `compress validate` stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from compress.errors import CompressError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Distill, quantize, export and benchmark a model for the edge, from one YAML recipe.",
+)
+err = Console(stderr=True)
+out = Console()
+
+SET_HELP = "Override a recipe value, e.g. --set stages.0.epochs=2 (value parsed as YAML). Repeatable."
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="The recipe YAML file."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and stop."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for distributed stages (torchrun, DDP)."),
+) -> None:
+    """Run a recipe: every stage whose inputs changed, then the reports."""
+    from compress.recipe import dump_recipe, load_recipe
+
+    parsed = load_recipe(recipe, set_)
+    if dry_run:
+        out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
+        return
+    from compress import report, runner
+
+    run_dir = out_dir or runner.default_run_dir(parsed)
+    manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+    result = report.write_reports(run_dir, manifest)
+    out.print(report.decision_table(result))
+    out.print(f"reports: {run_dir / 'report.md'}, {run_dir / 'report.json'}")
+
+
+@app.command()
+def validate(
+    recipes: list[Path] = typer.Argument(..., help="Recipe files to check."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Check recipes against the schema and the stage chain, without running anything."""
+    from compress.errors import RecipeError
+    from compress.recipe import load_recipe
+
+    failed = False
+    for path in recipes:
+        try:
+            load_recipe(path, set_)
+            out.print(f"{path}: ok")
+        except RecipeError as exc:
+            print(exc, file=sys.stderr)
+            failed = True
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema(
+    output: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+) -> None:
+    """Print the recipe's JSON schema (for editor completion and validation)."""
+    from compress.recipe import Recipe
+
+    text = json.dumps(Recipe.model_json_schema(), indent=2) + "\n"
+    if output:
+        from compress.artifacts import write_text_atomic
+
+        write_text_atomic(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding manifest.json.")) -> None:
+    """Re-render report.md and report.json of a finished run."""
+    from compress import report, runner
+
+    manifest = runner.read_manifest(run_dir)
+    if not manifest:
+        raise CompressError(f"{run_dir}: no manifest.json (is this a run directory?)")
+    result = report.write_reports(run_dir, manifest)
+    out.print(report.decision_table(result))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CompressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] finished stages are kept; run the same command again to resume")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Recipe v1: schema, YAML loading with line numbers, `--set` overrides, chain checks.
+
+Importing this module must stay cheap (no torch, no onnxruntime): `compress validate` and
+`compress --help` depend on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from compress.errors import RecipeError
+from compress.schema_base import StrictModel
+from compress.stages import STAGES
+from compress.tasks import TASK_NAMES
+
+StageConfig = Annotated[
+    Union[tuple(spec.config for spec in STAGES.values())],  # type: ignore[valid-type]
+    Field(discriminator="kind"),
+]
+
+
+class ModelSource(StrictModel):
+    source: str = Field(
+        description="Where the model comes from: a local folder, a Hugging Face hub id (online only), "
+        "or package:<python package>/<subpath> for a folder shipped inside an installed package."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    license: str | None = Field(
+        default=None, description="SPDX licence id of the model, when its model card does not say."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run Python code shipped with the model. Off unless you trust its author."
+    )
+
+
+class DataConfig(StrictModel):
+    source: str = Field(
+        description="A .txt (one text a line), .csv, .tsv or .jsonl file (optionally .gz/.bz2), local or "
+        "package:<python package>/<subpath>."
+    )
+    text_field: str = Field(default="text", description="Column or key holding the text.")
+    label_field: str | None = Field(default=None, description="Column or key holding the label, if any.")
+    labels: list[str] | None = Field(
+        default=None, description="Keep only rows with these labels; their order gives the class ids."
+    )
+    eval_size: int = Field(default=1000, ge=1, description="Held-out rows for evaluation (fixed by `seed`).")
+    train_limit: int | None = Field(default=None, ge=1, description="At most this many training rows.")
+    seed: int = Field(default=0, description="Seed of the shuffle that splits train and eval.")
+    max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per text for training and eval.")
+
+
+class Gates(StrictModel):
+    max_quality_drop: float | None = Field(
+        default=None, ge=0, description="Fail when the selected variant loses more quality than this."
+    )
+    min_speedup: float | None = Field(
+        default=None, gt=0, description="Fail when the selected variant is not this many times faster."
+    )
+
+
+class Recipe(StrictModel):
+    version: Literal[1] = Field(description="Recipe format version.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; the run directory is runs/<name>."
+    )
+    task: Literal[TASK_NAMES] = Field(  # type: ignore[valid-type]
+        description="What the model does; picks loaders, export inputs/outputs, metric and default loss."
+    )
+    teacher: ModelSource = Field(description="The model to compress.")
+    data: DataConfig = Field(description="Texts for training, calibration and evaluation.")
+    stages: list[StageConfig] = Field(min_length=1, description="The stages to run, in order.")
+    gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds checked in the report.")
+
+    @field_validator("stages")
+    @classmethod
+    def _name_stages(cls, stages: list) -> list:
+        seen: dict[str, int] = {}
+        for stage in stages:
+            base = stage.name or stage.kind
+            seen[base] = seen.get(base, 0) + 1
+            if stage.name and seen[base] > 1:
+                raise ValueError(f"stage name {base!r} is used twice")
+            if not stage.name:
+                stage.name = base if seen[base] == 1 else f"{base}-{seen[base]}"
+        return stages
+
+    @model_validator(mode="after")
+    def _check_chain(self) -> "Recipe":
+        available = {"hf-model"}  # the teacher
+        for index, stage in enumerate(self.stages):
+            missing = [fmt for fmt in stage.consumes if fmt not in available]
+            if missing:
+                raise ValueError(
+                    f"stages[{index}] ({stage.kind}) needs a {missing[0]} artifact, but no earlier stage "
+                    f"makes one (available: {', '.join(sorted(available))})"
+                )
+            available.update(stage.produces)
+        return self
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def stage_config(self, name: str):
+        return next(stage for stage in self.stages if stage.name == name)
+
+
+# ---------------------------------------------------------------- loading with line numbers
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; every failure is a RecipeError naming file:line: key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_recipe(text, str(path), overrides or [])
+
+
+def parse_recipe(text: str, filename: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    root = _compose(text, filename)
+    data = _construct(root, filename)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{filename}:1: the recipe must be a mapping of keys (version, name, task, ...)")
+    overridden = set()
+    for item in overrides or []:
+        overridden.add(apply_override(data, item))
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, root, filename, overridden)) from None
+
+
+def _compose(text: str, filename: str) -> yaml.Node | None:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise RecipeError(f"{filename}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{filename}: YAML error: {exc}") from None
+    if root is not None:
+        _check_duplicates(root, filename)
+    return root
+
+
+def _construct(root: yaml.Node | None, filename: str) -> Any:
+    if root is None:
+        return None
+    try:
+        return yaml.SafeLoader("").construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 1
+        raise RecipeError(f"{filename}:{line}: {exc.problem}") from None
+
+
+def _check_duplicates(node: yaml.Node, filename: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    raise RecipeError(f"{filename}:{key.start_mark.line + 1}: key {key.value!r} appears twice")
+                seen.add(key.value)
+            _check_duplicates(value, filename)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicates(item, filename)
+
+
+def apply_override(data: dict, item: str) -> tuple:
+    """Apply `a.b.0.c=value` (value parsed as YAML) to `data`; return the key path."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.0.epochs=2")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    target: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        target = _step(target, part, parts[: depth + 1], item, create=True)
+    last = parts[-1]
+    if isinstance(target, list):
+        _step(target, last, parts, item, create=False)
+        target[int(last)] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise RecipeError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a mapping or list")
+    return tuple(int(p) if p.isdigit() else p for p in parts)
+
+
+def _step(target: Any, part: str, path: list[str], item: str, create: bool) -> Any:
+    if isinstance(target, list):
+        if not part.isdigit() or int(part) >= len(target):
+            raise RecipeError(f"--set {item!r}: {'.'.join(path)} is not an index of a {len(target)}-item list")
+        return target[int(part)]
+    if isinstance(target, dict):
+        if part not in target and create:
+            target[part] = {}
+        return target[part]
+    raise RecipeError(f"--set {item!r}: {'.'.join(path[:-1])} is not a mapping or list")
+
+
+def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str, overridden: set) -> str:
+    lines = []
+    for error in exc.errors():
+        loc, line = _locate(root, error["loc"])
+        overrode = any(loc[: len(o)] == o[: len(loc)] for o in overridden)
+        where = "--set" if overrode else f"{filename}:{line}"
+        key = _key_path(loc)
+        lines.append(f"{where}: {key + ': ' if key else ''}{_message(error, loc)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _locate(root: yaml.Node | None, loc: tuple) -> tuple[tuple, int]:
+    """Walk the YAML tree along a pydantic error location; skip the union tags pydantic inserts."""
+    node, path, line = root, [], (root.start_mark.line + 1 if root else 1)
+    for part in loc:
+        child = _child(node, part)
+        if child is None:
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str) and _is_tag(node, part):
+                continue
+            path.append(part)
+            break
+        key_node, node = child
+        path.append(part)
+        line = (key_node or node).start_mark.line + 1
+    return tuple(path), line
+
+
+def _child(node: yaml.Node | None, part: Any):
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                return key, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def _is_tag(node: yaml.MappingNode, part: str) -> bool:
+    return any(k.value == "kind" and getattr(v, "value", None) == part for k, v in node.value)
+
+
+def _key_path(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _message(error: dict, loc: tuple) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(error["loc"][:-1])
+        allowed = f" (allowed: {', '.join(parent.model_fields)})" if parent else ""
+        return f"unknown key {loc[-1]!r}{allowed}"
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx.get('expected')}"
+    if kind == "union_tag_invalid":
+        return f"unknown stage kind {ctx.get('tag')!r} (expected one of {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return f"missing 'kind' (one of {', '.join(STAGES)})"
+    if kind == "missing":
+        return "required key is missing"
+    return error["msg"][0].lower() + error["msg"][1:] if error["msg"] else kind
+
+
+def _model_at(loc: tuple):
+    """The pydantic model class at a key path of the recipe, to list its allowed keys."""
+    model, items = Recipe, list(loc)
+    while items:
+        part = items.pop(0)
+        if isinstance(part, int):
+            continue
+        if model is Recipe and part == "stages":
+            if len(items) >= 2 and isinstance(items[0], int) and items[1] in STAGES:
+                model = STAGES[items[1]].config
+                items = items[2:]
+                continue
+            return None
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, StrictModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)

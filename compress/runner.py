@@ -1,0 +1,206 @@
+"""The runner: stage order, cache keys, the manifest, locking and resumption.
+
+A stage's cache key hashes its config, the task, the data (config and file content) and the hashes of every
+artifact that exists when it starts. The chain is linear, so this is exact: a stage re-runs when anything it could
+have read changed. The manifest is rewritten atomically after every stage, so a run killed at any point resumes
+from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+
+from compress import __version__
+from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_text_atomic
+from compress.context import RunContext
+from compress.errors import CompressError, LockedError
+from compress.recipe import Recipe, dump_recipe
+from compress.sources import resolve_local, resolve_model
+from compress.stages import STAGES
+
+MANIFEST = "manifest.json"
+RESOLVED_RECIPE = "recipe.resolved.yaml"
+VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pydantic")
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: int = 1,
+        recipe_file: str | None = None) -> dict:
+    """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged."""
+    console = console or Console(stderr=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _lock(run_dir), _disk_errors(run_dir):
+        removed = clean_temporaries(run_dir / "artifacts")
+        if removed:
+            console.print(f"[yellow]removed {removed} half-written file(s) left by an interrupted run[/]")
+        write_text_atomic(run_dir / RESOLVED_RECIPE, dump_recipe(recipe))
+        previous = read_manifest(run_dir)
+        manifest = _new_manifest(recipe, recipe_file)
+        artifacts = {"teacher": _teacher_artifact(recipe)}
+        manifest["artifacts"]["teacher"] = artifacts["teacher"].to_json(run_dir)
+        data_hash = _data_hash(recipe)
+        for stage in recipe.stages:
+            key = _stage_key(recipe, stage, artifacts, data_hash)
+            cached = _cached(previous, stage.name, key, run_dir)
+            if cached is not None:
+                console.print(f"[green]✓[/] {stage.name}: cached (unchanged config and inputs)")
+                entry, produced = cached
+            else:
+                console.rule(f"[bold]{stage.name}[/] ({stage.kind})")
+                entry, produced = _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc)
+                console.print(f"[green]✓[/] {stage.name}: done in {entry['seconds']:.1f} s")
+            for artifact in produced:
+                artifacts[artifact.name] = artifact
+                manifest["artifacts"][artifact.name] = artifact.to_json(run_dir)
+            manifest["stages"][stage.name] = entry
+            write_manifest(run_dir, manifest)
+        return manifest
+
+
+def _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc) -> tuple[dict, list[Artifact]]:
+    ctx = RunContext(run_dir=run_dir, recipe=recipe, stage_name=stage.name, artifacts=dict(artifacts),
+                     console=console)
+    started = time.time()
+    if nproc > 1 and getattr(stage, "distributed", False):
+        from compress.distributed import launch
+
+        produced = launch(stage.name, run_dir, nproc)
+        ctx.metrics.update(_read_json(run_dir / "work" / stage.name / "metrics.json"))
+    else:
+        produced = STAGES[stage.kind].run(stage, ctx)
+    entry = {
+        "kind": stage.kind, "key": key, "status": "done", "started": started,
+        "seconds": round(time.time() - started, 3), "metrics": ctx.metrics,
+        "artifacts": [a.name for a in produced],
+    }
+    return entry, produced
+
+
+def _cached(previous: dict, name: str, key: str, run_dir: Path) -> tuple[dict, list[Artifact]] | None:
+    """The previous run's entry for this stage when its key matches and its artifacts are intact."""
+    entry = previous.get("stages", {}).get(name)
+    if not entry or entry.get("key") != key or entry.get("status") != "done":
+        return None
+    produced = []
+    for artifact_name in entry["artifacts"]:
+        data = previous["artifacts"].get(artifact_name)
+        if data is None:
+            return None
+        artifact = Artifact.from_json(data, run_dir)
+        if not artifact.path.exists() or sha256_path(artifact.path) != artifact.sha256:
+            return None
+        produced.append(artifact)
+    return entry, produced
+
+
+def _stage_key(recipe: Recipe, stage, artifacts: dict[str, Artifact], data_hash: str) -> str:
+    payload = {
+        "stage": stage.model_dump(mode="json", exclude={"name"}),
+        "task": recipe.task,
+        "teacher": recipe.teacher.model_dump(mode="json", exclude={"source"}),
+        "data": data_hash,
+        "inputs": sorted((a.name, a.sha256) for a in artifacts.values()),
+        "compress": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _teacher_artifact(recipe: Recipe) -> Artifact:
+    path = resolve_model(recipe.teacher.source, recipe.teacher.revision)
+    meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,
+            "license": recipe.teacher.license}
+    return Artifact(name="teacher", path=path, format="hf-model", sha256=sha256_path(path), metadata=meta)
+
+
+def _data_hash(recipe: Recipe) -> str:
+    digest = hashlib.sha256(json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode())
+    path = resolve_local(recipe.data.source)
+    if path is not None and path.is_file():
+        digest.update(bytes.fromhex(sha256_path(path)))
+    return digest.hexdigest()
+
+
+def _new_manifest(recipe: Recipe, recipe_file: str | None) -> dict:
+    return {
+        "compress_version": __version__,
+        "recipe_file": recipe_file,
+        "recipe_sha256": recipe.fingerprint(),
+        "recipe": recipe.model_dump(mode="json"),
+        "versions": _versions(),
+        "stages": {},
+        "artifacts": {},
+    }
+
+
+def _versions() -> dict:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+def read_manifest(run_dir: Path) -> dict:
+    return _read_json(run_dir / MANIFEST)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def write_manifest(run_dir: Path, manifest: dict) -> None:
+    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def _lock(run_dir: Path) -> Iterator[None]:
+    """One compress process per run directory: a second one refuses instead of interleaving."""
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise LockedError(f"{run_dir} is in use by another compress run; wait for it or use --out") from None
+    try:
+        handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@contextlib.contextmanager
+def _disk_errors(run_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CompressError(
+                f"disk full while writing to {run_dir}: free some space and run again (finished stages are kept)"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise CompressError(f"cannot write to {run_dir}: {exc.strerror} ({exc.filename})") from None
+        raise
+
+
+def with_metadata(artifact: Artifact, **extra) -> Artifact:
+    return replace(artifact, metadata={**artifact.metadata, **extra})

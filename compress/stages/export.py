@@ -1,0 +1,133 @@
+"""Stage export: Hugging Face model -> ONNX bundle (model.onnx + tokenizer + compress.json).
+
+Uses torch.onnx's TorchScript exporter at opset 17: the dynamo exporter is 4-7x slower here, needs
+onnxscript, and its graph is not fused by onnxruntime's transformer optimizer (shared/onnx-notes.md).
+Parity with torch is checked in a fresh process on real eval texts, and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from compress.errors import StageError
+from compress.schema_base import StageBase
+
+
+class Config(StageBase):
+    consumes = ("hf-model",)
+    produces = ("onnx",)
+
+    kind: Literal["export"] = "export"
+    models: list[str] | None = Field(
+        default=None, description="Names of the hf-model artifacts to export (default: all, e.g. teacher and student)."
+    )
+    opset: int = Field(default=17, ge=13, le=21, description="ONNX opset version.")
+    optimize: bool = Field(
+        default=True, description="Apply onnxruntime's transformer fusions (attention, layer norm, GELU)."
+    )
+    parity_max_abs: float = Field(
+        default=1e-3, gt=0, description="Fail when an output differs from torch by more than this."
+    )
+    parity_texts: int = Field(default=64, ge=1, description="Eval texts used for the parity check.")
+
+
+def run(cfg: Config, ctx) -> list:
+    out = []
+    for source in ctx.of_format("hf-model", cfg.models):
+        name = f"{source.name}.onnx"
+        meta: dict = {}
+        artifact = ctx.save(name, "onnx", lambda tmp, s=source, m=meta: _export(cfg, ctx, s, tmp, m))
+        out.append(_with_meta(artifact, source, meta))
+        ctx.metrics[name] = meta
+        ctx.console.print(
+            f"  exported {source.name} -> {name}: parity max|diff| {meta['parity_max_abs']:.2e}, "
+            f"cosine {meta['parity_cosine']:.6f}"
+        )
+    return out
+
+
+def _with_meta(artifact, source, meta: dict):
+    from dataclasses import replace
+
+    return replace(artifact, metadata={"source": source.name, "precision": "fp32", "role": source.metadata.get("role", source.name), **meta})
+
+
+def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
+    import torch
+
+    from compress.tasks.common import INPUT_NAMES, copy_bundle_files, tokenize, write_json
+
+    task = ctx.task
+    tmp.mkdir()
+    model = task.load_model(source.path, ctx.recipe.teacher.trust_remote_code)
+    tokenizer = _tokenizer(source.path)
+    sample = tokenize(tokenizer, ["a short example", "and a somewhat longer example sentence here"], 16)
+    args = tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES)
+    raw = tmp / "model.onnx"
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(
+            model, args, str(raw), input_names=list(INPUT_NAMES), output_names=[task.OUTPUT_NAME],
+            dynamic_axes=dynamic, opset_version=cfg.opset, dynamo=False,
+        )
+    if cfg.optimize:
+        meta["fusions"] = _optimize(raw, source.path)
+    copy_bundle_files(source.path, tmp)
+    write_json(tmp / "compress.json", {**task.bundle_info(source.path), "inputs": list(INPUT_NAMES),
+                                        "max_length": ctx.recipe.data.max_length, "precision": "fp32"})
+    meta.update(_parity(cfg, ctx, source.path, tmp))
+    if meta["parity_max_abs"] > cfg.parity_max_abs:
+        raise StageError(
+            f"export of {source.name}: ONNX output differs from torch by {meta['parity_max_abs']:.3g} "
+            f"(> parity_max_abs {cfg.parity_max_abs}); try optimize: false or another opset"
+        )
+
+
+def _tokenizer(path: Path):
+    from compress.tasks.common import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _optimize(model_path: Path, source_dir: Path) -> dict:
+    """Fuse attention, layer norm and GELU in place; return the fusion counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    hf = json.loads((source_dir / "config.json").read_text())
+    model_type = hf.get("model_type", "bert")
+    optimized = optimize_model(
+        str(model_path), model_type=model_type if model_type in ("bert", "gpt2", "bart") else "bert",
+        num_heads=hf.get("num_attention_heads", 0), hidden_size=hf.get("hidden_size", 0), opt_level=1,
+    )
+    optimized.save_model_to_file(str(model_path))
+    return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+
+
+def _parity(cfg: Config, ctx, model_dir: Path, bundle: Path) -> dict:
+    """Compare ONNX and torch outputs in a fresh process (in-process comparisons can mislead)."""
+    texts = _eval_texts(ctx, cfg.parity_texts)
+    texts_file = bundle.parent / f"{bundle.name}.parity.json"
+    texts_file.write_text(json.dumps(texts))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "compress.stages._parity", ctx.recipe.task, str(model_dir), str(bundle),
+             str(texts_file), str(ctx.recipe.data.max_length)],
+            capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        texts_file.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise StageError(f"export parity check failed to run:\n{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _eval_texts(ctx, n: int) -> list[str]:
+    from compress.data import load_dataset
+
+    return load_dataset(ctx.recipe.data).eval.texts[:n]

