@@ -34,8 +34,8 @@ def load_dataset(cfg) -> Dataset:
         raise SourceError(f"data source {cfg.source!r}: no field {cfg.text_field!r} (have: {list(frame.columns)})")
     frame = frame[frame[cfg.text_field].notna()]
     frame = frame[frame[cfg.text_field].astype(str).str.strip() != ""]
+    frame, labels, names = _labels(frame, cfg)
     texts = frame[cfg.text_field].astype(str).tolist()
-    labels, names = _labels(frame, cfg)
     order = np.random.default_rng(cfg.seed).permutation(len(texts))
     if cfg.eval_size >= len(order):
         raise SourceError(f"data source {cfg.source!r}: {len(order)} rows, eval_size {cfg.eval_size} leaves none")
@@ -50,16 +50,16 @@ def load_dataset(cfg) -> Dataset:
 
 
 def _labels(frame, cfg):
+    """Drop rows whose label is not listed; return the kept rows, their class ids and the class names."""
     if not cfg.label_field:
-        return None, None
+        return frame, None, None
     if cfg.label_field not in frame.columns:
         raise SourceError(f"data source {cfg.source!r}: no field {cfg.label_field!r}")
     raw = frame[cfg.label_field].astype(str)
     names = list(cfg.labels) if cfg.labels else sorted(raw.unique())
     keep = raw.isin(names)
-    frame.drop(frame.index[~keep], inplace=True)
     ids = {name: i for i, name in enumerate(names)}
-    return [ids[v] for v in raw[keep]], names
+    return frame[keep], [ids[v] for v in raw[keep]], names
 
 
 def _read_table(path: Path, source: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -71,7 +72,9 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
     args = tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES)
     raw = tmp / "model.onnx"
     dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}}
-    with torch.no_grad():
+    # The TorchScript exporter is deprecated but fuses fully; its tracer warnings are expected noise.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             model, args, str(raw), input_names=list(INPUT_NAMES), output_names=[task.OUTPUT_NAME],
             dynamic_axes=dynamic, opset_version=cfg.opset, dynamo=False,

