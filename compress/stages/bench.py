@@ -1,0 +1,363 @@
+"""Stage bench: latency, memory and quality of every ONNX variant (and the torch teacher) per provider.
+
+Every measurement runs in its own subprocess (the ONNX ones through targets/harness.py, the file that
+also runs on remote devices), so peak RSS is the model's own and one crash does not end the stage.
+Variants are interleaved round by round (A B C A B C ...) so that a noisy neighbour hits all of them
+alike; samples of all rounds are merged and the per-round medians are kept to show the spread.
+Quality is scored once per variant and provider against the teacher's PyTorch fp32 outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from compress.schema_base import StageBase
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "rocm": "ROCMExecutionProvider", "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider", "xnnpack": "XnnpackExecutionProvider", "acl": "ACLExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+}
+EVAL_BATCH = 32
+JOB_TIMEOUT_S = 1800
+
+
+class Config(StageBase):
+    consumes = ("onnx",)
+    produces = ("bench",)
+
+    kind: Literal["bench"] = "bench"
+    providers: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1, description="Execution providers to run on.")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes to time.")
+    seq_lens: list[int] = Field(default_factory=lambda: [128], min_length=1, description="Sequence lengths to time.")
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Intra-op threads (0 = onnxruntime default).")
+    warmup: int = Field(default=5, ge=0, description="Untimed runs before timing.")
+    min_iterations: int = Field(default=20, ge=1, description="Timed runs per round, at least.")
+    min_seconds: float = Field(default=1.0, ge=0, description="Timed seconds per round, at least.")
+    rounds: int = Field(default=3, ge=1, description="Rounds; variants are interleaved round by round (A B A B).")
+    eval_size: int | None = Field(default=None, ge=1, description="Held-out texts for quality (default: data.eval_size).")
+    baseline: bool = Field(default=True, description="Time the teacher in PyTorch fp32 as the baseline row.")
+    models: list[str] | None = Field(default=None, description="ONNX artifacts to bench (default: all).")
+
+
+def provider_name(short: str) -> str:
+    """`cpu` -> CPUExecutionProvider, ...; any other name is taken as an onnxruntime provider name."""
+    return PROVIDERS.get(short.lower(), short)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    runtime: str  # onnxruntime | torch
+    folder: Path  # the bundle or the Hugging Face model folder (tokenizer included)
+    role: str
+    precision: str
+    source: str | None
+    size_mb: float
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: Variant
+    provider: str
+    batch_size: int
+    seq_len: int
+    threads: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.name}|{self.provider}|b{self.batch_size}|s{self.seq_len}|t{self.threads}"
+
+
+def run(cfg: Config, ctx) -> list:
+    from itertools import product
+
+    import onnxruntime as ort
+    from rich.progress import Progress
+
+    from compress.data import load_dataset
+
+    variants = _variants(cfg, ctx)
+    settings = list(product(cfg.batch_sizes, cfg.seq_lens, cfg.threads))
+    available = ort.get_available_providers()
+    cells = [Cell(v, "cpu" if v.runtime == "torch" else provider_name(p), b, s, t)
+             for (b, s, t) in settings for p in cfg.providers for v in variants
+             if v.runtime == "onnxruntime" or p == cfg.providers[0]]
+    data = load_dataset(ctx.recipe.data)
+    n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(data.eval.texts))
+    inputs = _Inputs(ctx.work_dir, data.eval.texts[:n_eval], ctx.recipe.data.max_length)
+    results: dict[str, list[dict]] = {c.id: [] for c in cells}
+    eval_out: dict[tuple, Path] = {}
+    with Progress(console=ctx.console, transient=True) as progress:
+        bar = progress.add_task("bench", total=cfg.rounds * len(cells))
+        for round_ in range(cfg.rounds):
+            for cell in cells:
+                progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
+                done = results[cell.id]
+                if done and done[-1]["status"] != "ok":
+                    continue  # unavailable or broken: do not retry every round
+                key = (cell.variant.name, cell.provider)
+                want_eval = key not in eval_out and round_ == 0
+                if cell.variant.runtime == "onnxruntime" and cell.provider not in available:
+                    done.append({"status": "unavailable", "reason": f"{cell.provider} is not in onnxruntime's "
+                                 f"available providers ({', '.join(available)})"})
+                    continue
+                result, out = _measure(cfg, cell, inputs, want_eval, ctx.work_dir / f"r{round_}", ctx.recipe.task)
+                done.append(result)
+                if want_eval and result["status"] == "ok":
+                    eval_out[key] = out
+    reference = _reference(cfg, ctx, variants, inputs, eval_out)
+    labels = data.eval.labels[:n_eval] if data.eval.labels else None
+    quality = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
+               if any(v.name == k[0] for v in variants)}
+    rows = [_row(c, results[c.id], quality) for c in cells]
+    samples = {c.id: [r.get("samples_ms", []) for r in results[c.id]] for c in cells}
+    settings_out = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length}
+    doc = {"environment": _environment(), "settings": settings_out, "rows": rows}
+    artifact = ctx.save("bench", "bench", lambda tmp: _write(tmp, doc, samples), {"rows": len(rows)})
+    _summarize(ctx, rows)
+    return [artifact]
+
+
+def _variants(cfg: Config, ctx) -> list[Variant]:
+    out = []
+    teacher = ctx.artifacts.get("teacher")
+    if cfg.baseline and teacher is not None:
+        out.append(Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, _size_mb(teacher.path, "torch")))
+    for a in ctx.of_format("onnx", cfg.models):
+        meta = a.metadata
+        out.append(Variant(a.name, "onnxruntime", a.path, meta.get("role", "unknown"), meta.get("precision", "fp32"),
+                           meta.get("source"), _size_mb(a.path, "onnxruntime")))
+    return out
+
+
+def _size_mb(folder: Path, runtime: str) -> float:
+    suffixes = (".safetensors", ".bin") if runtime == "torch" else (".onnx", ".onnx_data", ".data")
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.name.endswith(suffixes)) / 1e6
+
+
+class _Inputs:
+    """Pre-built npz inputs, per tokenizer (variants may not share one): timing sets and eval batches."""
+
+    def __init__(self, work: Path, texts: list[str], max_length: int):
+        self.work, self.texts, self.max_length = work / "inputs", texts, max_length
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._batches: dict[str, list[dict]] = {}
+
+    def _key(self, folder: Path) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "merges.txt"):
+            if (folder / name).is_file():
+                digest.update(name.encode() + (folder / name).read_bytes())
+        return digest.hexdigest()[:12]
+
+    def timing(self, folder: Path, batch: int, seq: int) -> Path:
+        """Real eval texts padded to exactly `seq` tokens, repeated up to the batch size."""
+        import numpy as np
+
+        from compress.tasks.common import load_tokenizer, tokenize
+
+        path = self.work / f"{self._key(folder)}-b{batch}-s{seq}.npz"
+        if not path.is_file():
+            texts = [self.texts[i % len(self.texts)] for i in range(batch)]
+            np.savez(path, **tokenize(load_tokenizer(folder), texts, seq, pad_to_max=True))
+        return path
+
+    def eval(self, folder: Path) -> tuple[Path, list[dict]]:
+        import numpy as np
+
+        from compress.tasks.common import INPUT_NAMES, batches, load_tokenizer
+
+        key = self._key(folder)
+        path = self.work / f"{key}-eval.npz"
+        if key not in self._batches:
+            self._batches[key] = batches(load_tokenizer(folder), self.texts, self.max_length, EVAL_BATCH)
+            np.savez(path, **{f"b{i}_{n}": b[n] for i, b in enumerate(self._batches[key]) for n in INPUT_NAMES})
+        return path, self._batches[key]
+
+
+def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Path, task: str) -> tuple[dict, Path | None]:
+    work.mkdir(parents=True, exist_ok=True)
+    stem = cell.id.replace("|", "_")
+    out, eval_out = work / f"{stem}.json", work / f"{stem}.eval.npz"
+    timing = ["--warmup", str(cfg.warmup), "--min-iterations", str(cfg.min_iterations),
+              "--min-seconds", str(cfg.min_seconds), "--threads", str(cell.threads)]
+    args = ["--inputs", str(inputs.timing(cell.variant.folder, cell.batch_size, cell.seq_len)), "--out", str(out)]
+    if want_eval:
+        args += ["--eval", str(inputs.eval(cell.variant.folder)[0]), "--eval-out", str(eval_out)]
+    if cell.variant.runtime == "torch":
+        # Loaded by path: the worker must not depend on every stage of the registry importing cleanly.
+        code = ("import sys, importlib.util as u; s = u.spec_from_file_location('bench_worker', sys.argv[1]); "
+                "m = sys.modules['bench_worker'] = u.module_from_spec(s); s.loader.exec_module(m); "
+                "sys.exit(m.torch_worker(sys.argv[2:]))")
+        command = [sys.executable, "-c", code, __file__, task, "--model", str(cell.variant.folder), *args, *timing]
+    else:
+        from compress.targets import harness
+
+        command = [sys.executable, harness.__file__, "--model", str(cell.variant.folder / "model.onnx"),
+                   "--provider", cell.provider, *args, *timing]
+    try:
+        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"timed out after {JOB_TIMEOUT_S} s"}, None
+    if not out.is_file():
+        return {"status": "error", "reason": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}, None
+    return json.loads(out.read_text()), eval_out if want_eval else None
+
+
+def torch_worker(argv: list[str]) -> int:
+    """The PyTorch fp32 baseline, in its own process: same timing loop and result format as the harness."""
+    import os
+    import platform
+
+    import numpy as np
+    import torch
+
+    from compress.targets import harness
+    from compress.tasks import get_task
+    from compress.tasks.common import INPUT_NAMES
+
+    task, args = get_task(argv[0]), harness.parse_args(argv[1:])
+    model = task.load_model(Path(args.model)).eval()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    with np.load(args.inputs) as data:
+        feeds = [torch.from_numpy(data[n]) for n in INPUT_NAMES]  # built once, outside the loop
+    with torch.inference_mode():
+        samples = harness.time_loop(lambda: model(*feeds), args.warmup, args.min_iterations, args.min_seconds)
+        batch, seq = feeds[0].shape[:2]
+        result = {"status": "ok", "reason": None, "provider": "cpu", "providers_used": ["cpu"],
+                  "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(), "batch_size": int(batch),
+                  "seq_len": int(seq), **harness.summarize(samples, int(batch)), "samples_ms": samples,
+                  "peak_rss_mb": harness.peak_rss_mb()}
+        if args.eval:
+            torch.set_num_threads(os.cpu_count() or 1)  # the reference is not timed: use every core
+            outputs = {f"b{i}_{task.OUTPUT_NAME}": model(*(torch.from_numpy(b[n]) for n in INPUT_NAMES)).numpy()
+                       for i, b in enumerate(harness.eval_batches(args.eval))}
+            np.savez(args.eval_out, **outputs)
+    Path(args.out).write_text(json.dumps(harness._clean(result)))
+    return 0
+
+
+def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict):
+    """The teacher's PyTorch fp32 outputs on the eval texts, in text order (None without a teacher)."""
+    teacher = ctx.artifacts.get("teacher")
+    if ("teacher", "cpu") not in eval_out and teacher is not None and not cfg.baseline:
+        # No timed baseline: run the worker once for its eval outputs only.
+        quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})
+        variant = Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, 0.0)
+        result, out = _measure(quick, Cell(variant, "cpu", 1, cfg.seq_lens[0], 0), inputs, True,
+                               ctx.work_dir / "reference", ctx.recipe.task)
+        if result["status"] == "ok":
+            eval_out[("teacher", "cpu")] = out
+        variants = [*variants, variant]
+    if ("teacher", "cpu") not in eval_out:
+        ctx.console.print("  [yellow]no reference outputs from the teacher in PyTorch: quality not scored[/yellow]")
+        return None
+    return _outputs(ctx.task, inputs, variants, "teacher", eval_out[("teacher", "cpu")])
+
+
+def _outputs(task, inputs: _Inputs, variants, name: str, path: Path):
+    import numpy as np
+
+    from compress.tasks.common import unbatch
+
+    folder = next(v.folder for v in variants if v.name == name)
+    batches = inputs.eval(folder)[1]
+    with np.load(path) as data:
+        keys = [k for k in data.files if k.startswith("b0_")]
+        output = f"b0_{task.OUTPUT_NAME}" if f"b0_{task.OUTPUT_NAME}" in keys else keys[0]
+        return unbatch([data[output.replace("b0_", f"b{i}_", 1)] for i in range(len(batches))], batches)
+
+
+def _quality(task, reference, inputs: _Inputs, variants, key: tuple, path: Path, labels) -> dict:
+    import math
+
+    import numpy as np
+
+    if reference is None:
+        return {}
+    outputs = _outputs(task, inputs, variants, key[0], path)
+    bad = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
+    scores = task.quality(reference, outputs, np.asarray(labels) if labels is not None else None)
+    scores = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
+    return {**scores, "nonfinite_outputs": bad} if bad else scores
+
+
+def _row(cell: Cell, results: list[dict], quality: dict) -> dict:
+    import statistics
+
+    from compress.targets.harness import summarize
+
+    v = cell.variant
+    failed = next((r for r in results if r["status"] != "ok"), None)
+    row = {"id": cell.id, "variant": v.name, "role": v.role, "precision": v.precision, "source": v.source,
+           "runtime": v.runtime, "provider": cell.provider, "provider_used": None,
+           "status": failed["status"] if failed else "ok", "reason": failed.get("reason") if failed else None,
+           "batch_size": cell.batch_size, "seq_len": cell.seq_len, "threads": cell.threads,
+           "latency_ms": None, "throughput": None, "peak_rss_mb": None, "size_mb": round(v.size_mb, 3),
+           "quality": {}, "rounds": len(results)}
+    if failed or not results:
+        return row
+    merged = summarize([s for r in results for s in r["samples_ms"]], cell.batch_size)
+    latency = {k: merged["latency_ms"][k] for k in ("p50", "p90", "p99", "mean", "stdev")}
+    latency["rounds_p50"] = [r["latency_ms"]["p50"] for r in results]
+    latency["n"] = merged["latency_ms"]["n"]
+    row.update(latency_ms=latency, throughput=merged["throughput"], provider_used=results[0]["providers_used"][0],
+               peak_rss_mb=max(r["peak_rss_mb"] or 0.0 for r in results), machine=results[0].get("machine"),
+               quality=quality.get((v.name, cell.provider), {}),
+               spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
+    return row
+
+
+def _environment() -> dict:
+    import os
+    import platform
+    from importlib import metadata
+
+    try:
+        from compress.targets.cpu import cpu_info
+
+        cpu = cpu_info()
+    except (ImportError, OSError, ValueError):  # cpu.py missing or failing: still record what the standard library knows
+        cpu = {"model": platform.processor() or "unknown", "arch": platform.machine(), "cores": os.cpu_count(),
+               "flags": {}}
+    versions = {}
+    for package in ("onnxruntime", "torch", "numpy", "transformers", "onnx"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"cpu": cpu, "os": platform.platform(), "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "versions": versions}
+
+
+def _write(folder: Path, doc: dict, samples: dict) -> None:
+    from compress.targets.harness import _clean
+
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(_clean(doc), indent=1) + "\n", encoding="utf-8")
+    (folder / "samples.json").write_text(json.dumps(_clean(samples)) + "\n", encoding="utf-8")
+
+
+def _summarize(ctx, rows: list[dict]) -> None:
+    ran = [r for r in rows if r["status"] == "ok"]
+    ctx.metrics.update(rows=len(rows), ran=len(ran), unavailable=sum(r["status"] == "unavailable" for r in rows),
+                       errors=sum(r["status"] == "error" for r in rows),
+                       p50_ms={r["id"]: round(r["latency_ms"]["p50"], 3) for r in ran})
+    for r in rows:
+        if r["status"] == "ok":
+            ctx.console.print(f"  {r['id']}: p50 {r['latency_ms']['p50']:.2f} ms, "
+                              + ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if isinstance(v, float)))
+        else:
+            ctx.console.print(f"  [yellow]{r['id']}: {r['status']}: {r['reason']}[/yellow]")

@@ -1,0 +1,1 @@
+"""Where models run: the device-side harness, CPU facts, execution providers, remote devices."""

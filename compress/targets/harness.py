@@ -1,0 +1,245 @@
+"""Device-side benchmark harness: time one ONNX model with onnxruntime, optionally run eval batches.
+
+This file is copied as is to remote devices (SSH, QEMU): it uses the standard library, numpy and
+onnxruntime only, and imports nothing of `compress`.
+
+    python harness.py --model model.onnx --inputs inputs.npz --out result.json \
+        [--eval eval.npz --eval-out outputs.npz] --provider CPUExecutionProvider --threads 1 \
+        --warmup 5 --min-iterations 20 --min-seconds 1.0
+
+result.json always gets written with a "status": "ok", "unavailable" (the requested execution
+provider is missing or onnxruntime fell back to another one: no timing is done, so a CPU number is
+never labelled as another provider) or "error" (with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+GRAPH_OPT = ("disable", "basic", "extended", "all")
+
+
+def time_loop(fn, warmup: int, min_iterations: int, min_seconds: float) -> list[float]:
+    """Call `fn()` `warmup` times untimed, then until both minimums are reached; return each call in ms.
+
+    Only the call itself is inside the clock; the garbage collector is paused so that a collection
+    triggered by the caller's allocations does not land in a sample (as timeit does).
+    """
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        while len(samples) < min_iterations or (time.perf_counter_ns() - start) < min_seconds * 1e9:
+            t0 = time.perf_counter_ns()
+            fn()
+            samples.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return samples
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of an already sorted list."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def summarize(samples_ms: list[float], batch_size: int) -> dict:
+    """p50/p90/p99/mean/stdev in ms and throughput in items/s at the median latency."""
+    values = sorted(samples_ms)
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    stdev = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    latency = {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
+               "mean": mean, "stdev": stdev, "min": values[0] if n else math.nan, "n": n}
+    p50 = latency["p50"]
+    throughput = batch_size * 1000.0 / p50 if p50 and p50 > 0 else math.nan
+    return {"latency_ms": latency, "throughput": throughput}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB (MiB).
+
+    Linux: VmHWM from /proc/self/status. Not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so
+    a harness started by a big parent (torch loaded) would report the parent's peak as its own.
+    Elsewhere ru_maxrss (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return math.nan
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def check_providers(requested: str, used: list[str]) -> str | None:
+    """None when `requested` really runs the model, else why not (onnxruntime falls back silently)."""
+    if not used:
+        return "the session reports no execution provider"
+    if used[0] != requested:
+        return f"onnxruntime fell back to {used[0]} (session providers: {', '.join(used)})"
+    return None
+
+
+def environment() -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    return {"machine": platform.machine(), "platform": platform.platform(), "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "available_providers": list(ort.get_available_providers())}
+
+
+def make_session(model: str, provider: str, threads: int, graph_opt: str = "all"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_opt]
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+
+def feeds_for(session, arrays: dict, prefix: str = "") -> dict:
+    """The arrays the session declares as inputs (extra keys such as token_type_ids are ignored)."""
+    feeds = {}
+    for spec in session.get_inputs():
+        key = prefix + spec.name
+        if key not in arrays:
+            raise KeyError(f"input {spec.name!r} missing from the inputs file (have: {sorted(arrays)})")
+        feeds[spec.name] = arrays[key]
+    return feeds
+
+
+def eval_batches(path: str) -> list[dict]:
+    """Split eval.npz keys like b0_input_ids, b0_attention_mask into per-batch dicts, in order."""
+    import numpy as np
+
+    with np.load(path) as data:
+        grouped: dict[int, dict] = {}
+        for key in data.files:
+            head, _, name = key.partition("_")
+            grouped.setdefault(int(head[1:]), {})[name] = data[key]
+    return [grouped[i] for i in sorted(grouped)]
+
+
+def run_eval(session, eval_path: str, out_path: str) -> dict:
+    import numpy as np
+
+    outputs = {}
+    names = [o.name for o in session.get_outputs()]
+    start = time.perf_counter()
+    for index, batch in enumerate(eval_batches(eval_path)):
+        for name, value in zip(names, session.run(None, feeds_for(session, batch))):
+            outputs[f"b{index}_{name}"] = value
+    np.savez(out_path, **outputs)
+    return {"eval_batches": len({k.split("_", 1)[0] for k in outputs}), "eval_seconds": time.perf_counter() - start}
+
+
+def bench(args) -> dict:
+    import numpy as np
+
+    result = {"status": "ok", "reason": None, "provider": args.provider, "threads": args.threads, **environment()}
+    if args.provider not in result["available_providers"]:
+        return {**result, "status": "unavailable", "providers_used": [],
+                "reason": f"{args.provider} is not in this onnxruntime's available providers "
+                          f"({', '.join(result['available_providers'])})"}
+    with np.load(args.inputs) as data:
+        arrays = {k: data[k] for k in data.files}
+    t0 = time.perf_counter()
+    session = make_session(args.model, args.provider, args.threads, args.graph_opt)
+    result["session_seconds"] = time.perf_counter() - t0
+    result["providers_used"] = session.get_providers()
+    reason = check_providers(args.provider, result["providers_used"])
+    if reason:
+        return {**result, "status": "unavailable", "reason": reason}
+    feeds = feeds_for(session, arrays)  # built once: building inputs inside the loop skews small models
+    result["batch_size"], result["seq_len"] = (int(d) for d in next(iter(feeds.values())).shape[:2])
+    samples = time_loop(lambda: session.run(None, feeds), args.warmup, args.min_iterations, args.min_seconds)
+    result.update(summarize(samples, result["batch_size"]))
+    result["samples_ms"] = samples
+    result["peak_rss_mb"] = peak_rss_mb()  # before eval, whose batches would add to it
+    if args.eval:
+        del session  # quality is not timed: let the eval use every core
+        gc.collect()
+        eval_session = make_session(args.model, args.provider, 0, args.graph_opt)
+        result.update(run_eval(eval_session, args.eval, args.eval_out))
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--inputs", required=True, help="npz with one array per model input (pre-built)")
+    parser.add_argument("--out", required=True, help="result.json to write")
+    parser.add_argument("--eval", help="npz of eval batches: b0_input_ids, b0_attention_mask, ...")
+    parser.add_argument("--eval-out", help="npz to write the eval outputs to (b0_<output name>, ...)")
+    parser.add_argument("--provider", default="CPUExecutionProvider")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = onnxruntime default)")
+    parser.add_argument("--graph-opt", choices=GRAPH_OPT, default="all")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--min-iterations", type=int, default=20)
+    parser.add_argument("--min-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    if args.eval and not args.eval_out:
+        parser.error("--eval needs --eval-out")
+    return args
+
+
+def _clean(value):
+    """NaN and inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        result = bench(args)
+    except Exception as exc:  # noqa: BLE001 - the caller reads result.json; the traceback goes to stderr
+        traceback.print_exc()
+        result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "provider": args.provider}
+    tmp = f"{args.out}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(_clean(result), handle, indent=1)
+    os.replace(tmp, args.out)
+    return 1 if result["status"] == "error" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Reports from a synthetic manifest and bench results (the real results.json structure)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from rich.console import Console
+
+from compress import report
+
+
+def row(variant, p50, cosine, *, runtime="onnxruntime", precision="fp32", source=None, role="student", size=20.0,
+        batch=1, status="ok", provider="CPUExecutionProvider", rounds=None, reason=None):
+    ok = status == "ok"
+    return {
+        "id": f"{variant}|{provider}|b{batch}|s128|t1", "variant": variant, "role": role, "precision": precision,
+        "source": source, "runtime": runtime, "provider": provider, "provider_used": provider if ok else None,
+        "status": status, "reason": reason, "batch_size": batch, "seq_len": 128, "threads": 1,
+        "latency_ms": {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "stdev": 0.1,
+                       "rounds_p50": rounds or [p50, p50, p50], "n": 60} if ok else None,
+        "throughput": batch * 1000 / p50 if ok else None, "peak_rss_mb": 120.0 if ok else None, "size_mb": size,
+        "quality": ({"cosine": cosine, "top10_agreement": 0.9} if cosine is not None else {"cosine": None}) if ok else {},
+    }
+
+
+BASE = [
+    row("teacher", 40.0, 1.0, runtime="torch", provider="cpu", role="teacher", size=90.0),
+    row("teacher.onnx", 30.0, 1.0, role="teacher", source="teacher", size=90.0),
+    row("teacher.int8-dynamic.onnx", 20.0, 0.99, precision="int8-dynamic", source="teacher.onnx", role="teacher",
+        size=22.0),
+    row("teacher.int4-weight.onnx", 35.0, 0.98, precision="int4-weight", source="teacher.onnx", role="teacher",
+        size=60.0),
+    row("student.onnx", 10.0, 0.90, source="student", size=60.0),
+    row("teacher.onnx", None, None, provider="CUDAExecutionProvider", status="unavailable",
+        reason="CUDAExecutionProvider is not in onnxruntime's available providers"),
+    row("teacher", 300.0, 1.0, runtime="torch", provider="cpu", role="teacher", size=90.0, batch=32),
+    row("student.onnx", 50.0, 0.90, source="student", size=60.0, batch=32),
+]
+
+
+def make_run(tmp_path, rows, gates=None, stages=None):
+    folder = tmp_path / "artifacts" / "bench"
+    folder.mkdir(parents=True)
+    results = {"environment": {"cpu": {"model": "AMD EPYC", "arch": "x86_64", "cores": 2, "flags": {"avx2": True}},
+                               "os": "Linux", "python": "3.11", "versions": {"onnxruntime": "1.32.0"}},
+               "settings": {"rounds": 3, "warmup": 5, "min_iterations": 20, "min_seconds": 1.0, "eval_size": 500},
+               "rows": rows}
+    (folder / "results.json").write_text(json.dumps(results))
+    return {"recipe": {"name": "demo", "task": "sentence-embedding", "gates": gates or {}},
+            "stages": stages or {"bench": {"kind": "bench", "status": "done", "seconds": 100.0, "metrics": {}}},
+            "artifacts": {"bench": {"name": "bench", "path": "artifacts/bench", "format": "bench", "sha256": "x",
+                                    "metadata": {}}}}
+
+
+def find(report_, variant, batch=1, provider=None):
+    return next(r for r in report_["rows"] if r["variant"] == variant and r["batch_size"] == batch
+                and (provider is None or r["provider"] == provider))
+
+
+def test_write_reports_writes_json_and_markdown(tmp_path):
+    manifest = make_run(tmp_path, BASE)
+
+    result = report.write_reports(tmp_path, manifest)
+
+    assert json.loads((tmp_path / "report.json").read_text()) == result
+    markdown = (tmp_path / "report.md").read_text()
+    assert "**Recommendation.** Use teacher.int8-dynamic.onnx" in markdown
+    assert markdown.count("\n| ") == 1 + len(BASE)  # header + one line per row
+    assert "AMD EPYC" in markdown and "Gates:** none set" in markdown
+
+
+def test_report_rows_sorted_by_p50_within_each_setting(tmp_path):
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE))
+
+    order = [(r["setting"], r["variant"], r["status"]) for r in result["rows"]]
+
+    assert order == [
+        ("b1/s128/t1", "student.onnx", "ok"), ("b1/s128/t1", "teacher.int8-dynamic.onnx", "ok"),
+        ("b1/s128/t1", "teacher.onnx", "ok"), ("b1/s128/t1", "teacher.int4-weight.onnx", "ok"),
+        ("b1/s128/t1", "teacher", "ok"), ("b1/s128/t1", "teacher.onnx", "unavailable"),
+        ("b32/s128/t1", "student.onnx", "ok"), ("b32/s128/t1", "teacher", "ok"),
+    ]
+
+
+def test_report_speedup_size_and_drop_against_torch_teacher_at_same_setting(tmp_path):
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE))
+
+    small, large = find(result, "student.onnx"), find(result, "student.onnx", batch=32)
+
+    assert small["speedup"] == pytest.approx(4.0) and large["speedup"] == pytest.approx(6.0)
+    assert small["size_ratio"] == pytest.approx(60 / 90)
+    assert small["quality_drop"] == pytest.approx(0.10) and small["headline"] == pytest.approx(0.90)
+    assert find(result, "teacher")["is_baseline"] and find(result, "teacher")["speedup"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "provider", "expected", "absent"),
+    [
+        ("teacher.int4-weight.onnx", "CPUExecutionProvider", "slower than its fp32 source (teacher.onnx", None),
+        ("teacher.int8-dynamic.onnx", "CPUExecutionProvider", None, "slower than"),
+        ("teacher.onnx", "CUDAExecutionProvider", "unavailable: CUDAExecutionProvider is not in", None),
+        ("student.onnx", "CPUExecutionProvider", "quality drop over 0.02", None),
+        ("teacher", "cpu", "baseline", "quality drop"),
+    ],
+)
+def test_report_flags(tmp_path, variant, provider, expected, absent):
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE))
+
+    flags = "; ".join(find(result, variant, provider=provider)["flags"])
+
+    if expected:
+        assert expected in flags
+    if absent:
+        assert absent not in flags
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (row("nan.onnx", 5.0, math.nan, source="student"), "NaN"),
+        (row("nan2.onnx", 5.0, None, source="student"), "NaN"),
+        (row("jumpy.onnx", 5.0, 0.999, source="student", rounds=[4.0, 5.0, 7.0]), "noisy: rounds differ by 60%"),
+    ],
+)
+def test_report_flags_nan_and_noise(tmp_path, extra, flag):
+    rows = [*BASE, extra]
+    rows[-1] = {**extra, "quality": {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                     for k, v in extra["quality"].items()}}
+    result = report.build_report(tmp_path, make_run(tmp_path, rows))
+
+    assert flag in "; ".join(find(result, extra["variant"])["flags"])
+    assert result["recommendation"]["variant"] != "nan.onnx"
+
+
+@pytest.mark.parametrize(
+    ("gates", "recommended", "passed"),
+    [
+        ({}, "teacher.int8-dynamic.onnx", True),
+        ({"max_quality_drop": 0.2}, "student.onnx", True),
+        ({"max_quality_drop": 0.2, "min_speedup": 5.0}, "student.onnx", False),
+        ({"max_quality_drop": 0.0}, "teacher.onnx", True),  # fp32 ONNX beats torch at no cost
+        ({"min_speedup": 1.5}, "teacher.int8-dynamic.onnx", True),
+    ],
+)
+def test_report_recommends_fastest_within_quality_budget(tmp_path, gates, recommended, passed):
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE, gates=gates))
+
+    assert result["recommendation"]["variant"] == recommended
+    assert result["recommendation_text"].startswith(f"Use {recommended} on ")
+    assert result["gates"]["passed"] is passed
+    assert [c["gate"] for c in result["gates"]["checks"]] == [g for g in ("max_quality_drop", "min_speedup") if g in gates]
+
+
+def test_report_says_nothing_qualifies_and_fails_gates(tmp_path):
+    rows = [row("teacher", 40.0, 1.0, runtime="torch", provider="cpu", role="teacher", size=90.0),
+            row("student.onnx", 10.0, 0.90), row("student.int8-dynamic.onnx", 6.0, 0.85, precision="int8-dynamic",
+                                                  source="student.onnx")]
+    rows[0]["quality"] = {}  # no reference quality: the teacher cannot qualify either
+    result = report.build_report(tmp_path, make_run(tmp_path, rows, gates={"max_quality_drop": 0.05, "min_speedup": 2}))
+
+    assert result["recommendation"] is None
+    assert result["recommendation_text"].startswith("Nothing qualifies")
+    assert result["gates"]["passed"] is False
+    assert all(c["detail"] == "nothing qualifies" and not c["passed"] for c in result["gates"]["checks"])
+
+
+def test_report_distillation_section_when_metrics_present(tmp_path):
+    stages = {"distill": {"kind": "distill", "status": "done", "seconds": 300.0,
+                          "metrics": {"teacher_params": 22_700_000, "student_params": 11_350_000,
+                                      "quality_before": {"cosine": 0.60}, "quality_after": 0.87}}}
+    manifest = make_run(tmp_path, BASE, stages=stages)
+
+    result = report.write_reports(tmp_path, manifest)
+
+    dist = result["distillation"]
+    assert dist["params_ratio"] == pytest.approx(0.5) and dist["gain"] == pytest.approx(0.27)
+    assert "## Distillation" in (tmp_path / "report.md").read_text()
+
+
+def test_decision_table_renders_every_row(tmp_path):
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE))
+    console = Console(record=True, width=250)
+
+    console.print(report.decision_table(result))
+
+    text = console.export_text()
+    assert "cosine" in text and "onnxruntime/CPU" in text and "torch/cpu" in text
+    assert text.count("student.onnx") == 2 and "unavailable" in text and "Use teacher.int8-dynamic.onnx" in text
