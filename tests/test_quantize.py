@@ -1,0 +1,238 @@
+"""Stage quantize on a tiny BERT exported in-process (fused and unfused), and CPU feature detection."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_tiny_bert
+
+from compress.artifacts import Artifact, sha256_path
+from compress.context import RunContext
+from compress.errors import StageError
+from compress.recipe import parse_recipe
+from compress.stages import export, quantize
+from compress.targets.cpu import cpu_info, pick_int8_format
+
+SCHEMES = ["int8-dynamic", "int8-static", "int4-weight", "fp16"]
+MIN_COSINE = {"int8-dynamic": 0.99, "int8-static": 0.99, "int4-weight": 0.99, "fp16": 0.999}
+
+
+def _texts_csv(path: Path) -> Path:
+    words = ["good", "bad", "great", "awful", "fine", "boring", "brilliant", "dull", "moving", "flat"]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "category"])
+        for i in range(80):
+            writer.writerow([f"the movie was {' '.join(words[(i * 7 + j * 3) % 10] for j in range(3 + i % 5))}",
+                             "fresh" if i % 2 else "rotten"])
+    return path
+
+
+def _recipe(model_dir: Path, data: Path, optimize: bool):
+    return parse_recipe(f"""
+version: 1
+name: tiny
+task: sentence-embedding
+teacher: {{source: {model_dir}}}
+data: {{source: {data}, eval_size: 16, max_length: 32}}
+stages:
+  - kind: export
+    optimize: {str(optimize).lower()}
+  - kind: quantize
+""")
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["fused", "unfused"])
+def exported(request, tmp_path_factory):
+    """(recipe, artifacts) with a `teacher` hf-model and its fp32 `teacher.onnx` bundle."""
+    root = tmp_path_factory.mktemp("quantize")
+    model_dir = make_tiny_bert(root / "tiny-bert")
+    recipe = _recipe(model_dir, _texts_csv(root / "texts.csv"), request.param)
+    teacher = Artifact("teacher", model_dir, "hf-model", sha256_path(model_dir), {"role": "teacher"})
+    ctx = RunContext(run_dir=root / "run", recipe=recipe, stage_name="export", artifacts={"teacher": teacher})
+    [onnx_bundle] = export.run(export.Config(optimize=request.param, parity_texts=8), ctx)
+    return recipe, {"teacher": teacher, onnx_bundle.name: onnx_bundle}
+
+
+@pytest.fixture(scope="module")
+def quantized(exported, tmp_path_factory):
+    """Every scheme run once per graph; returns (ctx, source artifact, source hash before, outputs)."""
+    recipe, artifacts = exported
+    source = artifacts["teacher.onnx"]
+    before = sha256_path(source.path)
+    ctx = RunContext(run_dir=tmp_path_factory.mktemp("qrun"), recipe=recipe, stage_name="quantize",
+                     artifacts=dict(artifacts))
+    out = quantize.run(quantize.Config(schemes=SCHEMES), ctx)
+    return ctx, source, before, {a.metadata["precision"]: a for a in out}
+
+
+def _embed(bundle: Path, inputs: dict) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)[0]
+
+
+def _inputs(bundle: Path) -> dict:
+    from compress.tasks.common import load_tokenizer, tokenize
+
+    texts = ["the movie was good", "a brilliant and moving film, if a little long", "dull", "flat and boring"]
+    return tokenize(load_tokenizer(bundle), texts, 32)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantize_scheme_runs_close_to_fp32(quantized, scheme):
+    _, source, _, out = quantized
+    inputs = _inputs(source.path)
+
+    reference, got = _embed(source.path, inputs), _embed(out[scheme].path, inputs)
+
+    assert got.shape == reference.shape and got.dtype == np.float32
+    cosine = np.sum(reference * got, 1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1))
+    assert cosine.min() > MIN_COSINE[scheme]
+    assert not np.allclose(got, reference, atol=0, rtol=0)  # the model really changed
+
+
+@pytest.mark.parametrize("scheme, max_ratio", [("int8-dynamic", 0.35), ("fp16", 0.55), ("int4-weight", 1.0)])
+def test_quantize_shrinks_model_file(quantized, scheme, max_ratio):
+    _, source, _, out = quantized
+
+    size, fp32 = out[scheme].metadata["size_bytes"], (source.path / "model.onnx").stat().st_size
+
+    assert size == (out[scheme].path / "model.onnx").stat().st_size
+    assert size < fp32 * max_ratio
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantize_names_bundle_and_records_metadata(quantized, scheme):
+    ctx, _, _, out = quantized
+    artifact = out[scheme]
+
+    info = json.loads((artifact.path / "compress.json").read_text())
+
+    assert artifact.name == f"teacher.{scheme}.onnx" and artifact.format == "onnx"
+    assert artifact.metadata["source"] == "teacher.onnx" and artifact.metadata["role"] == "teacher"
+    assert info["precision"] == scheme and info["output"] == "embedding"
+    assert (artifact.path / "tokenizer.json").is_file()
+    metrics = ctx.metrics[artifact.name]
+    assert metrics["size_bytes"] > 0 and metrics["seconds"] >= 0 and metrics["options"]
+
+
+def test_quantize_leaves_source_untouched(quantized):
+    _, source, before, _ = quantized
+
+    assert sha256_path(source.path) == before
+    assert json.loads((source.path / "compress.json").read_text())["precision"] == "fp32"
+
+
+def test_quantize_int8_records_why_of_weight_type(quantized):
+    _, _, _, out = quantized
+
+    options = out["int8-dynamic"].metadata["scheme_options"]
+
+    assert options["weight_type"] in ("int8", "uint8") and isinstance(options["reduce_range"], bool)
+    assert options["why"]
+
+
+def test_quantize_int8_static_quantizes_activations(quantized):
+    import onnx
+
+    _, _, _, out = quantized
+
+    ops = [n.op_type for n in onnx.load(str(out["int8-static"].path / "model.onnx")).graph.node]
+
+    # Weights alone would give DequantizeLinear only: activations need QuantizeLinear too.
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+    assert out["int8-static"].metadata["scheme_options"]["float_after_gelu"] == 2  # one FFN output per layer
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"models": ["unknown.onnx"]}, "no onnx artifact named 'unknown.onnx'"),
+    ({"models": ["teacher.int8-dynamic.onnx"]}, "not fp32"),
+])
+def test_quantize_fails_readably_when_models_are_wrong(quantized, tmp_path, cfg, message):
+    ctx, _, _, out = quantized
+    artifacts = {**ctx.artifacts, "teacher.int8-dynamic.onnx": out["int8-dynamic"]}
+    bad = RunContext(run_dir=tmp_path, recipe=ctx.recipe, stage_name="quantize", artifacts=artifacts)
+
+    with pytest.raises(StageError, match=message):
+        quantize.run(quantize.Config(**cfg), bad)
+
+
+def test_quantize_fails_readably_when_no_onnx_artifact(exported, tmp_path):
+    recipe, artifacts = exported
+    ctx = RunContext(run_dir=tmp_path, recipe=recipe, stage_name="quantize", artifacts={"teacher": artifacts["teacher"]})
+
+    with pytest.raises(StageError, match="no fp32 ONNX artifact"):
+        quantize.run(quantize.Config(), ctx)
+
+
+@pytest.mark.parametrize("calibration", ["entropy", "percentile"])
+def test_quantize_int8_static_calibrates_with_histograms(exported, tmp_path, calibration):
+    recipe, artifacts = exported
+    ctx = RunContext(run_dir=tmp_path, recipe=recipe, stage_name="quantize", artifacts=dict(artifacts))
+    cfg = quantize.Config(schemes=["int8-static"], int8={"calibration": calibration, "calibration_size": 20})
+
+    [artifact] = quantize.run(cfg, ctx)
+
+    assert artifact.metadata["scheme_options"]["calibration_texts"] == 16  # whole batches only
+    assert _embed(artifact.path, _inputs(artifact.path)).shape[0] == 4
+
+
+@pytest.mark.parametrize("block_size, ok", [(32, True), (128, True), (48, False)])
+def test_quantize_config_checks_int4_block_size(block_size, ok):
+    from pydantic import ValidationError
+
+    if ok:
+        assert quantize.Int4Options(block_size=block_size).block_size == block_size
+    else:
+        with pytest.raises(ValidationError, match="power of 2"):
+            quantize.Int4Options(block_size=block_size)
+
+
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_1 avx avx2 fma f16c\n"
+X86_VNNI = "model name\t: Intel Xeon\nflags\t\t: sse4_1 avx avx2 avx512f avx512bw avx512_vnni\n"
+X86_AVXVNNI = "model name\t: Intel Core i7-12700\nflags\t\t: sse4_1 avx avx2 avx_vnni\n"
+ARM_DOT = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimdhp asimddp i8mm\nCPU part\t: 0xd0c\n"
+ARM_PLAIN = "processor\t: 0\nFeatures\t: fp asimd evtstrm\n"
+
+
+@pytest.mark.parametrize("text, machine, arch, present, absent", [
+    (X86_AVX2, "x86_64", "x86_64", ["avx2", "fma"], ["avx512f", "avx512_vnni", "avx_vnni"]),
+    (X86_VNNI, "AMD64", "x86_64", ["avx512f", "avx512_vnni"], ["avx_vnni"]),
+    (ARM_DOT, "aarch64", "arm64", ["neon", "dotprod", "i8mm", "fp16"], ["sve"]),
+    (ARM_PLAIN, "arm64", "arm64", ["neon"], ["dotprod"]),
+])
+def test_cpu_info_parses_flags(text, machine, arch, present, absent):
+    info = cpu_info(text, machine)
+
+    assert info["arch"] == arch and info["cores"] >= 1 and info["model"]
+    assert all(info["flags"][f] for f in present) and not any(info["flags"][f] for f in absent)
+
+
+@pytest.mark.parametrize("text, machine, weight_type, reduce_range, why", [
+    (X86_AVX2, "x86_64", "int8", False, "without VNNI"),
+    (X86_VNNI, "x86_64", "int8", False, "AVX512-VNNI"),
+    (X86_AVXVNNI, "x86_64", "int8", False, "AVX-VNNI"),
+    (ARM_DOT, "aarch64", "int8", False, "dotprod"),
+    (ARM_PLAIN, "aarch64", "int8", False, "NEON"),
+])
+def test_cpu_pick_int8_format_follows_onnxruntime_guidance(text, machine, weight_type, reduce_range, why):
+    assert pick_int8_format(cpu_info(text, machine))[:2] == (weight_type, reduce_range)
+    assert why in pick_int8_format(cpu_info(text, machine))[2]
+
+
+def test_cpu_info_reads_this_machine_without_numpy():
+    import subprocess
+    import sys
+
+    code = "import sys, json; from compress.targets.cpu import cpu_info; print(json.dumps(cpu_info())); " \
+           "assert 'numpy' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    info = json.loads(result.stdout)
+    assert info["arch"] and info["cores"] >= 1 and isinstance(info["flags"], dict)
