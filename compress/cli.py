@@ -21,7 +21,8 @@ app = typer.Typer(
     help="Distill, quantize, export and benchmark a model for the edge, from one YAML recipe.",
 )
 err = Console(stderr=True)
-out = Console()
+# Wide enough for the decision table when stdout is a file or a CI log (rich assumes 80 columns there).
+out = Console() if Console().is_terminal else Console(width=160)
 
 SET_HELP = "Override a recipe value, e.g. --set stages.0.epochs=2 (value parsed as YAML). Repeatable."
 
