@@ -1,0 +1,104 @@
+"""Stage finetune: train the teacher with a classification head on the recipe's labelled data.
+
+Produces hf-model `teacher-finetuned` with role "teacher", which later stages (distill, export) use as the
+teacher. Reproducible: the head's initialisation, data order and dropout follow `seed`. Uses the training
+loop of the distill stage (warm-up + decay, periodic eval keeping the best weights, checkpoint/resume, DDP).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from compress.errors import StageError
+from compress.stages.distill import TrainingConfig
+
+OUTPUT = "teacher-finetuned"
+
+
+class Config(TrainingConfig):
+    consumes = ("hf-model",)
+    produces = ("hf-model",)
+    distributed: ClassVar[bool] = True
+
+    kind: Literal["finetune"] = "finetune"
+    epochs: float = Field(default=2, gt=0, description="Passes over the training texts (max_steps wins).")
+    lr: float = Field(default=5e-5, gt=0, description="Peak learning rate of AdamW.")
+    warmup: float = Field(default=0.1, ge=0, lt=1, description="Share of training spent warming the LR up.")
+
+
+def run(cfg: Config, ctx) -> list:
+    import torch
+
+    from compress.data import load_dataset
+    from compress.stages.distill import (
+        Job,
+        evaluate_outputs,
+        pad,
+        param_count,
+        save_model,
+        teacher_artifact,
+        train,
+    )
+    from compress.tasks.common import load_tokenizer
+
+    task = ctx.task
+    if task.OUTPUT_NAME != "logits":
+        raise StageError(f"stage {ctx.stage_name}: finetune trains a classifier; the recipe's task is {task.NAME} "
+                         "(use task: text-classification)")
+    data = load_dataset(ctx.recipe.data)
+    if data.train.labels is None or not data.label_names:
+        raise StageError(f"stage {ctx.stage_name}: the data has no labels; set data.label_field (and data.labels)")
+    teacher, max_length = teacher_artifact(ctx), cfg.max_length or ctx.recipe.data.max_length
+    names = list(data.label_names)
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    net = task.load_backbone(teacher.path, ctx.recipe.teacher.trust_remote_code,
+                             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    tokenizer = load_tokenizer(teacher.path)
+    model = _Classifier(task.wrap(net, teacher.path))
+    ids = tokenizer(data.train.texts, truncation=True, max_length=max_length)["input_ids"]
+
+    def collate(index: list[int]) -> dict:
+        return {**pad(ids, index, tokenizer.pad_token_id),
+                "labels": torch.tensor([data.train.labels[i] for i in index])}
+
+    def evaluate() -> dict:
+        # No reference to copy here: score against the labels; agreement with itself says nothing.
+        metrics = evaluate_outputs(task, model.wrapped, tokenizer, data.eval, max_length, None)
+        return {k: v for k, v in metrics.items() if k != "agreement"}
+
+    job = Job(module=model, student=model.wrapped, lengths=[len(x) for x in ids], collate=collate,
+              evaluate=evaluate, headline=task.HEADLINE, key=_key(cfg, teacher, ctx.recipe.data, names))
+    ctx.metrics.update(params=param_count(net), labels=names, **train(cfg, ctx, job))
+    if not ctx.is_main_process:
+        return []
+    meta = {"role": "teacher", "source": teacher.name, "labels": names, "params": ctx.metrics["params"],
+            "quality": ctx.metrics["quality_after"]}
+    return [ctx.save(OUTPUT, "hf-model", lambda tmp: save_model(net, teacher.path, tmp), meta)]
+
+
+def _Classifier(wrapped):
+    import torch
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wrapped = wrapped
+
+        def forward(self, input_ids, attention_mask, labels):
+            return torch.nn.functional.cross_entropy(self.wrapped(input_ids, attention_mask), labels)
+
+    return Classifier()
+
+
+def _key(cfg, teacher, data_cfg, names) -> str:
+    import hashlib
+    import json
+
+    from compress import distributed as D
+    from compress.stages.distill import _LENGTH_FIELDS
+
+    payload = {"cfg": cfg.model_dump(mode="json", exclude=_LENGTH_FIELDS), "teacher": teacher.sha256,
+               "data": data_cfg.model_dump(mode="json"), "labels": names, "world": D.rank_world()[1]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
