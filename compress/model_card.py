@@ -1,0 +1,328 @@
+"""Model cards: one Markdown card per exported model, with Hugging Face front matter.
+
+A card says where a model comes from (teacher id, revision and licence; data source; the recipe and
+its hash; every stage and its settings), how it measured on each provider, what it is for and where it
+stops, and what it saves against the teacher. Bundles are hashed artifacts and never change once
+written, so the cards live beside them: `<run dir>/model_cards/<artifact>.md`, and `MODEL_CARD.md` in
+the run directory for the recommended variant. The front matter follows the Hugging Face model-card
+metadata (license, base_model, tags, datasets, model-index), so a card can be pushed to a hub as is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from compress import licenses
+from compress.artifacts import write_text_atomic
+
+CARD_FORMATS = ("onnx", "hf-model")
+PIPELINE_TAGS = {"sentence-embedding": "sentence-similarity", "text-classification": "text-classification"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+USES = {
+    "sentence-embedding": "sentence embeddings for semantic search, clustering and similarity of short "
+                          "English texts like those it was evaluated on",
+    "text-classification": "classifying short texts into the labels it was trained on",
+}
+
+
+def write_model_cards(run_dir: Path, report: dict, manifest: dict) -> list[Path]:
+    """Write model_cards/<artifact>.md for every exported model and MODEL_CARD.md; return the paths."""
+    run_dir = Path(run_dir)
+    written = []
+    for name in card_artifacts(manifest):
+        path = run_dir / "model_cards" / f"{name}.md"
+        write_text_atomic(path, build_card(name, report, manifest))
+        written.append(path)
+    main = main_variant(report, manifest)
+    if main is not None:
+        write_text_atomic(run_dir / "MODEL_CARD.md", build_card(main, report, manifest))
+        written.append(run_dir / "MODEL_CARD.md")
+    return written
+
+
+def card_artifacts(manifest: dict) -> list[str]:
+    """Every model the run made (ONNX bundles, HF folders): not the teacher it was given."""
+    return [name for name, a in (manifest.get("artifacts") or {}).items()
+            if a.get("format") in CARD_FORMATS and name != "teacher"]
+
+
+def main_variant(report: dict, manifest: dict) -> str | None:
+    """The recommended variant; failing that, the measured model closest to the teacher's quality."""
+    best = report.get("recommendation")
+    names = card_artifacts(manifest)
+    if best and best["variant"] in names:
+        return best["variant"]
+    rows = [r for r in report.get("rows", []) if r["variant"] in names and r.get("quality_drop") is not None]
+    if rows:
+        return min(rows, key=lambda r: r["quality_drop"])["variant"]
+    return names[-1] if names else None
+
+
+def provenance(manifest: dict) -> dict:
+    """The licence decision the runner recorded; a run without one gets it recomputed from the teacher."""
+    if manifest.get("provenance"):
+        return manifest["provenance"]
+    teacher = (manifest.get("artifacts") or {}).get("teacher") or {}
+    recipe = manifest.get("recipe") or {}
+    declared = (teacher.get("metadata") or {}).get("license") or (recipe.get("teacher") or {}).get("license")
+    acknowledge = (recipe.get("provenance") or {}).get("acknowledge")
+    folder = Path(teacher["path"]) if teacher.get("path") else None
+    return licenses.check_teacher(folder, declared, acknowledge).to_json()
+
+
+def lineage(name: str, manifest: dict) -> list[str]:
+    """Artifact names from `name` back to the first artifact of the run (the teacher), newest first."""
+    artifacts, chain = manifest.get("artifacts") or {}, [name]
+    while True:
+        meta = (artifacts.get(chain[-1]) or {}).get("metadata") or {}
+        source = meta.get("source") or meta.get("teacher")  # a distilled student names its teacher
+        if source not in artifacts or source in chain:
+            return chain
+        chain.append(source)
+
+
+def _producer(name: str, manifest: dict) -> tuple[str | None, dict]:
+    for stage_name, stage in (manifest.get("stages") or {}).items():
+        if name in (stage.get("artifacts") or []):
+            return stage_name, stage
+    return None, {}
+
+
+def _stage_config(stage_name: str, manifest: dict) -> dict:
+    for stage in (manifest.get("recipe") or {}).get("stages") or []:
+        if stage.get("name") == stage_name:
+            return stage
+    return {}
+
+
+# ---------------------------------------------------------------- front matter
+
+
+def front_matter(name: str, report: dict, manifest: dict, prov: dict) -> dict:
+    recipe = manifest.get("recipe") or {}
+    artifact = (manifest.get("artifacts") or {}).get(name) or {}
+    meta, task = artifact.get("metadata") or {}, recipe.get("task")
+    teacher_source = (recipe.get("teacher") or {}).get("source") or ""
+    data_source = (recipe.get("data") or {}).get("source") or ""
+    chain = lineage(name, manifest)
+    distilled = any(_producer(n, manifest)[1].get("kind") == "distill" for n in chain)
+    precision = meta.get("precision")
+    out: dict = {"license": prov.get("license") or "unknown"}
+    if HUB_ID.match(teacher_source):
+        out["base_model"] = teacher_source
+        if precision not in (None, "fp32") and not distilled:
+            out["base_model_relation"] = "quantized"
+    out["library_name"] = "onnx" if artifact.get("format") == "onnx" else (
+        "sentence-transformers" if task == "sentence-embedding" else "transformers")
+    if task in PIPELINE_TAGS:
+        out["pipeline_tag"] = PIPELINE_TAGS[task]
+    tags = ["compress", task, "onnx" if artifact.get("format") == "onnx" else None,
+            "distillation" if distilled else None, precision if precision not in (None, "fp32") else None,
+            "quantized" if precision not in (None, "fp32") else None]
+    out["tags"] = [t for t in tags if t]
+    if HUB_ID.match(data_source):
+        out["datasets"] = [data_source]
+    results = _model_index_results(name, report, recipe)
+    if results:
+        out["model-index"] = [{"name": f"{recipe.get('name') or 'run'}-{name}", "results": results}]
+    return out
+
+
+def _model_index_results(name: str, report: dict, recipe: dict) -> list[dict]:
+    data = recipe.get("data") or {}
+    task = recipe.get("task") or "unknown"
+    metrics = []
+    for row in variant_rows(name, report):
+        for key, value in (row.get("quality") or {}).items():
+            if value is not None:
+                metrics.append({"type": key, "value": round(value, 6),
+                                "name": f"{key} vs the teacher, {_where(row)} {row['setting']}"})
+    if not metrics:
+        return []
+    source = data.get("source") or "unknown"
+    return [{"task": {"type": PIPELINE_TAGS.get(task, task), "name": task},
+             "dataset": {"name": Path(source.split(":", 1)[-1]).name or source, "type": source,
+                         "split": f"held-out {data.get('eval_size', '?')} rows (seed {data.get('seed', 0)})"},
+             "metrics": metrics}]
+
+
+def variant_rows(name: str, report: dict) -> list[dict]:
+    return [r for r in report.get("rows", []) if r["variant"] == name]
+
+
+def _where(row: dict) -> str:
+    provider = row.get("provider_used") or row.get("provider") or "-"
+    return f"{row.get('runtime') or '-'}/{provider.removesuffix('ExecutionProvider')}"
+
+
+# ---------------------------------------------------------------- body
+
+
+def build_card(name: str, report: dict, manifest: dict) -> str:
+    """The Markdown card of one artifact, front matter first."""
+    import yaml
+
+    prov = provenance(manifest)
+    meta = front_matter(name, report, manifest, prov)
+    head = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    sections = [_intro(name, report, manifest), _metrics(name, report), _cost(name, report),
+                _lineage(name, manifest, prov), _uses(name, report, manifest, prov), _how_to(name, manifest)]
+    return f"---\n{head}---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
+
+
+WHAT = {"onnx": "An ONNX bundle (model.onnx, tokenizer, compress.json)", "hf-model": "A Hugging Face model folder"}
+
+
+def _intro(name: str, report: dict, manifest: dict) -> str:
+    recipe = manifest.get("recipe") or {}
+    artifact = (manifest.get("artifacts") or {}).get(name) or {}
+    teacher = (recipe.get("teacher") or {}).get("source", "?")
+    lines = [f"# {name}", "",
+             (f"{WHAT.get(artifact.get('format'), artifact.get('format'))} made by `compress` run "
+             f"`{recipe.get('name', '?')}` ({recipe.get('task', '?')}) from the teacher `{teacher}`; precision "
+             f"{(artifact.get('metadata') or {}).get('precision', 'fp32')}.")]
+    best = report.get("recommendation")
+    if best and best["variant"] == name:
+        lines += ["", f"**Recommended by this run.** {report.get('recommendation_text', '')}"]
+    elif report.get("recommendation_text"):
+        lines += ["", f"**Not recommended by this run.** {report['recommendation_text']}"]
+    flags = sorted({f for r in variant_rows(name, report) for f in r.get("flags") or [] if f != "baseline"})
+    if flags:
+        lines += ["", "Flags from the benchmark: " + "; ".join(flags) + "."]
+    return "\n".join(lines)
+
+
+def _num(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+METRIC_COLUMNS = ("runtime/provider", "setting", "status", "p50 ms", "p90 ms", "p99 ms", "per s", "peak RSS MB",
+                  "{headline}", "other quality", "drop")
+
+
+def _metrics(name: str, report: dict) -> str:
+    rows = variant_rows(name, report)
+    if not rows:
+        return "## Metrics\n\nThis model was not benchmarked in this run."
+    headline = report.get("headline", "quality")
+    header = [c.format(headline=headline) for c in METRIC_COLUMNS]
+    lines = ["## Metrics per provider", "",
+             (f"Quality ({headline} and others) is measured on held-out texts against the teacher's PyTorch "
+             "fp32 outputs; latency is per call at the batch size/sequence length/threads of the setting."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        others = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("quality") or {}).items()
+                           if k != headline and v is not None) or "-"
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or '-'}"
+        cells = [_where(r), r["setting"], status, _num(r["p50_ms"], ".2f"), _num(r["p90_ms"], ".2f"),
+                 _num(r["p99_ms"], ".2f"), _num(r["throughput"], ".1f"), _num(r["peak_rss_mb"], ".0f"),
+                 _num(r["headline"], ".4f"), others, _num(r["quality_drop"], ".4f")]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _cost(name: str, report: dict) -> str:
+    """Latency, size and CPU time per million inputs against the baseline at the same setting."""
+    lines = []
+    for r in variant_rows(name, report):
+        base = next((b for b in report.get("rows", []) if b.get("is_baseline") and b["setting"] == r["setting"]),
+                    None)
+        if r["status"] != "ok" or r.get("p50_ms") is None or base is None or base is r:
+            continue
+        hours = [1e6 / x["throughput"] / 3600 if x.get("throughput") else None for x in (r, base)]
+        lines.append(
+            f"- {_where(r)} at {r['setting']}: p50 {r['p50_ms']:.2f} ms vs {base['p50_ms']:.2f} ms "
+            f"({_num(r.get('speedup'), '.2f')}x the speed); size {_num(r.get('size_mb'), '.1f')} MB vs "
+            f"{_num(base.get('size_mb'), '.1f')} MB ({_num(r.get('size_ratio'), '.2f')}x); "
+            f"{_num(hours[0], '.2f')} vs {_num(hours[1], '.2f')} CPU-thread hours per million inputs")
+    if not lines:
+        return ""
+    return "\n".join([f"## Cost saved against {report.get('baseline', 'the baseline')}", "", *lines])
+
+
+def _lineage(name: str, manifest: dict, prov: dict) -> str:
+    recipe = manifest.get("recipe") or {}
+    teacher, data = recipe.get("teacher") or {}, recipe.get("data") or {}
+    ack, conditions = prov.get("acknowledged"), prov.get("conditions")
+    versions = ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items() if k != "platform")
+    lines = [
+        "## Lineage", "",
+        (f"- teacher: `{teacher.get('source', '?')}`, revision {teacher.get('revision') or 'not pinned'}, "
+        f"sha256 `{((manifest.get('artifacts') or {}).get('teacher') or {}).get('sha256', '?')}`"),
+        f"- teacher licence: {prov.get('license', 'unknown')} (from the {prov.get('source', '?')})"
+        + "".join(f"; {reason}" for reason in prov.get("reasons") or []),
+        *([f'- licence acknowledged by the recipe: "{ack}"'] if ack else []),
+        *([f"- conditions passed on to this model: {conditions}"] if conditions else []),
+        (f"- data: `{data.get('source', '?')}` (field `{data.get('text_field', 'text')}`), licence "
+        f"{data.get('license') or 'not declared in the recipe'}; {data.get('eval_size', '?')} rows held out "
+        f"for evaluation (seed {data.get('seed', 0)})"),
+        f"- recipe: `{manifest.get('recipe_file') or '?'}`, sha256 `{manifest.get('recipe_sha256', '?')}`",
+        f"- software: compress {manifest.get('compress_version', '?')}; {versions}",
+        "", "Each step, from the teacher to this model:", ""]
+    lines += [_step(step, manifest) for step in reversed(lineage(name, manifest))]
+    return "\n".join(lines)
+
+
+def _step(step: str, manifest: dict) -> str:
+    import yaml
+
+    artifact = (manifest.get("artifacts") or {}).get(step) or {}
+    stage_name, stage = _producer(step, manifest)
+    head = f"1. `{step}` ({artifact.get('format', '?')}, sha256 `{artifact.get('sha256', '?')}`)"
+    if stage_name is None:
+        return head + ": the teacher, as given"
+    config = {k: v for k, v in _stage_config(stage_name, manifest).items() if k not in ("name", "kind")}
+    metrics = stage.get("metrics") or {}
+    # Stages that make several artifacts (export, quantize) key their metrics by artifact name.
+    metrics = metrics[step] if isinstance(metrics.get(step), dict) else metrics
+    body = yaml.safe_dump({"settings": config, "metrics": metrics}, sort_keys=False, width=100,
+                          allow_unicode=True)
+    indented = "\n".join("   " + line for line in body.rstrip().splitlines())
+    return (f"{head}: stage `{stage_name}` ({stage.get('kind', '?')}, {stage.get('status', '?')}, "
+            f"{stage.get('seconds', '?')} s)\n\n   ```yaml\n{indented}\n   ```")
+
+
+def _uses(name: str, report: dict, manifest: dict, prov: dict) -> str:
+    recipe = manifest.get("recipe") or {}
+    task, data = recipe.get("task"), recipe.get("data") or {}
+    cpu = (report.get("environment") or {}).get("cpu") or {}
+    lic = licenses.lookup(prov.get("license"))
+    commercial = {True: "allowed", False: "not allowed", None: "unclear"}[lic.commercial]
+    return "\n".join([
+        "## Intended use and limits", "",
+        (f"- Intended use: {USES.get(task, task or 'the teacher task')}, where the speed-up matters more than "
+        "the measured quality drop."),
+        (f"- Quality was measured only on {data.get('eval_size', '?')} held-out rows of "
+        f"`{data.get('source', '?')}`, and against the teacher's outputs, not human labels: it says how closely "
+        "this model follows the teacher there, not how good either is on your data. Evaluate on your own data."),
+        ("- The model inherits the teacher's limits and biases; compression can add errors that the averages "
+        "above hide (rare words, long inputs, other languages)."),
+        (f"- Latency was measured on {cpu.get('model', '?')} ({cpu.get('arch', '?')}, {cpu.get('cores', '?')} "
+        "cores) with the threads of each setting; other hardware and providers give other numbers."),
+        f"- Inputs longer than {data.get('max_length', '?')} tokens are truncated.",
+        f"- Licence: {lic.name}; commercial use {commercial}"
+        + (f"; {lic.conditions}" if lic.conditions else "") + ". This summary is not legal advice.",
+    ])
+
+
+def _how_to(name: str, manifest: dict) -> str:
+    artifact = (manifest.get("artifacts") or {}).get(name) or {}
+    if artifact.get("format") != "onnx":
+        return ("## How to use\n\nA Hugging Face folder: load it with `transformers.AutoModel.from_pretrained` "
+                "(or sentence-transformers for an embedding model).")
+    return "\n".join([
+        "## How to use", "",
+        ("The bundle needs only onnxruntime, numpy and tokenizers (`export/embed.py` in the compress "
+        "repository is a complete example):"), "", "```python",
+        "import json, numpy as np, onnxruntime as ort", "from tokenizers import Tokenizer", "",
+        f'bundle = "{name}"',
+        'info = json.load(open(f"{bundle}/compress.json"))',
+        'tokenizer = Tokenizer.from_file(f"{bundle}/tokenizer.json")',
+        'tokenizer.enable_truncation(info["max_length"]); tokenizer.enable_padding()',
+        'session = ort.InferenceSession(f"{bundle}/model.onnx", providers=["CPUExecutionProvider"])',
+        'encoded = tokenizer.encode_batch(["a first text", "a second text"])',
+        'feeds = {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),',
+        '         "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}',
+        'feeds = {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}}',
+        'output = session.run([info["output"]], feeds)[0]', "```"])

@@ -1,0 +1,394 @@
+"""report.html and pareto.png: the report of a run as one self-contained page.
+
+The page needs no network: CSS and the table-sorting script are inline, the charts are PNG data URIs.
+It shows the decision table (click a header to sort; `report.html#sort=p50_ms:desc` sorts on load),
+latency vs quality per provider (the Pareto plot, also saved as pareto.png), model sizes, the latency
+distribution of every variant (from the bench's raw samples), the environment and the recipe.
+Everything comes from the report dict, the manifest and the bench artifacts: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from compress.artifacts import atomic_path, write_text_atomic
+
+# (key, header, kind, cell): kind "num" sorts numerically on the cell's data-v value.
+COLUMNS = (
+    ("variant", "variant", "text"), ("where", "runtime/provider", "text"), ("precision", "precision", "text"),
+    ("setting", "setting", "text"), ("status", "status", "text"), ("size_mb", "size MB", "num"),
+    ("size_ratio", "size x", "num"), ("p50_ms", "p50 ms", "num"), ("p90_ms", "p90 ms", "num"),
+    ("p99_ms", "p99 ms", "num"), ("speedup", "speed-up", "num"), ("throughput", "per s", "num"),
+    ("peak_rss_mb", "peak RSS MB", "num"), ("headline", "{headline}", "num"), ("other", "other quality", "text"),
+    ("quality_drop", "drop", "num"), ("flags", "flags", "text"),
+)
+FORMATS = {"size_mb": ".1f", "size_ratio": ".2f", "p50_ms": ".2f", "p90_ms": ".2f", "p99_ms": ".2f",
+           "speedup": ".2f", "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
+MAX_PANELS = 4  # settings shown side by side in the Pareto plot
+
+
+def render_html(run_dir: Path, report: dict, manifest: dict) -> Path:
+    """Write pareto.png (when a variant was measured) and report.html atomically; return report.html."""
+    run_dir = Path(run_dir)
+    samples = read_samples(run_dir, manifest)
+    pareto = pareto_png(report)
+    if pareto is not None:
+        with atomic_path(run_dir / "pareto.png") as tmp:
+            tmp.write_bytes(pareto)
+    page = build_html(report, manifest, pareto=pareto, latency=latency_png(report, samples))
+    write_text_atomic(run_dir / "report.html", page)
+    return run_dir / "report.html"
+
+
+def read_samples(run_dir: Path, manifest: dict) -> dict[str, list[list[float]]]:
+    """Raw latency samples (ms) by bench row id, one list per round, from every bench artifact."""
+    found: dict[str, list[list[float]]] = {}
+    for artifact in (manifest.get("artifacts") or {}).values():
+        if artifact.get("format") != "bench":
+            continue
+        path = Path(artifact["path"])
+        path = (path if path.is_absolute() else Path(run_dir) / path) / "samples.json"
+        if path.is_file():
+            found.update(json.loads(path.read_text(encoding="utf-8")))
+    return found
+
+
+def row_id(row: dict) -> str:
+    """The bench's id of a row (the key of samples.json)."""
+    return f"{row['variant']}|{row['provider']}|b{row['batch_size']}|s{row['seq_len']}|t{row['threads']}"
+
+
+def where(row: dict) -> str:
+    provider = row.get("provider_used") or row.get("provider") or "-"
+    return f"{row.get('runtime') or '-'}/{provider.removesuffix('ExecutionProvider')}"
+
+
+def _is_best(row: dict, best: dict | None) -> bool:
+    return best is not None and all(row.get(k) == best.get(k) for k in ("variant", "provider", "setting"))
+
+
+# ---------------------------------------------------------------- charts (matplotlib, Agg)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    # No "Software"/date metadata: the same report renders to the same bytes.
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def measured(report: dict) -> list[dict]:
+    return [r for r in report.get("rows", []) if r["status"] == "ok" and r.get("p50_ms") is not None
+            and r.get("headline") is not None]
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and quality (higher), fastest first."""
+    best, out = float("-inf"), []
+    for latency, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if quality > best:
+            out.append((latency, quality))
+            best = quality
+    return out
+
+
+def pareto_png(report: dict) -> bytes | None:
+    """Latency (p50) vs headline quality, one colour per runtime/provider, one panel per setting."""
+    rows = measured(report)
+    if not rows:
+        return None
+    plt = _pyplot()
+    settings = list(dict.fromkeys(r["setting"] for r in rows))[:MAX_PANELS]
+    groups = sorted({where(r) for r in rows})
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
+    markers = dict(zip(groups, "osD^vP*Xh<>", strict=False))
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.6), squeeze=False)
+    headline, best = report.get("headline", "quality"), report.get("recommendation")
+    for ax, setting in zip(axes[0], settings, strict=True):
+        here = [r for r in rows if r["setting"] == setting]
+        for group in groups:
+            mine = [r for r in here if where(r) == group]
+            if not mine:
+                continue
+            ax.scatter([r["p50_ms"] for r in mine], [r["headline"] for r in mine], s=46, label=group,
+                       color=colours[group], marker=markers.get(group, "o"), zorder=3)
+            edge = frontier([(r["p50_ms"], r["headline"]) for r in mine])
+            if len(edge) > 1:
+                ax.step(*zip(*edge, strict=True), where="post", color=colours[group], alpha=0.5, lw=1)
+        _labels(ax, here)
+        _budget_line(ax, here, report.get("max_quality_drop"))
+        chosen = [r for r in here if _is_best(r, best)]
+        if chosen:
+            ax.scatter([chosen[0]["p50_ms"]], [chosen[0]["headline"]], s=260, facecolors="none",
+                       edgecolors="green", linewidths=2, zorder=4, label="recommended")
+        lat = [r["p50_ms"] for r in here]
+        if max(lat) > 8 * min(lat):
+            ax.set_xscale("log")
+        ax.set(xlabel="p50 latency (ms, lower is better)", ylabel=f"{headline} (higher is better)",
+               title=f"{setting} (batch/seq len/threads)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    fig.suptitle(f"{report.get('run') or 'run'}: latency vs quality per provider", fontsize=11)
+    return _png(fig)
+
+
+def _labels(ax, rows: list[dict]) -> None:
+    """Name every point; near points get their names at different heights, so names do not collide."""
+    xs, ys = [r["p50_ms"] for r in rows], [r["headline"] for r in rows]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, int]] = []
+    for r in sorted(rows, key=lambda r: r["p50_ms"]):
+        used = {off for x, y, off in placed
+                if abs(r["p50_ms"] - x) < 0.12 * dx and abs(r["headline"] - y) < 0.06 * dy}
+        offset = next((o for o in (4, -10, 14, -20, 24) if o not in used), 4)
+        ax.annotate(r["variant"], (r["p50_ms"], r["headline"]), fontsize=7, xytext=(4, offset),
+                    textcoords="offset points")
+        placed.append((r["p50_ms"], r["headline"], offset))
+
+
+def _budget_line(ax, rows: list[dict], max_drop) -> None:
+    base = next((r for r in rows if r.get("is_baseline")), None)
+    if base is not None and max_drop is not None:
+        ax.axhline(base["headline"] - max_drop, color="grey", ls="--", lw=1,
+                   label=f"quality budget (drop {max_drop:g})")
+
+
+def latency_png(report: dict, samples: dict) -> bytes | None:
+    """One box per measured row: every sample over all rounds; dots are the per-round medians."""
+    rows = [r for r in report.get("rows", []) if r["status"] == "ok" and samples.get(row_id(r))]
+    if not rows:
+        return None
+    plt = _pyplot()
+    rows = sorted(rows, key=lambda r: (r["setting"], -(r["p50_ms"] or 0)))
+    data = [[v for rnd in samples[row_id(r)] for v in rnd] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.3))
+    ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=True, widths=0.6,
+               flierprops={"markersize": 2, "alpha": 0.4})
+    for i, r in enumerate(rows, start=1):
+        medians = [sorted(rnd)[len(rnd) // 2] for rnd in samples[row_id(r)] if rnd]
+        ax.scatter(medians, [i] * len(medians), s=12, color="tab:red", zorder=3,
+                   label="round medians" if i == 1 else None)
+    ax.set_yticks(range(1, len(rows) + 1), [f"{r['variant']} · {where(r)} · {r['setting']}" for r in rows],
+                  fontsize=8)
+    ax.set(xlabel="latency per call (ms); whiskers p1-p99", title="latency distribution per variant")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if png is None:
+        return "<p class=note>No variant was measured: nothing to plot.</p>"
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _cell(row: dict, key: str, headline: str) -> str:
+    if key == "where":
+        return f"<td>{esc(where(row))}</td>"
+    if key == "other":
+        text = ", ".join(f"{k} {v:.3f}" for k, v in (row.get("quality") or {}).items()
+                         if k != headline and v is not None)
+        return f"<td>{esc(text or '-')}</td>"
+    if key == "flags":
+        return f"<td class=flags>{esc('; '.join(row.get('flags') or []))}</td>"
+    value = row.get(key)
+    if key in FORMATS:
+        if value is None:
+            return '<td class=num data-v="">-</td>'
+        suffix = "x" if key in ("size_ratio", "speedup") else ""
+        return f'<td class=num data-v="{value!r}">{format(value, FORMATS[key])}{suffix}</td>'
+    return f"<td>{esc(value if value is not None else '-')}</td>"
+
+
+def decision_table(report: dict) -> str:
+    headline, best = report.get("headline", "quality"), report.get("recommendation")
+    head = "".join(f'<th data-key="{key}" data-type="{kind}" tabindex=0>{esc(title.format(headline=headline))}'
+                   "</th>" for key, title, kind in COLUMNS)
+    body = []
+    for row in report.get("rows", []):
+        cls = "best" if _is_best(row, best) else ("off" if row["status"] != "ok" else "")
+        cells = "".join(_cell(row, key, headline) for key, _, _ in COLUMNS)
+        body.append(f'<tr class="{cls}" data-variant="{esc(row["variant"])}">{cells}</tr>')
+    return (f'<table id=decision class=sortable><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def size_bars(report: dict) -> str:
+    sizes = {}
+    for row in report.get("rows", []):
+        if row.get("size_mb") is not None:
+            sizes.setdefault(row["variant"], (row["size_mb"], row.get("size_ratio")))
+    if not sizes:
+        return "<p class=note>No sizes recorded.</p>"
+    top = max(size for size, _ in sizes.values()) or 1.0
+    bars = [f'<div class=bar><span class=label>{esc(name)}</span><span class=track><span class=fill '
+            f'style="width:{100 * size / top:.1f}%"></span></span><span class=value>{size:.1f} MB'
+            f'{f" ({ratio:.2f}x)" if ratio is not None else ""}</span></div>'
+            for name, (size, ratio) in sorted(sizes.items(), key=lambda kv: -kv[1][0])]
+    return "<div class=bars>" + "".join(bars) + "</div>"
+
+
+def _kv(pairs) -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in pairs if v not in (None, "", []))
+    return f"<table class=kv>{rows}</table>"
+
+
+def environment(report: dict, manifest: dict) -> str:
+    env, settings = report.get("environment") or {}, report.get("settings") or {}
+    cpu = env.get("cpu") or {}
+    versions = {**(manifest.get("versions") or {}), **(env.get("versions") or {})}
+    flags = ", ".join(k for k, v in (cpu.get("flags") or {}).items() if v)
+    method = (f"{settings.get('rounds', '?')} interleaved rounds, each >= {settings.get('min_iterations', '?')} "
+              f"runs and >= {settings.get('min_seconds', '?')} s after {settings.get('warmup', '?')} warm-up "
+              f"runs; quality on {settings.get('eval_size', '?')} held-out texts") if settings else None
+    return _kv([("CPU", f"{cpu.get('model', '?')} ({cpu.get('arch', env.get('machine', '?'))}, "
+                        f"{cpu.get('cores', env.get('cpu_count', '?'))} cores)" if env else None),
+                ("CPU features", flags), ("OS", env.get("os") or versions.get("platform")),
+                ("Python", env.get("python") or versions.get("python")),
+                ("libraries", ", ".join(f"{k} {v}" for k, v in versions.items()
+                                        if k not in ("python", "platform") and v)),
+                ("method", method), ("baseline", report.get("baseline"))])
+
+
+def recipe_section(manifest: dict) -> str:
+    import yaml
+
+    recipe = manifest.get("recipe") or {}
+    text = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True) if recipe else "(no recipe in the manifest)"
+    stages = "".join(
+        f"<tr><td>{esc(name)}</td><td>{esc(s.get('kind'))}</td><td>{esc(s.get('status'))}</td>"
+        f"<td class=num>{esc(s.get('seconds'))}</td><td><details><summary>metrics</summary><pre>"
+        f"{esc(json.dumps(s.get('metrics') or {}, indent=1))}</pre></details></td></tr>"
+        for name, s in (manifest.get("stages") or {}).items())
+    return (_kv([("recipe file", manifest.get("recipe_file")), ("recipe sha256", manifest.get("recipe_sha256")),
+                 ("compress", manifest.get("compress_version"))])
+            + f"<pre class=recipe>{esc(text)}</pre>"
+            + "<h3>Stages</h3><table><thead><tr><th>stage</th><th>kind</th><th>status</th><th>seconds</th>"
+            + f"<th></th></tr></thead><tbody>{stages}</tbody></table>")
+
+
+def _summary(report: dict, manifest: dict) -> str:
+    gates = report.get("gates") or {"checks": []}
+    parts = [f"<p class=rec><b>Recommendation.</b> {esc(report.get('recommendation_text'))}</p>"]
+    if gates["checks"]:
+        items = "".join(f"<li>{esc(c['gate'])}: {esc(c['value'] if c['value'] is None else round(c['value'], 4))}"
+                        f" vs {esc(c['threshold'])} ({'pass' if c['passed'] else 'fail'})</li>"
+                        for c in gates["checks"])
+        verdict = "passed" if gates["passed"] else "FAILED"
+        parts.append(f"<p class=\"gates {verdict.lower()}\"><b>Gates: {verdict}.</b></p><ul>{items}</ul>")
+    else:
+        parts.append("<p><b>Gates:</b> none set in the recipe.</p>")
+    dist = report.get("distillation")
+    if dist:
+        parts.append(f"<p><b>Distillation.</b> student {dist['student_params']:,} parameters "
+                     f"({dist['params_ratio']:.2f}x the teacher's {dist['teacher_params']:,}); "
+                     f"{esc(report.get('headline'))} before {_f(dist['quality_before'])}, after "
+                     f"{_f(dist['quality_after'])}.</p>")
+    from compress.model_card import provenance as licence_decision
+
+    provenance = licence_decision(manifest) if (manifest.get("artifacts") or {}).get("teacher") else {}
+    if provenance.get("message"):
+        parts.append(f"<p><b>Licence.</b> {esc(provenance['message'])}</p>")
+    return "".join(parts)
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latency: bytes | None = None) -> str:
+    title = f"compress report: {report.get('run') or 'run'}"
+    return f"""<!DOCTYPE html>
+<html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{CSS}</style></head><body>
+<h1>{esc(title)}</h1>
+{_summary(report, manifest)}
+<h2>Decision table</h2>
+<p class=note>Speed-up and quality drop are against {esc(report.get('baseline'))}. Click a header to sort.</p>
+<div class=scroll>{decision_table(report)}</div>
+<h2>Latency vs quality</h2>{_img(pareto, "Pareto plot of latency against quality per provider")}
+<h2>Model size</h2>{size_bars(report)}
+<h2>Latency distribution</h2>{_img(latency, "latency distribution per variant") if latency else
+                             "<p class=note>No raw latency samples in the bench artifacts.</p>"}
+<h2>Environment</h2>{environment(report, manifest)}
+<h2>Recipe</h2>{recipe_section(manifest)}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1280px;
+padding:0 16px;color:#1d1d1f}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}h3{font-size:15px}
+table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #eee;text-align:left;
+vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.sortable th{cursor:pointer;background:#f5f5f7;position:sticky;top:0;white-space:nowrap}
+th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
+td:first-child{white-space:nowrap}tr.best{background:#e6f6e6;font-weight:600}tr.off{color:#999}td.flags{color:#a15c00;max-width:320px}
+.scroll{overflow-x:auto}.note{color:#666}.rec{font-size:15px}.gates.failed{color:#b00020}
+img{max-width:100%;height:auto}pre{background:#f7f7f9;padding:10px;overflow-x:auto;font-size:12px}
+.bars .bar{display:flex;align-items:center;gap:8px;margin:3px 0}.bars .label{width:260px;text-align:right;
+overflow:hidden;text-overflow:ellipsis;white-space:nowrap}.bars .track{flex:1;background:#f0f0f3;height:14px;
+max-width:640px}.bars .fill{display:block;height:100%;background:#4c78a8}.bars .value{width:150px}
+table.kv th{background:none;width:160px}
+"""
+
+# Sorts the decision table by a clicked header (again: reversed); values missing sort last either way.
+# `#sort=<key>[:asc|desc]` in the address sorts on load; data-sortable="ready" says the script ran.
+SCRIPT = """
+(function () {
+  var table = document.getElementById('decision');
+  if (!table) return;
+  var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+  function value(row, i, numeric) {
+    var cell = row.cells[i], v = cell.getAttribute('data-v');
+    if (numeric) return v === null || v === '' ? null : parseFloat(v);
+    return cell.textContent.toLowerCase();
+  }
+  function sortBy(i, dir) {
+    var numeric = heads[i].getAttribute('data-type') === 'num', body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = value(a, i, numeric), y = value(b, i, numeric);
+      if (x === null || y === null) return x === y ? 0 : (x === null ? 1 : -1);
+      return (x < y ? -1 : x > y ? 1 : 0) * dir;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    heads.forEach(function (h) { h.removeAttribute('aria-sort'); });
+    heads[i].setAttribute('aria-sort', dir > 0 ? 'ascending' : 'descending');
+    table.setAttribute('data-sorted-by', heads[i].getAttribute('data-key') + ':' + (dir > 0 ? 'asc' : 'desc'));
+  }
+  heads.forEach(function (h, i) {
+    function go() { sortBy(i, h.getAttribute('aria-sort') === 'ascending' ? -1 : 1); }
+    h.addEventListener('click', go);
+    h.addEventListener('keydown', function (e) { if (e.key === 'Enter') go(); });
+  });
+  var m = /sort=([\\w-]+)(?::(asc|desc))?/.exec(location.hash);
+  if (m) {
+    heads.forEach(function (h, i) { if (h.getAttribute('data-key') === m[1]) sortBy(i, m[2] === 'desc' ? -1 : 1); });
+  }
+  table.setAttribute('data-sortable', 'ready');
+})();
+"""
