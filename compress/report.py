@@ -23,6 +23,10 @@ def write_reports(run_dir: Path, manifest: dict) -> dict:
     report = build_report(run_dir, manifest)
     write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     write_text_atomic(run_dir / "report.md", render_markdown(report))
+    from compress import model_card, report_html  # matplotlib loads only when a report is written
+
+    report_html.render_html(run_dir, report, manifest)
+    model_card.write_model_cards(run_dir, report, manifest)
     return report
 
 

@@ -16,10 +16,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 
@@ -54,6 +54,7 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         manifest = _new_manifest(recipe, recipe_file)
         artifacts = {"teacher": _teacher_artifact(recipe)}
         manifest["artifacts"]["teacher"] = artifacts["teacher"].to_json(run_dir)
+        manifest["provenance"] = _check_license(recipe, artifacts["teacher"])
         data_hash = _data_hash(recipe)
         for stage in recipe.stages:
             key = _stage_key(recipe, stage, artifacts, data_hash)
@@ -126,6 +127,17 @@ def _teacher_artifact(recipe: Recipe) -> Artifact:
     meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,
             "license": recipe.teacher.license}
     return Artifact(name="teacher", path=path, format="hf-model", sha256=sha256_path(path), metadata=meta)
+
+
+def _check_license(recipe: Recipe, teacher: Artifact) -> dict:
+    """Stop before any stage when the teacher's licence forbids what the recipe does (unless acknowledged)."""
+    from compress import licenses
+
+    training = any(stage.kind in ("distill", "finetune") for stage in recipe.stages)
+    decision = licenses.check_teacher(teacher.path, recipe.teacher.license, recipe.provenance.acknowledge,
+                                      training=training)
+    licenses.require(decision)
+    return decision.to_json()
 
 
 def _data_hash(recipe: Recipe) -> str:

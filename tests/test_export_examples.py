@@ -31,11 +31,12 @@ def test_embed_example_matches_torch(tmp_path, tiny_bert, tiny_texts):
     bundle = tmp_path / "run" / "artifacts" / "teacher.onnx"
 
     # Run the example as a user's app would: a separate process that imports neither torch nor compress.
+    example = str(ROOT / "export" / "embed.py")
     code = (
-        "import sys, json, runpy; sys.argv = ['embed.py', *sys.argv[1:]]\n"
-        "runpy.run_path(sys.argv[0] if False else %r, run_name='__main__')\n"
+        "import sys, runpy; sys.argv = ['embed.py', *sys.argv[1:]]\n"
+        f"runpy.run_path({example!r}, run_name='__main__')\n"
         "assert 'torch' not in sys.modules and 'compress' not in sys.modules, 'example imported too much'\n"
-    ) % str(ROOT / "export" / "embed.py")
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(bundle), *TEXTS], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     got = np.array(json.loads(proc.stdout.splitlines()[0])["cosine_matrix"])

@@ -84,10 +84,9 @@ def test_runner_refuses_a_run_dir_in_use(tmp_path, tiny_bert, tiny_texts):
 
 def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
     final = tmp_path / "artifact.bin"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(final) as tmp:
-            tmp.write_bytes(b"half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_path(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 

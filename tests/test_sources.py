@@ -54,7 +54,7 @@ def test_resolve_model_uses_the_hub_cache_when_offline(monkeypatch, tmp_path, ti
     (tmp_path / "hub" / "models--acme--tiny" / "refs" / "main").write_text("abc123")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    import huggingface_hub.constants as constants
+    from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     path = resolve_model("acme/tiny")
@@ -65,7 +65,7 @@ def test_resolve_model_uses_the_hub_cache_when_offline(monkeypatch, tmp_path, ti
     "name, content",
     [
         ("t.txt", "one\ntwo\n\nthree\nfour\nfive\n"),
-        ("t.jsonl", "\n".join('{"text": "%s"}' % w for w in ["one", "two", "three", "four", "five"])),
+        ("t.jsonl", "\n".join(f'{{"text": "{w}"}}' for w in ["one", "two", "three", "four", "five"])),
         ("t.csv", "text\none\ntwo\nthree\nfour\nfive\n"),
         ("t.tsv", "text\tx\none\t1\ntwo\t1\nthree\t1\nfour\t1\nfive\t1\n"),
     ],

@@ -6,8 +6,8 @@ it imports torch and onnxruntime inside its functions only, so that this table i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from compress.stages import bench, distill, export, finetune, quantize
 

@@ -8,6 +8,7 @@ at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import replace
@@ -79,8 +80,7 @@ def run(cfg: Config, ctx) -> list:
             name = f"{source.name.removesuffix('.onnx')}.{scheme}.onnx"
             options: dict = {}
             start = time.perf_counter()
-            write = lambda tmp, s=source, k=scheme, o=options: _bundle(cfg, ctx, s, k, tmp, o)
-            artifact = ctx.save(name, "onnx", write)
+            artifact = ctx.save(name, "onnx", functools.partial(_bundle, cfg, ctx, source, scheme, options=options))
             size, seconds = _size(artifact.path), round(time.perf_counter() - start, 2)
             ctx.metrics[name] = {"source": source.name, "scheme": scheme, "options": options, "size_bytes": size,
                                  "size_ratio": round(size / _size(source.path), 4), "seconds": seconds}

@@ -1,0 +1,62 @@
+"""Every shipped recipe runs end to end on the real packaged model, shrunk with --set to stay quick."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+# Overrides that keep each recipe's shape (every stage, every scheme) but shrink data, training and timing.
+SHRINK = {
+    "quickstart.yaml": [
+        "data.train_limit=300", "data.eval_size=60", "stages.0.max_steps=6", "stages.0.eval_every=3",
+        "stages.0.max_minutes=null",
+        "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
+    ],
+}
+
+
+def compress(*args, cwd=ROOT, timeout=900):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "compress.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def test_every_shipped_recipe_has_a_shrink_entry():
+    assert sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")) == sorted(SHRINK)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
+    run_dir = tmp_path / "quickstart"
+    args = ["run", "recipes/quickstart.yaml", "--out", str(run_dir)]
+    sets = [a for s in SHRINK["quickstart.yaml"] for a in ("--set", s)]
+
+    first = compress(*args, *sets)
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {(r["variant"], r["runtime"]) for r in report["rows"] if r["status"] == "ok"}
+    for expected in [("teacher", "torch"), ("teacher.onnx", "onnxruntime"), ("student.onnx", "onnxruntime"),
+                     ("student.int8-dynamic.onnx", "onnxruntime"), ("student.int8-static.onnx", "onnxruntime"),
+                     ("student.int4-weight.onnx", "onnxruntime"), ("student.fp16.onnx", "onnxruntime"),
+                     ("teacher.int8-dynamic.onnx", "onnxruntime")]:
+        assert expected in rows
+    for row in report["rows"]:
+        assert row["p50_ms"] > 0 and row["size_mb"] > 0 and row["headline"] is not None
+    assert "student.int8-dynamic.onnx" in first.stdout  # the decision table is printed
+
+    started = time.monotonic()
+    again = compress(*args, *sets)
+    cached_seconds = time.monotonic() - started
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count(": cached") == 5, again.stderr
+    assert cached_seconds < 15
+
+    bench_changed = compress(*args, *sets, "--set", "stages.4.warmup=2")
+    assert bench_changed.returncode == 0, bench_changed.stderr[-3000:]
+    assert bench_changed.stderr.count(": cached") == 4 and "bench: done" in bench_changed.stderr
