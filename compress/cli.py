@@ -100,6 +100,39 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding
     out.print(report.decision_table(result))
 
 
+@app.command("gate")
+def gate_cmd(
+    report_json: Path = typer.Argument(..., help="The run's report.json (or its run directory)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A previous report.json (or run directory, or "
+                                            "downloaded artifact folder) to compare latency and quality with."),
+    max_quality_drop: Optional[float] = typer.Option(None, help="Fail unless a variant loses at most this much "
+                                                     "quality (default: the recipe's gate)."),
+    min_speedup: Optional[float] = typer.Option(None, help="Fail unless the best variant is this many times faster "
+                                                "than the teacher in PyTorch (default: the recipe's gate)."),
+    max_latency_regression: float = typer.Option(0.10, help="With --baseline: fail when a variant's p50 is slower "
+                                                 "by more than this fraction and beyond the noise."),
+    summary: Optional[Path] = typer.Option(None, help="Append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)."),
+    comment: Optional[Path] = typer.Option(None, help="Write the markdown for a PR comment to this file."),
+    github_output: Optional[Path] = typer.Option(None, help="Append report-json, passed and best-variant to this "
+                                                 "file (e.g. $GITHUB_OUTPUT)."),
+) -> None:
+    """Pass or fail a finished run for CI: exit 0 passed, 1 a gate failed, 2 usage error."""
+    from compress.gate import run_gate
+
+    result = run_gate(report_json, baseline, summary=summary, comment=comment, github_output=github_output,
+                      max_quality_drop=max_quality_drop, min_speedup=min_speedup,
+                      max_latency_regression=max_latency_regression)
+    for check in result["checks"]:
+        for line in check["message"].splitlines():
+            (out if check["passed"] else err).print(f"{'pass' if check['passed'] else 'FAIL'}  {line}",
+                                                    markup=False, highlight=False, soft_wrap=True)
+    best = result["best"]
+    out.print(f"gate {'passed' if result['passed'] else 'FAILED'}; best variant: "
+              f"{best['variant'] if best else 'none'}", markup=False, highlight=False)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit in this mode
