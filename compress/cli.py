@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -31,7 +30,7 @@ SET_HELP = "Override a recipe value, e.g. --set stages.0.epochs=2 (value parsed 
 def run(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and stop."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for distributed stages (torchrun, DDP)."),
 ) -> None:
@@ -74,7 +73,7 @@ def validate(
 
 @app.command()
 def schema(
-    output: Optional[Path] = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    output: Path | None = typer.Option(None, "--out", help="Write to this file instead of stdout."),
 ) -> None:
     """Print the recipe's JSON schema (for editor completion and validation)."""
     from compress.recipe import Recipe
@@ -103,17 +102,17 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding
 @app.command("gate")
 def gate_cmd(
     report_json: Path = typer.Argument(..., help="The run's report.json (or its run directory)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A previous report.json (or run directory, or "
+    baseline: Path | None = typer.Option(None, "--baseline", help="A previous report.json (or run directory, or "
                                             "downloaded artifact folder) to compare latency and quality with."),
-    max_quality_drop: Optional[float] = typer.Option(None, help="Fail unless a variant loses at most this much "
+    max_quality_drop: float | None = typer.Option(None, help="Fail unless a variant loses at most this much "
                                                      "quality (default: the recipe's gate)."),
-    min_speedup: Optional[float] = typer.Option(None, help="Fail unless the best variant is this many times faster "
+    min_speedup: float | None = typer.Option(None, help="Fail unless the best variant is this many times faster "
                                                 "than the teacher in PyTorch (default: the recipe's gate)."),
     max_latency_regression: float = typer.Option(0.10, help="With --baseline: fail when a variant's p50 is slower "
                                                  "by more than this fraction and beyond the noise."),
-    summary: Optional[Path] = typer.Option(None, help="Append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)."),
-    comment: Optional[Path] = typer.Option(None, help="Write the markdown for a PR comment to this file."),
-    github_output: Optional[Path] = typer.Option(None, help="Append report-json, passed and best-variant to this "
+    summary: Path | None = typer.Option(None, help="Append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)."),
+    comment: Path | None = typer.Option(None, help="Write the markdown for a PR comment to this file."),
+    github_output: Path | None = typer.Option(None, help="Append report-json, passed and best-variant to this "
                                                  "file (e.g. $GITHUB_OUTPUT)."),
 ) -> None:
     """Pass or fail a finished run for CI: exit 0 passed, 1 a gate failed, 2 usage error."""
@@ -131,6 +130,39 @@ def gate_cmd(
               f"{best['variant'] if best else 'none'}", markup=False, highlight=False)
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    old: Path = typer.Argument(..., help="The earlier run: a run directory or its report.json."),
+    new: Path = typer.Argument(..., help="The later run: a run directory or its report.json."),
+    threshold: float = typer.Option(0.10, "--threshold", min=0, help="Latency change that counts (0.10 = 10%)."),
+) -> None:
+    """Latency and quality of each variant in NEW against OLD; a change inside the noise is not a regression."""
+    from rich.table import Table
+
+    from compress.gate import compare as compare_reports
+    from compress.gate import load_report
+
+    _, before = load_report(old, "old run")
+    _, after = load_report(new, "new run")
+    table = Table(title=f"compress compare: {old} -> {new}")
+    for column in ("variant", "p50 old ms", "p50 new ms", "change", "noise", "quality change", "verdict"):
+        table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
+    entries = compare_reports(after, before, threshold)
+    for e in entries:
+        old_p50 = (e["base"] or {}).get("p50_ms") if e["base"] is not e["row"] else e["row"].get("p50_ms")
+        new_p50 = e["row"].get("p50_ms") if e["base"] is not e["row"] else None
+        table.add_row(e["label"], _num(old_p50), _num(new_p50), _num(e["delta"], "+.1%"), _num(e["noise"], ".0%"),
+                      _num(e["quality_delta"], "+.4f"), e["verdict"],
+                      style="bold red" if e["verdict"] == "slower" else None)
+    out.print(table)
+    slower = [e["label"] for e in entries if e["verdict"] == "slower"]
+    out.print(f"regressions beyond {threshold:.0%} and the noise: {', '.join(slower) if slower else 'none'}")
+
+
+def _num(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def main() -> None:
