@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import operator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +39,11 @@ class ModelSource(StrictModel):
     )
     trust_remote_code: bool = Field(
         default=False, description="Run Python code shipped with the model. Off unless you trust its author."
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Load pickle-based weights (.bin, .pt, .pkl, .ckpt) when the model has no .safetensors. "
+        "Off because unpickling can run code; PyTorch files are still read with weights_only=True.",
     )
 
 
@@ -127,59 +133,173 @@ class Recipe(StrictModel):
 # ---------------------------------------------------------------- loading with line numbers
 
 
+# Bounds that keep a hostile recipe from hanging or exhausting the loader; a real recipe is far below each.
+MAX_BYTES = 1 << 20  # 1 MiB of YAML
+MAX_DEPTH = 64  # nested mappings and lists
+MAX_NODES = 100_000  # values after expanding aliases (a "billion laughs" expands to 10**9)
+MAX_INT_DIGITS = 40  # longer integers are refused before Python parses them (slowly, or not at all)
+INT64 = 2**63 - 1
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every failure is a RecipeError naming file:line: key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # bounded: /dev/zero or a huge file must not hang us
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise RecipeError(f"{path}:1: larger than {MAX_BYTES // 1024} KiB; a recipe is a small YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_recipe(text, str(path), overrides or [])
 
 
 def parse_recipe(text: str, filename: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    try:
+        return _parse(text, filename, overrides or [])
+    except RecursionError:  # the guards below should make this unreachable; a traceback would be worse
+        raise RecipeError(f"{filename}:1: nested too deeply to read") from None
+
+
+def _parse(text: str, filename: str, overrides: list[str]) -> Recipe:
     root = _compose(text, filename)
     data = _construct(root, filename)
     if not isinstance(data, dict):
         raise RecipeError(f"{filename}:1: the recipe must be a mapping of keys (version, name, task, ...)")
     overridden = set()
-    for item in overrides or []:
+    for item in overrides:
         overridden.add(apply_override(data, item))
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, root, filename, overridden)) from None
+    _check_numbers(recipe, root, filename, overridden)
+    return recipe
 
 
 def _compose(text: str, filename: str) -> yaml.Node | None:
     try:
+        _check_depth(text, filename)  # before compose: PyYAML's composer recurses once per level
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise RecipeError(f"{filename}:{line}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.reader.ReaderError as exc:  # a control character or a stray byte: no mark, only a position
+        line = text[: exc.position].count("\n") + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise RecipeError(f"{filename}:{line}: character {char} is not allowed in YAML") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{filename}: YAML error: {exc}") from None
+        raise RecipeError(f"{filename}:1: YAML error: {exc}") from None
     if root is not None:
-        _check_duplicates(root, filename)
+        _check_size(root, filename)
+        _check_duplicates(root, filename, set())
     return root
+
+
+def _check_depth(text: str, filename: str) -> None:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # iterative: safe at any depth
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{filename}:{event.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _check_size(root: yaml.Node, filename: str) -> None:
+    """Refuse alias bombs: count values as if every alias were expanded (memoized, so linear)."""
+    sizes: dict[int, int] = {}
+    # Children before parents, without recursion: a node's size needs its children's sizes.
+    order, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in sizes:
+            continue
+        sizes[id(node)] = 0
+        order.append(node)
+        if isinstance(node, yaml.ScalarNode):
+            _check_scalar(node, filename)
+        stack.extend(_children(node))
+    for node in reversed(order):
+        sizes[id(node)] = min(MAX_NODES + 1, 1 + sum(sizes[id(c)] for c in _children(node)))
+    if sizes[id(root)] > MAX_NODES:
+        raise RecipeError(f"{filename}:1: more than {MAX_NODES:,} values once aliases are expanded "
+                          "(an alias bomb?); write the recipe out without nested aliases")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_scalar(node: yaml.ScalarNode, filename: str) -> None:
+    if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_INT_DIGITS:
+        raise RecipeError(f"{filename}:{node.start_mark.line + 1}: a {len(node.value)}-digit number is too large")
+
+
+class _Constructor(yaml.SafeLoader):
+    """SafeLoader whose scalar constructors fail with the node's line: `!!timestamp 1` or `!!float x` raise
+    AttributeError or ValueError inside PyYAML, without a mark."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r:.60} as {tag} ({exc})", node.start_mark) from None
 
 
 def _construct(root: yaml.Node | None, filename: str) -> Any:
     if root is None:
         return None
     try:
-        return yaml.SafeLoader("").construct_document(root)
+        return _Constructor("").construct_document(root)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 1
         raise RecipeError(f"{filename}:{line}: {exc.problem}") from None
 
 
-def _check_duplicates(node: yaml.Node, filename: str) -> None:
+def _check_numbers(recipe: Recipe, root: yaml.Node | None, filename: str, overridden: set) -> None:
+    """inf, nan (also from strings like "1e400") and integers beyond int64 pass pydantic's checks but would
+    hang a loop or overflow a C library later: refuse them here, with their line."""
+    bad = []
+    stack: list[tuple[tuple, Any]] = [((), recipe.model_dump(mode="python"))]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((loc + (k,), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((loc + (i,), v) for i, v in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append((loc, f"{value!r} is not a finite number"))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64:
+            bad.append((loc, "the number is too large (more than 2**63 - 1)"))
+    lines = []
+    for loc, message in sorted(bad, key=str):
+        path, line = _locate(root, loc)
+        where = "--set" if any(loc[: len(o)] == o[: len(loc)] for o in overridden) else f"{filename}:{line}"
+        lines.append(f"{where}: {_key_path(loc)}: {message}")
+    if lines:
+        raise RecipeError("\n".join(lines))
+
+
+def _check_duplicates(node: yaml.Node, filename: str, visited: set) -> None:
+    if id(node) in visited:  # an alias: already checked (and re-walking it is how alias bombs hang)
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for key, value in node.value:
@@ -187,10 +307,10 @@ def _check_duplicates(node: yaml.Node, filename: str) -> None:
                 if key.value in seen:
                     raise RecipeError(f"{filename}:{key.start_mark.line + 1}: key {key.value!r} appears twice")
                 seen.add(key.value)
-            _check_duplicates(value, filename)
+            _check_duplicates(value, filename, visited)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _check_duplicates(item, filename)
+            _check_duplicates(item, filename, visited)
 
 
 def apply_override(data: dict, item: str) -> tuple:
@@ -199,9 +319,12 @@ def apply_override(data: dict, item: str) -> tuple:
     if not sep or not key:
         raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. stages.0.epochs=2")
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
+        value = _construct(_compose(raw, "--set"), "--set")
+    except RecipeError as exc:
+        if "YAML syntax error" not in str(exc) and "is not allowed in YAML" not in str(exc):
+            # too deep, too large, an unknown tag: refused as in a file
+            raise RecipeError(str(exc).replace("--set:1:", f"--set {key}:", 1)) from None
+        value = raw  # not YAML: taken as the string it is
     parts = key.split(".")
     target: Any = data
     for depth, part in enumerate(parts[:-1]):
@@ -236,8 +359,20 @@ def _format_errors(exc: ValidationError, root: yaml.Node | None, filename: str, 
         overrode = any(loc[: len(o)] == o[: len(loc)] for o in overridden)
         where = "--set" if overrode else f"{filename}:{line}"
         key = _key_path(loc)
-        lines.append(f"{where}: {key + ': ' if key else ''}{_message(error, loc)}")
-    return "\n".join(dict.fromkeys(lines))
+        lines.append(_shorten(f"{where}: {key + ': ' if key else ''}{_message(error, loc)}"))
+    lines = list(dict.fromkeys(lines))
+    if len(lines) > MAX_ERRORS:  # a generated or hostile recipe can have thousands
+        lines = lines[:MAX_ERRORS] + [f"... and {len(lines) - MAX_ERRORS} more errors"]
+    return "\n".join(lines)
+
+
+MAX_ERRORS = 20
+
+
+def _shorten(line: str, limit: int = 300) -> str:
+    # One error, one line: a key may hold a newline or a control character.
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _locate(root: yaml.Node | None, loc: tuple) -> tuple[tuple, int]:

@@ -19,14 +19,18 @@ DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_a
 
 def write_reports(run_dir: Path, manifest: dict) -> dict:
     """Build the report of a run, write report.json and report.md atomically, return the report."""
+    from compress.runner import _lock, disk_errors
+
     run_dir = Path(run_dir)
     report = build_report(run_dir, manifest)
-    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(run_dir / "report.md", render_markdown(report))
-    from compress import model_card, report_html  # matplotlib loads only when a report is written
+    # Under the run directory's lock (waiting for it): a run started meanwhile must not mix its reports with ours.
+    with disk_errors(run_dir), _lock(run_dir, wait=True):  # a full disk here is a message too
+        write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(run_dir / "report.md", render_markdown(report))
+        from compress import model_card, report_html  # matplotlib loads only when a report is written
 
-    report_html.render_html(run_dir, report, manifest)
-    model_card.write_model_cards(run_dir, report, manifest)
+        report_html.render_html(run_dir, report, manifest)
+        model_card.write_model_cards(run_dir, report, manifest)
     return report
 
 
@@ -52,7 +56,27 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "distillation": _distillation(manifest, headline),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
                    for name, s in (manifest.get("stages") or {}).items()},
+        "trust": _trust(recipe, manifest),
     }
+
+
+def _trust(recipe: dict, manifest: dict) -> dict:
+    """Whether the model's own Python code could run, and how its weights were read (shown in every report)."""
+    teacher = recipe.get("teacher") or {}
+    meta = ((manifest.get("artifacts") or {}).get("teacher") or {}).get("metadata") or {}
+    return {"trust_remote_code": bool(teacher.get("trust_remote_code")),
+            "remote_code": meta.get("remote_code") or [],
+            "allow_pickle": bool(teacher.get("allow_pickle")), "weights": meta.get("weights")}
+
+
+def _trust_line(trust: dict | None) -> str:
+    if not trust:
+        return "**Model code:** unknown (older manifest)."
+    code = (f"ON (teacher.trust_remote_code: true; the model ships {', '.join(trust['remote_code']) or 'no code'})"
+            if trust["trust_remote_code"] else "off: no Python code shipped with the model was run")
+    weights = {"safetensors": "safetensors", "pickle": "pickle-based, allowed by teacher.allow_pickle, read with "
+               "torch.load(weights_only=True)"}.get(trust.get("weights"), trust.get("weights") or "unknown")
+    return f"**Model code:** trust_remote_code {code}. **Weights:** {weights}."
 
 
 def _bench_results(run_dir: Path, manifest: dict) -> list[dict]:
@@ -292,6 +316,7 @@ def render_markdown(report: dict) -> str:
                   for c in gates["checks"]] + [""]
     else:
         lines += ["**Gates:** none set in the recipe.", ""]
+    lines += [_trust_line(report.get("trust")), ""]
     header = [c.format(headline=headline) for c in COLUMNS]
     lines += ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
               f"({headline}) is measured on held-out texts against the teacher's PyTorch fp32 outputs."), "",

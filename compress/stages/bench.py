@@ -10,8 +10,10 @@ Quality is scored once per variant and provider against the teacher's PyTorch fp
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,6 +48,10 @@ class Config(StageBase):
     eval_size: int | None = Field(default=None, ge=1, description="Held-out texts for quality (default: data.eval_size).")
     baseline: bool = Field(default=True, description="Time the teacher in PyTorch fp32 as the baseline row.")
     models: list[str] | None = Field(default=None, description="ONNX artifacts to bench (default: all).")
+    time_budget_s: float | None = Field(
+        default=None, gt=0, description="Total seconds for this stage's measurements. What is not measured in time "
+        "is reported as a row with status 'skipped' and the reason; a measurement still running is stopped. Round "
+        "1 of every variant comes before round 2 of any, so a short budget still times each variant once.")
 
 
 def provider_name(short: str) -> str:
@@ -96,6 +102,8 @@ def run(cfg: Config, ctx) -> list:
     inputs = _Inputs(ctx.work_dir, data.eval.texts[:n_eval], ctx.recipe.data.max_length)
     results: dict[str, list[dict]] = {c.id: [] for c in cells}
     eval_out: dict[tuple, Path] = {}
+    budget = _Budget(cfg.time_budget_s)
+    work = _measure_dir(ctx.work_dir)
     with Progress(console=ctx.console, transient=True) as progress:
         bar = progress.add_task("bench", total=cfg.rounds * len(cells))
         for round_ in range(cfg.rounds):
@@ -110,11 +118,17 @@ def run(cfg: Config, ctx) -> list:
                     done.append({"status": "unavailable", "reason": f"{cell.provider} is not in onnxruntime's "
                                  f"available providers ({', '.join(available)})"})
                     continue
-                result, out = _measure(cfg, cell, inputs, want_eval, ctx.work_dir / f"r{round_}", ctx.recipe.task)
+                if budget.spent():
+                    if not done:
+                        done.append({"status": "skipped", "reason": budget.reason("before this measurement")})
+                    continue
+                result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", ctx.recipe.task, budget)
+                if result["status"] == "skipped" and done:
+                    continue  # earlier rounds measured it: keep those
                 done.append(result)
                 if want_eval and result["status"] == "ok":
                     eval_out[key] = out
-    reference = _reference(cfg, ctx, variants, inputs, eval_out)
+    reference = _reference(cfg, ctx, variants, inputs, eval_out, work)
     labels = data.eval.labels[:n_eval] if data.eval.labels else None
     quality = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
                if any(v.name == k[0] for v in variants)}
@@ -127,12 +141,56 @@ def run(cfg: Config, ctx) -> list:
     return [artifact]
 
 
+class _Budget:
+    """The stage's total time budget: what is left, and why a measurement was not made."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def spent(self) -> bool:
+        left = self.left()
+        return left is not None and left <= 0
+
+    def reason(self, when: str) -> str:
+        return f"time budget of {self.seconds:g} s (time_budget_s) ran out {when}"
+
+
+def _measure_dir(work_dir: Path) -> Path:
+    """A folder of this process: the subprocesses of a run killed with SIGKILL live on for a while, and must
+    not write into the files that the next run reads."""
+    import shutil
+
+    for stale in work_dir.glob("m*"):
+        if stale.is_dir() and stale.name != f"m{os.getpid()}":
+            shutil.rmtree(stale, ignore_errors=True)
+    path = work_dir / f"m{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _savez(path: Path, arrays: dict) -> None:
+    """np.savez under a temporary name, renamed when complete: a killed run leaves no truncated input file."""
+    import numpy as np
+
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
 def _variants(cfg: Config, ctx) -> list[Variant]:
+    from compress.sources import check_onnx
+
     out = []
     teacher = ctx.artifacts.get("teacher")
     if cfg.baseline and teacher is not None:
         out.append(Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, _size_mb(teacher.path, "torch")))
     for a in ctx.of_format("onnx", cfg.models):
+        check_onnx(a.path / "model.onnx")  # a truncated or corrupt file: a StageError naming it, before any timing
         meta = a.metadata
         out.append(Variant(a.name, "onnxruntime", a.path, meta.get("role", "unknown"), meta.get("precision", "fp32"),
                            meta.get("source"), _size_mb(a.path, "onnxruntime")))
@@ -163,30 +221,28 @@ class _Inputs:
 
     def timing(self, folder: Path, batch: int, seq: int) -> Path:
         """Real eval texts padded to exactly `seq` tokens, repeated up to the batch size."""
-        import numpy as np
 
         from compress.tasks.common import load_tokenizer, tokenize
 
         path = self.work / f"{self._key(folder)}-b{batch}-s{seq}.npz"
         if not path.is_file():
             texts = [self.texts[i % len(self.texts)] for i in range(batch)]
-            np.savez(path, **tokenize(load_tokenizer(folder), texts, seq, pad_to_max=True))
+            _savez(path, tokenize(load_tokenizer(folder), texts, seq, pad_to_max=True))
         return path
 
     def eval(self, folder: Path) -> tuple[Path, list[dict]]:
-        import numpy as np
-
         from compress.tasks.common import INPUT_NAMES, batches, load_tokenizer
 
         key = self._key(folder)
         path = self.work / f"{key}-eval.npz"
         if key not in self._batches:
             self._batches[key] = batches(load_tokenizer(folder), self.texts, self.max_length, EVAL_BATCH)
-            np.savez(path, **{f"b{i}_{n}": b[n] for i, b in enumerate(self._batches[key]) for n in INPUT_NAMES})
+            _savez(path, {f"b{i}_{n}": b[n] for i, b in enumerate(self._batches[key]) for n in INPUT_NAMES})
         return path, self._batches[key]
 
 
-def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Path, task: str) -> tuple[dict, Path | None]:
+def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Path, task: str,
+             budget: _Budget | None = None) -> tuple[dict, Path | None]:
     work.mkdir(parents=True, exist_ok=True)
     stem = cell.id.replace("|", "_")
     out, eval_out = work / f"{stem}.json", work / f"{stem}.eval.npz"
@@ -206,9 +262,13 @@ def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Pa
 
         command = [sys.executable, harness.__file__, "--model", str(cell.variant.folder / "model.onnx"),
                    "--provider", cell.provider, *args, *timing]
+    left = budget.left() if budget else None
+    timeout = JOB_TIMEOUT_S if left is None else max(0.1, min(JOB_TIMEOUT_S, left))
     try:
-        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
+        if timeout < JOB_TIMEOUT_S:
+            return {"status": "skipped", "reason": budget.reason("during this measurement (stopped)")}, None
         return {"status": "error", "reason": f"timed out after {JOB_TIMEOUT_S} s"}, None
     if not out.is_file():
         return {"status": "error", "reason": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}, None
@@ -249,7 +309,7 @@ def torch_worker(argv: list[str]) -> int:
     return 0
 
 
-def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict):
+def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict, work: Path):
     """The teacher's PyTorch fp32 outputs on the eval texts, in text order (None without a teacher)."""
     teacher = ctx.artifacts.get("teacher")
     if ("teacher", "cpu") not in eval_out and teacher is not None and not cfg.baseline:
@@ -257,7 +317,7 @@ def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict):
         quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})
         variant = Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, 0.0)
         result, out = _measure(quick, Cell(variant, "cpu", 1, cfg.seq_lens[0], 0), inputs, True,
-                               ctx.work_dir / "reference", ctx.recipe.task)
+                               work / "reference", ctx.recipe.task)
         if result["status"] == "ok":
             eval_out[("teacher", "cpu")] = out
         variants = [*variants, variant]
@@ -352,11 +412,15 @@ def _write(folder: Path, doc: dict, samples: dict) -> None:
 
 def _summarize(ctx, rows: list[dict]) -> None:
     ran = [r for r in rows if r["status"] == "ok"]
+    nonfinite = {r["id"]: r["quality"]["nonfinite_outputs"] for r in ran if r["quality"].get("nonfinite_outputs")}
     ctx.metrics.update(rows=len(rows), ran=len(ran), unavailable=sum(r["status"] == "unavailable" for r in rows),
                        errors=sum(r["status"] == "error" for r in rows),
+                       skipped=sum(r["status"] == "skipped" for r in rows), nonfinite_outputs=nonfinite,
                        p50_ms={r["id"]: round(r["latency_ms"]["p50"], 3) for r in ran})
     for r in rows:
-        if r["status"] == "ok":
+        if r["id"] in nonfinite:  # the report flags it NaN and never recommends it
+            ctx.console.print(f"  [red]{r['id']}: {nonfinite[r['id']]} NaN/Inf outputs: flagged, not recommended[/red]")
+        elif r["status"] == "ok":
             ctx.console.print(f"  {r['id']}: p50 {r['latency_ms']['p50']:.2f} ms, "
                               + ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if isinstance(v, float)))
         else:

@@ -118,15 +118,24 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict) -> 
 
     # Everything but the model travels unchanged (tokenizer, pooling config); the source stays untouched.
     shutil.copytree(source.path, tmp, ignore=shutil.ignore_patterns("model.onnx", "model.onnx.data"))
-    src, dst = source.path / "model.onnx", tmp / "model.onnx"
-    if scheme == "int8-dynamic":
-        _int8_dynamic(cfg.int8, src, dst, options)
-    elif scheme == "int8-static":
-        _int8_static(cfg.int8, ctx, source, src, dst, options)
-    elif scheme == "int4-weight":
-        _int4(cfg.int4, src, dst, options)
-    else:
-        _fp16(src, dst, options)
+    # onnxruntime's quantizers write "<input>-inferred.onnx" beside their input: never inside a finished artifact
+    # (a kill or a full disk would leave it there, changing the source's hash). The copy is cleaned like tmp.
+    scratch = tmp.with_name(f"{tmp.name}.source")
+    scratch.mkdir()
+    for file in source.path.glob("model.onnx*"):
+        shutil.copy2(file, scratch / file.name)
+    src, dst = scratch / "model.onnx", tmp / "model.onnx"
+    try:
+        if scheme == "int8-dynamic":
+            _int8_dynamic(cfg.int8, src, dst, options)
+        elif scheme == "int8-static":
+            _int8_static(cfg.int8, ctx, source, src, dst, options)
+        elif scheme == "int4-weight":
+            _int4(cfg.int4, src, dst, options)
+        else:
+            _fp16(src, dst, options)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme})
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,34 @@ BUNDLE_FILES = (
 BUNDLE_DIRS = ("1_Pooling", "2_Normalize")
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    # Explicit False: with None, transformers asks on a terminal (and waits) before running a model's code.
+    with model_load_errors(path):
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def model_load_errors(path: Path) -> Iterator[None]:
+    """transformers' refusals (remote code not trusted, a pickle that weights_only=True rejects, a corrupt
+    weights file) as SourceErrors that say what to do, instead of tracebacks."""
+    from compress.errors import SourceError
+    from compress.sources import remote_code_error
+
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise remote_code_error(path, exc) from None
+        raise
+    except OSError as exc:
+        if "Unable to load weights" in str(exc) or "Error while deserializing" in str(exc):
+            raise SourceError(
+                f"{path}: cannot load the model's weights: the file is corrupt, or a pickle that "
+                "torch.load(weights_only=True) refuses because it would run code"
+            ) from None
+        raise
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:

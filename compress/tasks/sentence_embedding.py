@@ -36,7 +36,10 @@ def pooling_config(path: Path) -> dict:
 def load_backbone(path: Path, trust_remote_code: bool = False):
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    from compress.tasks.common import model_load_errors
+
+    with model_load_errors(path):
+        return AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
 def wrap(backbone, path: Path):

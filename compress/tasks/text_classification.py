@@ -23,10 +23,13 @@ def load_backbone(path: Path, trust_remote_code: bool = False, **config_override
     """The Hugging Face sequence-classification model; `config_overrides` (e.g. num_labels) reshape the head."""
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        str(path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=bool(config_overrides),
-        **config_overrides,
-    )
+    from compress.tasks.common import model_load_errors
+
+    with model_load_errors(path):
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=bool(config_overrides),
+            **config_overrides,
+        )
 
 
 def wrap(backbone, path: Path | None = None):
