@@ -1,0 +1,1 @@
+"""compress's benchmark suite (not part of the installed package): `python -m bench`."""

@@ -1,0 +1,31 @@
+"""`python -m bench [distill]`: compress's own benchmarks, written to bench/results/.
+
+Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
+<date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import distill
+
+BENCHMARKS = {
+    "distill": distill.main,  # both tasks
+    "distill-embedding": lambda: distill.main(("embedding",)),
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        BENCHMARKS[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
