@@ -52,6 +52,11 @@ class RunContext:
             )
         return [a for a in found if a.name in names]
 
+    def teacher(self) -> Artifact | None:
+        """The latest hf-model with role teacher: `teacher-finetuned` when a finetune stage ran, else `teacher`."""
+        teachers = [a for a in self.of_format("hf-model") if a.metadata.get("role") == "teacher"]
+        return teachers[-1] if teachers else None
+
     def save(
         self, name: str, fmt: str, write: Callable[[Path], None], metadata: dict | None = None
     ) -> Artifact:

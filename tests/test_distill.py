@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import REAL_DATA, REAL_MODEL, make_tiny_bert
 
+from compress import training
 from compress.artifacts import Artifact, sha256_path
 from compress.context import RunContext
 from compress.errors import RecipeError
@@ -158,16 +159,16 @@ def test_distill_resumes_after_interrupt_with_identical_weights(tmp_path, tiny3,
              "checkpoint_every: 2, eval_every: 0}")
     recipe = _recipe(tiny3, tiny_texts, stage)
     (straight,), _ = _run(tmp_path / "straight", recipe)
-    original = distill._save_checkpoint
+    original = training._save_checkpoint
 
     def save_then_die(path, job, optimizer, state):
         original(path, job, optimizer, state)
         raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(distill, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "broken", recipe)
-    monkeypatch.setattr(distill, "_save_checkpoint", original)
+    monkeypatch.setattr(training, "_save_checkpoint", original)
 
     (resumed,), ctx = _run(tmp_path / "broken", recipe)
 

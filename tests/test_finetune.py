@@ -59,3 +59,56 @@ def test_finetune_is_reproducible_with_a_seed(tmp_path, tiny_bert, tiny_texts):
 def test_finetune_refuses_what_it_cannot_train(tmp_path, tiny_bert, tiny_texts, task, labels, error):
     with pytest.raises(StageError, match=error):
         _run(tmp_path, tiny_bert, tiny_texts, task=task, labels=labels)
+
+
+# ---------------------------------------------------------------- the shared training loop (compress/training.py)
+
+
+@pytest.mark.parametrize("schedule, progress, expected", [
+    ("linear", 0.05, 0.51),  # warm-up (0.1): half way up
+    ("linear", 0.55, 0.5),
+    ("linear", 1.0, 0.0),
+    ("cosine", 0.55, 0.5),
+    ("cosine", 1.0, 0.0),
+    ("constant", 0.9, 1.0),
+])
+def test_training_lr_factor_follows_schedule(schedule, progress, expected):
+    from compress.training import TrainingConfig, _lr_factor
+
+    cfg = TrainingConfig(warmup=0.1, schedule=schedule)
+
+    assert _lr_factor(cfg, progress) == pytest.approx(expected, abs=1e-9)
+
+
+def test_training_buckets_cover_every_example_once_with_little_padding():
+    from compress.training import _buckets
+
+    lengths = [(i * 37) % 97 + 1 for i in range(1000)]
+
+    batches = _buckets(lengths, 16, seed=1)
+
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert all(len(b) == 16 for b in batches[:-1])
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10  # random batches of 16 from 1..97 would spread over ~80 tokens
+    assert _buckets(lengths, 16, seed=1) == batches and _buckets(lengths, 16, seed=2) != batches
+
+
+@pytest.mark.parametrize("change, same", [
+    ({"epochs": 5, "max_steps": 9, "max_minutes": 2, "eval_every": 1, "checkpoint_every": 1}, True),
+    ({"lr": 1e-3}, False),
+    ({"batch_size": 8}, False),
+    ({"seed": 1}, False),
+])
+def test_training_checkpoint_key_ignores_only_length_fields(tiny_bert, tiny_texts, change, same):
+    from compress.recipe import DataConfig
+    from compress.training import TrainingConfig, checkpoint_key
+
+    teacher = Artifact("teacher", tiny_bert, "hf-model", "abc", {"role": "teacher"})
+    data = DataConfig(source=str(tiny_texts))
+    base = TrainingConfig()
+
+    key = checkpoint_key(base.model_copy(update=change), teacher, data, labels=["a", "b"])
+
+    assert (key == checkpoint_key(base, teacher, data, labels=["a", "b"])) is same
+    assert key != checkpoint_key(base.model_copy(update=change), teacher, data, labels=["b", "a"])

@@ -18,6 +18,11 @@ SHRINK = {
         "stages.0.max_minutes=null",
         "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
     ],
+    "sentiment-edge.yaml": [
+        "data.train_limit=200", "data.eval_size=60", "stages.0.max_steps=4", "stages.0.eval_every=2",
+        "stages.1.max_steps=4", "stages.1.eval_every=2",
+        "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
+    ],
 }
 
 
@@ -60,3 +65,17 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     bench_changed = compress(*args, *sets, "--set", "stages.4.warmup=2")
     assert bench_changed.returncode == 0, bench_changed.stderr[-3000:]
     assert bench_changed.stderr.count(": cached") == 4 and "bench: done" in bench_changed.stderr
+
+
+@pytest.mark.slow
+def test_sentiment_edge_finetunes_distills_and_reports_accuracy(tmp_path):
+    run_dir = tmp_path / "sentiment"
+    sets = [a for s in SHRINK["sentiment-edge.yaml"] for a in ("--set", s)]
+    result = compress("run", "recipes/sentiment-edge.yaml", "--out", str(run_dir), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok"}
+    for variant in ["teacher-finetuned.onnx", "teacher-finetuned.int8-dynamic.onnx", "student.onnx",
+                    "student.int8-dynamic.onnx"]:
+        assert variant in rows, sorted(rows)
+        assert 0.0 <= rows[variant]["headline"] <= 1.0  # accuracy on the held-out rows

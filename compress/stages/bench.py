@@ -186,7 +186,7 @@ def _variants(cfg: Config, ctx) -> list[Variant]:
     from compress.sources import check_onnx
 
     out = []
-    teacher = ctx.artifacts.get("teacher")
+    teacher = ctx.teacher()  # the fine-tuned one when a finetune stage ran
     if cfg.baseline and teacher is not None:
         out.append(Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, _size_mb(teacher.path, "torch")))
     for a in ctx.of_format("onnx", cfg.models):
@@ -311,7 +311,7 @@ def torch_worker(argv: list[str]) -> int:
 
 def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict, work: Path):
     """The teacher's PyTorch fp32 outputs on the eval texts, in text order (None without a teacher)."""
-    teacher = ctx.artifacts.get("teacher")
+    teacher = ctx.teacher()  # the fine-tuned one when a finetune stage ran
     if ("teacher", "cpu") not in eval_out and teacher is not None and not cfg.baseline:
         # No timed baseline: run the worker once for its eval outputs only.
         quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})

@@ -2,7 +2,8 @@
 
 Produces hf-model `teacher-finetuned` with role "teacher", which later stages (distill, export) use as the
 teacher. Reproducible: the head's initialisation, data order and dropout follow `seed`. Uses the training
-loop of the distill stage (warm-up + decay, periodic eval keeping the best weights, checkpoint/resume, DDP).
+loop shared with distill (compress/training.py: warm-up + decay, periodic eval keeping the best weights,
+checkpoint/resume, DDP).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from compress.errors import StageError
-from compress.stages.distill import TrainingConfig
+from compress.training import TrainingConfig
 
 OUTPUT = "teacher-finetuned"
 
@@ -32,8 +33,10 @@ def run(cfg: Config, ctx) -> list:
     import torch
 
     from compress.data import load_dataset
-    from compress.stages.distill import (
+    from compress.tasks.common import load_tokenizer
+    from compress.training import (
         Job,
+        checkpoint_key,
         evaluate_outputs,
         pad,
         param_count,
@@ -41,7 +44,6 @@ def run(cfg: Config, ctx) -> list:
         teacher_artifact,
         train,
     )
-    from compress.tasks.common import load_tokenizer
 
     task = ctx.task
     if task.OUTPUT_NAME != "logits":
@@ -69,7 +71,7 @@ def run(cfg: Config, ctx) -> list:
         return {k: v for k, v in metrics.items() if k != "agreement"}
 
     job = Job(module=model, student=model.wrapped, lengths=[len(x) for x in ids], collate=collate,
-              evaluate=evaluate, headline=task.HEADLINE, key=_key(cfg, teacher, ctx.recipe.data, names))
+              evaluate=evaluate, headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data, labels=names))
     ctx.metrics.update(params=param_count(net), labels=names, **train(cfg, ctx, job))
     if not ctx.is_main_process:
         return []
@@ -90,15 +92,3 @@ def _Classifier(wrapped):
             return torch.nn.functional.cross_entropy(self.wrapped(input_ids, attention_mask), labels)
 
     return Classifier()
-
-
-def _key(cfg, teacher, data_cfg, names) -> str:
-    import hashlib
-    import json
-
-    from compress import distributed as D
-    from compress.stages.distill import _LENGTH_FIELDS
-
-    payload = {"cfg": cfg.model_dump(mode="json", exclude=_LENGTH_FIELDS), "teacher": teacher.sha256,
-               "data": data_cfg.model_dump(mode="json"), "labels": names, "world": D.rank_world()[1]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
