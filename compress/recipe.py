@@ -72,6 +72,32 @@ class Gates(StrictModel):
     )
 
 
+class Select(StrictModel):
+    """What "best" means for the recommendation: constraints first, then the objective."""
+
+    max_quality_drop: float | None = Field(
+        default=None, ge=0, description="Largest headline-quality loss vs the teacher a variant may have "
+        "(default: gates.max_quality_drop, else 0.02).")
+    provider: str | None = Field(
+        default=None, description="Only rows on this provider (cpu, cuda, ... or an onnxruntime provider name).")
+    target: str | None = Field(default=None, description="Only rows measured on this target (see `targets`).")
+    setting: str | None = Field(
+        default=None, pattern=r"^b\d+/s\d+/t\d+$",
+        description="Only rows at this bench setting, e.g. b1/s128/t1 (default: the first one benched).")
+    max_size_mb: float | None = Field(default=None, gt=0, description="Only variants at most this large.")
+    objective: Literal["p50", "p90", "p99", "size", "cost"] = Field(
+        default="p50", description="Among the variants that qualify, the one with the lowest of this wins "
+        "(cost needs price_per_hour on the target).")
+
+
+class Target(StrictModel):
+    """A machine the bench runs on. `local` is this machine and needs no entry unless it has a price."""
+
+    price_per_hour: float | None = Field(
+        default=None, ge=0, description="What an hour of this machine costs, in dollars; the report then "
+        "shows $ per million inferences and the saving vs the teacher.")
+
+
 class Provenance(StrictModel):
     acknowledge: str | None = Field(
         default=None,
@@ -92,6 +118,9 @@ class Recipe(StrictModel):
     data: DataConfig = Field(description="Texts for training, calibration and evaluation.")
     stages: list[StageConfig] = Field(min_length=1, description="The stages to run, in order.")
     gates: Gates = Field(default_factory=Gates, description="Pass/fail thresholds checked in the report.")
+    select: Select = Field(default_factory=Select, description="Constraints and objective of the recommendation.")
+    targets: dict[str, Target] = Field(
+        default_factory=dict, description="Machines the bench runs on, by name (`local` is this one).")
     provenance: Provenance = Field(default_factory=Provenance, description="Lineage statements for the model card.")
 
     @field_validator("stages")
