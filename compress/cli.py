@@ -33,11 +33,18 @@ def run(
     out_dir: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and stop."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for distributed stages (torchrun, DDP)."),
+    strict_providers: bool = typer.Option(
+        False, "--strict-providers", help="Fail (exit 1) when a requested execution provider cannot run on a "
+        "target, instead of reporting it as unavailable and benching the others."),
 ) -> None:
     """Run a recipe: every stage whose inputs changed, then the reports."""
     from compress.recipe import dump_recipe, load_recipe
 
     parsed = load_recipe(recipe, set_)
+    if strict_providers:  # the same as strict_providers: true on every bench stage
+        for stage in parsed.stages:
+            if "strict_providers" in type(stage).model_fields:
+                stage.strict_providers = True
     if dry_run:
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return

@@ -91,11 +91,46 @@ class Select(StrictModel):
 
 
 class Target(StrictModel):
-    """A machine the bench runs on. `local` is this machine and needs no entry unless it has a price."""
+    """A machine the bench runs on. `local` is this machine and needs no entry unless it has a price.
+
+    Without `ssh` or `qemu` a target is this machine. With `ssh` the harness, the models and the inputs are
+    copied there and run by `python`; with `qemu` an arm64 Python runs here under user-mode emulation.
+    """
 
     price_per_hour: float | None = Field(
         default=None, ge=0, description="What an hour of this machine costs, in dollars; the report then "
         "shows $ per million inferences and the saving vs the teacher.")
+    ssh: str | None = Field(
+        default=None, pattern=r"^[^\s-][^\s]*$", description="A remote device: user@host (or a Host of "
+        "~/.ssh/config). Key authentication only: the run never prompts.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="SSH port (default: ssh's, 22).")
+    identity_file: str | None = Field(default=None, description="SSH private key (default: ssh's).")
+    ssh_options: list[str] = Field(
+        default_factory=list, description="Extra `ssh -o` options, e.g. StrictHostKeyChecking=accept-new.")
+    connect_timeout: int = Field(default=15, ge=1, description="Seconds to wait for the SSH connection.")
+    python: str = Field(
+        default="python3", description="The Python on the device that runs the harness; it needs numpy and "
+        "onnxruntime (the aarch64 wheel on ARM).")
+    qemu: Literal["aarch64"] | None = Field(
+        default=None, description="Run an arm64 Python under QEMU user-mode emulation on this machine "
+        "(provision it with `python -m compress.targets.qemu_setup`). For correctness: rows are emulated.")
+    qemu_root: str | None = Field(
+        default=None, description="The folder qemu_setup provisioned (default: <venv>/qemu-aarch64, or "
+        "$COMPRESS_QEMU_ROOT).")
+    qemu_cpu: Literal["cortex-a72", "neoverse-n1"] = Field(
+        default="cortex-a72", description="The emulated CPU. Never QEMU 7.2's default `max`: it computes int8 "
+        "MatMulInteger wrong.")
+    emulated: bool = Field(
+        default=False, description="Timings on this target are emulated (e.g. an ssh chroot under QEMU): "
+        "labelled so in every table and never compared. Implied by `qemu`.")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Target:
+        if self.ssh and self.qemu:
+            raise ValueError("a target is reached by ssh or by qemu, not both")
+        if self.qemu and not self.emulated:
+            self.emulated = True
+        return self
 
 
 class Provenance(StrictModel):

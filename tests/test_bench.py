@@ -61,15 +61,6 @@ def run_bench(exported: dict, name: str, **settings) -> tuple[dict, dict, RunCon
     return results, samples, ctx
 
 
-@pytest.mark.parametrize(
-    ("short", "full"),
-    [("cpu", "CPUExecutionProvider"), ("CUDA", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider"),
-     ("openvino", "OpenVINOExecutionProvider"), ("MyExecutionProvider", "MyExecutionProvider")],
-)
-def test_provider_name_maps_short_names(short, full):
-    assert bench.provider_name(short) == full
-
-
 def test_bench_run_measures_onnx_and_torch_and_marks_missing_providers(exported):
     results, samples, ctx = run_bench(exported, "bench-a", providers=["cpu", "cuda"], rounds=2)
 
@@ -80,7 +71,8 @@ def test_bench_run_measures_onnx_and_torch_and_marks_missing_providers(exported)
     ]
     for row in rows.values():
         if row["provider"] == "CUDAExecutionProvider":  # this machine has no GPU build of onnxruntime
-            assert row["status"] == "unavailable" and "CUDAExecutionProvider" in row["reason"]
+            assert row["status"] == "unavailable" and row["reason"] == "onnxruntime-gpu not installed"
+            assert row["provider_request"] == "cuda" and row["target"] == "local" and row["emulated"] is False
             assert row["latency_ms"] is None and row["throughput"] is None and row["quality"] == {}
             continue
         assert row["status"] == "ok", row
@@ -97,6 +89,8 @@ def test_bench_run_measures_onnx_and_torch_and_marks_missing_providers(exported)
     assert rows["teacher.onnx|CPUExecutionProvider|b1|s16|t1"]["peak_rss_mb"] < torch_row["peak_rss_mb"]
     assert results["environment"]["versions"]["onnxruntime"] and results["environment"]["cpu"]["cores"]
     assert results["settings"]["eval_size"] == 20 and results["settings"]["rounds"] == 2
+    local = results["targets"]["local"]
+    assert local["onnxruntime"] and local["cores"] and "avx2" in local["cpu_flags"] and local["emulated"] is False
     assert ctx.metrics["ran"] == 2 and ctx.metrics["unavailable"] == 1
 
 
@@ -106,3 +100,60 @@ def test_bench_run_scores_quality_without_a_timed_baseline(exported):
     (row,) = results["rows"]
     assert row["variant"] == "teacher.onnx" and row["runtime"] == "onnxruntime" and row["status"] == "ok"
     assert row["quality"]["cosine"] > 0.999 and 0 <= row["quality"]["top10_agreement"] <= 1
+
+
+def test_bench_run_makes_a_row_per_session_setting(exported):
+    results, _, _ = run_bench(exported, "bench-c", baseline=False, rounds=1, graph_optimization=["all", "basic"],
+                              execution_mode=["sequential", "parallel"], inter_op_threads=[1], eval_size=8)
+
+    rows = {row["id"]: row for row in results["rows"]}
+    assert list(rows) == [
+        "teacher.onnx|CPUExecutionProvider|b1|s16|t1", "teacher.onnx|CPUExecutionProvider|b1|s16|t1|parallel",
+        "teacher.onnx|CPUExecutionProvider|b1|s16|t1|opt-basic",
+        "teacher.onnx|CPUExecutionProvider|b1|s16|t1|opt-basic|parallel",
+    ]
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["graph_optimization"] in ("all", "basic") and row["execution_mode"] in ("sequential", "parallel")
+        assert row["quality"]["cosine"] > 0.999
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ({"providers": ["cpu", "cuda"], "strict_providers": True}, "ProviderUnavailable",
+         "cuda: unavailable (onnxruntime-gpu not installed)"),
+        ({"providers": ["arm"], "strict_providers": True}, "ProviderUnavailable", "arm: unavailable (this host is"),
+        ({"targets": ["local", "pi5"]}, "StageError", "bench targets ['pi5'] are not declared"),
+    ],
+)
+def test_bench_run_stops_before_measuring_when(exported, settings, error, message):
+    with pytest.raises(Exception) as caught:
+        run_bench(exported, "bench-strict", **settings)
+
+    assert type(caught.value).__name__ == error and message in str(caught.value)
+
+
+def test_bench_config_rejects_bad_provider_lists():
+    for providers in (["cpu", "cpu"], [{"cuda": {}, "cpu": {}}], [""]):
+        with pytest.raises(ValueError):
+            bench.Config(providers=providers)
+    assert bench.Config(providers=["cpu", {"cuda": {"device_id": 1}}]).providers[1] == {"cuda": {"device_id": 1}}
+
+
+def test_cli_run_strict_providers_fails_with_one_message(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "texts.txt"
+    data.write_text("".join(f"text number {i} is here\n" for i in range(40)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(model=tiny_bert, data=data) + "    providers: [cpu, cuda]\n")
+
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(recipe), "--strict-providers",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600, check=False)
+
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cuda: unavailable (onnxruntime-gpu not installed)" in errors[0]
+    assert "Traceback" not in proc.stderr

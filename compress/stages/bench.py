@@ -4,7 +4,13 @@ Every measurement runs in its own subprocess (the ONNX ones through targets/harn
 also runs on remote devices), so peak RSS is the model's own and one crash does not end the stage.
 Variants are interleaved round by round (A B C A B C ...) so that a noisy neighbour hits all of them
 alike; samples of all rounds are merged and the per-round medians are kept to show the spread.
-Quality is scored once per variant and provider against the teacher's PyTorch fp32 outputs.
+Quality is scored once per variant, provider and target against the teacher's PyTorch fp32 outputs.
+
+Providers are checked before anything runs, per target, against what that target's onnxruntime offers
+(compress/providers.py); what cannot run becomes a row with status "unavailable" and the reason, or, with
+strict_providers (`compress run --strict-providers`), stops the stage. Targets other than `local` run the
+same harness over SSH or under QEMU (compress/targets/remote.py); their rows carry the target's name and
+whether its timings are emulated.
 """
 
 from __future__ import annotations
@@ -18,16 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from compress import providers as registry
+from compress.providers import provider_name  # noqa: F401 - the stage's public name for it
 from compress.schema_base import StageBase
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider", "rocm": "ROCMExecutionProvider", "coreml": "CoreMLExecutionProvider",
-    "dml": "DmlExecutionProvider", "xnnpack": "XnnpackExecutionProvider", "acl": "ACLExecutionProvider",
-    "qnn": "QNNExecutionProvider",
-}
+ProviderSpec = str | dict[str, dict[str, str | int | float | bool]]
 EVAL_BATCH = 32
 JOB_TIMEOUT_S = 1800
 
@@ -37,10 +40,25 @@ class Config(StageBase):
     produces = ("bench",)
 
     kind: Literal["bench"] = "bench"
-    providers: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1, description="Execution providers to run on.")
+    providers: list[ProviderSpec] = Field(
+        default_factory=lambda: ["cpu"], min_length=1, description="Execution providers to run on: cpu, cuda, "
+        "tensorrt, openvino, arm (the CPU provider on an aarch64 host), any onnxruntime provider name, or "
+        "{name: {option: value}} with provider options.")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes to time.")
     seq_lens: list[int] = Field(default_factory=lambda: [128], min_length=1, description="Sequence lengths to time.")
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Intra-op threads (0 = onnxruntime default).")
+    inter_op_threads: list[int] = Field(
+        default_factory=lambda: [1], min_length=1, description="Inter-op threads (used by the parallel mode).")
+    graph_optimization: list[Literal["disable", "basic", "extended", "all"]] = Field(
+        default_factory=lambda: ["all"], min_length=1, description="onnxruntime graph optimization levels.")
+    execution_mode: list[Literal["sequential", "parallel"]] = Field(
+        default_factory=lambda: ["sequential"], min_length=1, description="onnxruntime execution modes.")
+    targets: list[str] = Field(
+        default_factory=lambda: ["local"], min_length=1, description="Machines to bench on: `local` or names "
+        "from the recipe's `targets` (ssh devices, qemu).")
+    strict_providers: bool = Field(
+        default=False, description="Fail the stage when a requested provider cannot run on a target, instead "
+        "of reporting it as unavailable (also `compress run --strict-providers`).")
     warmup: int = Field(default=5, ge=0, description="Untimed runs before timing.")
     min_iterations: int = Field(default=20, ge=1, description="Timed runs per round, at least.")
     min_seconds: float = Field(default=1.0, ge=0, description="Timed seconds per round, at least.")
@@ -53,10 +71,20 @@ class Config(StageBase):
         "is reported as a row with status 'skipped' and the reason; a measurement still running is stopped. Round "
         "1 of every variant comes before round 2 of any, so a short budget still times each variant once.")
 
+    @field_validator("providers")
+    @classmethod
+    def _parse_providers(cls, specs: list) -> list:
+        labels = [registry.parse(spec).request for spec in specs]  # raises a readable ValueError
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"a provider is listed twice: {labels}")
+        return specs
 
-def provider_name(short: str) -> str:
-    """`cpu` -> CPUExecutionProvider, ...; any other name is taken as an onnxruntime provider name."""
-    return PROVIDERS.get(short.lower(), short)
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"a target is listed twice: {targets}")
+        return targets
 
 
 @dataclass(frozen=True)
@@ -73,72 +101,165 @@ class Variant:
 @dataclass(frozen=True)
 class Cell:
     variant: Variant
-    provider: str
+    provider: str  # onnxruntime's name
     batch_size: int
     seq_len: int
     threads: int
+    request: str = "cpu"  # the name in the recipe (arm and cpu are both CPUExecutionProvider)
+    options: str | None = None  # provider options as JSON
+    inter_threads: int = 1
+    graph_opt: str = "all"
+    execution_mode: str = "sequential"
+    target: str = "local"
+
+    @property
+    def label(self) -> str:
+        """The provider in ids and quality keys: onnxruntime's name, except for `arm`."""
+        return "arm" if self.request.lower() == "arm" else self.provider
 
     @property
     def id(self) -> str:
-        return f"{self.variant.name}|{self.provider}|b{self.batch_size}|s{self.seq_len}|t{self.threads}"
+        base = f"{self.variant.name}|{self.label}|b{self.batch_size}|s{self.seq_len}|t{self.threads}"
+        extra = [f"i{self.inter_threads}" if self.inter_threads != 1 else "",
+                 f"opt-{self.graph_opt}" if self.graph_opt != "all" else "",
+                 self.execution_mode if self.execution_mode != "sequential" else "",
+                 f"@{self.target}" if self.target != "local" else ""]
+        return "|".join([base, *(e for e in extra if e)])
+
+    @property
+    def key(self) -> tuple:
+        """What quality is scored per."""
+        return (self.variant.name, self.label, self.target)
 
 
 def run(cfg: Config, ctx) -> list:
-    from itertools import product
-
-    import onnxruntime as ort
     from rich.progress import Progress
 
     from compress.data import load_dataset
 
     variants = _variants(cfg, ctx)
-    settings = list(product(cfg.batch_sizes, cfg.seq_lens, cfg.threads))
-    available = ort.get_available_providers()
-    cells = [Cell(v, "cpu" if v.runtime == "torch" else provider_name(p), b, s, t)
-             for (b, s, t) in settings for p in cfg.providers for v in variants
-             if v.runtime == "onnxruntime" or p == cfg.providers[0]]
-    data = load_dataset(ctx.recipe.data)
-    n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(data.eval.texts))
-    inputs = _Inputs(ctx.work_dir, data.eval.texts[:n_eval], ctx.recipe.data.max_length)
-    results: dict[str, list[dict]] = {c.id: [] for c in cells}
-    eval_out: dict[tuple, Path] = {}
-    budget = _Budget(cfg.time_budget_s)
-    work = _measure_dir(ctx.work_dir)
-    with Progress(console=ctx.console, transient=True) as progress:
-        bar = progress.add_task("bench", total=cfg.rounds * len(cells))
-        for round_ in range(cfg.rounds):
-            for cell in cells:
-                progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
-                done = results[cell.id]
-                if done and done[-1]["status"] != "ok":
-                    continue  # unavailable or broken: do not retry every round
-                key = (cell.variant.name, cell.provider)
-                want_eval = key not in eval_out and round_ == 0
-                if cell.variant.runtime == "onnxruntime" and cell.provider not in available:
-                    done.append({"status": "unavailable", "reason": f"{cell.provider} is not in onnxruntime's "
-                                 f"available providers ({', '.join(available)})"})
-                    continue
-                if budget.spent():
-                    if not done:
-                        done.append({"status": "skipped", "reason": budget.reason("before this measurement")})
-                    continue
-                result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", ctx.recipe.task, budget)
-                if result["status"] == "skipped" and done:
-                    continue  # earlier rounds measured it: keep those
-                done.append(result)
-                if want_eval and result["status"] == "ok":
-                    eval_out[key] = out
+    targets = _open_targets(cfg, ctx)
+    try:
+        envs = {name: t.environment() for name, t in targets.items()}
+        unavailable = _check_providers(cfg, envs)
+        cells = _cells(cfg, variants, targets)
+        data = load_dataset(ctx.recipe.data)
+        n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(data.eval.texts))
+        inputs = _Inputs(ctx.work_dir, data.eval.texts[:n_eval], ctx.recipe.data.max_length)
+        results: dict[str, list[dict]] = {c.id: [] for c in cells}
+        eval_out: dict[tuple, Path] = {}
+        budget = _Budget(cfg.time_budget_s)
+        work = _measure_dir(ctx.work_dir)
+        with Progress(console=ctx.console, transient=True) as progress:
+            bar = progress.add_task("bench", total=cfg.rounds * len(cells))
+            for round_ in range(cfg.rounds):
+                for cell in cells:
+                    progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
+                    done = results[cell.id]
+                    if done and done[-1]["status"] != "ok":
+                        continue  # unavailable or broken: do not retry every round
+                    want_eval = cell.key not in eval_out and round_ == 0
+                    reason = unavailable.get((cell.target, cell.request)) if cell.variant.runtime != "torch" else None
+                    if reason:
+                        done.append({"status": "unavailable", "reason": reason})
+                        continue
+                    if budget.spent():
+                        if not done:
+                            done.append({"status": "skipped", "reason": budget.reason("before this measurement")})
+                        continue
+                    result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", ctx.recipe.task,
+                                           budget, targets[cell.target])
+                    if result["status"] == "skipped" and done:
+                        continue  # earlier rounds measured it: keep those
+                    done.append(result)
+                    if want_eval and result["status"] == "ok":
+                        eval_out[cell.key] = out
+    finally:
+        for target in targets.values():
+            target.close()
     reference = _reference(cfg, ctx, variants, inputs, eval_out, work)
     labels = data.eval.labels[:n_eval] if data.eval.labels else None
     quality = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
                if any(v.name == k[0] for v in variants)}
-    rows = [_row(c, results[c.id], quality) for c in cells]
+    rows = [_row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
+    _strict(cfg, rows)
     samples = {c.id: [r.get("samples_ms", []) for r in results[c.id]] for c in cells}
     settings_out = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length}
-    doc = {"environment": _environment(), "settings": settings_out, "rows": rows}
+    doc = {"environment": _environment(), "targets": {name: {**env, "emulated": targets[name].emulated}
+                                                      for name, env in envs.items()},
+           "settings": settings_out, "rows": rows}
     artifact = ctx.save("bench", "bench", lambda tmp: _write(tmp, doc, samples), {"rows": len(rows)})
     _summarize(ctx, rows)
     return [artifact]
+
+
+def _open_targets(cfg: Config, ctx) -> dict:
+    from compress.errors import StageError
+    from compress.targets.remote import open_target
+
+    declared = ctx.recipe.targets
+    missing = [name for name in cfg.targets if name != "local" and name not in declared]
+    if missing:
+        raise StageError(f"bench targets {missing} are not declared in the recipe's `targets` "
+                         f"(declared: {', '.join(declared) or 'none'}; `local` needs no entry)")
+    opened = {}
+    try:
+        for name in cfg.targets:
+            opened[name] = open_target(name, declared.get(name), ctx.work_dir)
+    except BaseException:
+        for target in opened.values():
+            target.close()
+        raise
+    return opened
+
+
+def _check_providers(cfg: Config, envs: dict[str, dict]) -> dict[tuple, str]:
+    """{(target, provider as written): why it cannot run there}; with strict_providers, any is an error."""
+    unavailable = {}
+    for target, env in envs.items():
+        for spec in cfg.providers:
+            provider = registry.parse(spec)
+            reason = registry.unavailable_reason(provider, env)
+            if reason:
+                unavailable[(target, provider.request)] = reason
+    if cfg.strict_providers and unavailable:
+        raise registry.ProviderUnavailable(
+            "strict providers: " + "; ".join(registry.message(p, r, t) for (t, p), r in unavailable.items())
+            + ". Install the provider's package or drop it from the bench stage's providers; without "
+            "--strict-providers it is reported as unavailable and the others run.")
+    return unavailable
+
+
+def _strict(cfg: Config, rows: list[dict]) -> None:
+    """A fallback seen only once the session existed (listed is not usable) fails a strict run too."""
+    fell_back = [r for r in rows if r["status"] == "unavailable"]
+    if cfg.strict_providers and fell_back:
+        raise registry.ProviderUnavailable("strict providers: " + "; ".join(
+            registry.message(r["provider_request"], r["reason"], r["target"]) for r in fell_back))
+
+
+def _cells(cfg: Config, variants: list[Variant], targets: dict) -> list[Cell]:
+    """Every variant x provider x setting x target; the torch baseline once per b/s/t, on this machine."""
+    import json as json_
+    from itertools import product
+
+    settings = list(product(cfg.batch_sizes, cfg.seq_lens, cfg.threads, cfg.inter_op_threads,
+                            cfg.graph_optimization, cfg.execution_mode))
+    first = (cfg.inter_op_threads[0], cfg.graph_optimization[0], cfg.execution_mode[0])
+    cells = []
+    for target in targets:
+        for (b, s, t, inter, opt, mode) in settings:
+            for spec in cfg.providers:
+                provider = registry.parse(spec)
+                options = json_.dumps(provider.options, sort_keys=True) if provider.options else None
+                for v in variants:
+                    if v.runtime == "torch":
+                        if target != "local" or spec != cfg.providers[0] or (inter, opt, mode) != first:
+                            continue
+                        cells.append(Cell(v, "cpu", b, s, t))
+                        continue
+                    cells.append(Cell(v, provider.name, b, s, t, provider.request, options, inter, opt, mode, target))
+    return cells
 
 
 class _Budget:
@@ -242,30 +363,35 @@ class _Inputs:
 
 
 def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Path, task: str,
-             budget: _Budget | None = None) -> tuple[dict, Path | None]:
+             budget: _Budget | None = None, target=None) -> tuple[dict, Path | None]:
     work.mkdir(parents=True, exist_ok=True)
-    stem = cell.id.replace("|", "_")
+    stem = cell.id.replace("|", "_").replace("@", "at-")
     out, eval_out = work / f"{stem}.json", work / f"{stem}.eval.npz"
     timing = ["--warmup", str(cfg.warmup), "--min-iterations", str(cfg.min_iterations),
               "--min-seconds", str(cfg.min_seconds), "--threads", str(cell.threads)]
-    args = ["--inputs", str(inputs.timing(cell.variant.folder, cell.batch_size, cell.seq_len)), "--out", str(out)]
+    files = {"--inputs": inputs.timing(cell.variant.folder, cell.batch_size, cell.seq_len)}
     if want_eval:
-        args += ["--eval", str(inputs.eval(cell.variant.folder)[0]), "--eval-out", str(eval_out)]
-    if cell.variant.runtime == "torch":
-        # Loaded by path: the worker must not depend on every stage of the registry importing cleanly.
-        code = ("import sys, importlib.util as u; s = u.spec_from_file_location('bench_worker', sys.argv[1]); "
-                "m = sys.modules['bench_worker'] = u.module_from_spec(s); s.loader.exec_module(m); "
-                "sys.exit(m.torch_worker(sys.argv[2:]))")
-        command = [sys.executable, "-c", code, __file__, task, "--model", str(cell.variant.folder), *args, *timing]
-    else:
-        from compress.targets import harness
-
-        command = [sys.executable, harness.__file__, "--model", str(cell.variant.folder / "model.onnx"),
-                   "--provider", cell.provider, *args, *timing]
+        files["--eval"] = inputs.eval(cell.variant.folder)[0]
     left = budget.left() if budget else None
     timeout = JOB_TIMEOUT_S if left is None else max(0.1, min(JOB_TIMEOUT_S, left))
     try:
-        proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+        if cell.variant.runtime == "torch":
+            # Loaded by path: the worker must not depend on every stage of the registry importing cleanly.
+            code = ("import sys, importlib.util as u; s = u.spec_from_file_location('bench_worker', sys.argv[1]); "
+                    "m = sys.modules['bench_worker'] = u.module_from_spec(s); s.loader.exec_module(m); "
+                    "sys.exit(m.torch_worker(sys.argv[2:]))")
+            args = [a for flag, path in files.items() for a in (flag, str(path))] + ["--out", str(out)]
+            args += ["--eval-out", str(eval_out)] if want_eval else []
+            command = [sys.executable, "-c", code, __file__, task, "--model", str(cell.variant.folder), *args, *timing]
+            proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+        else:
+            from compress.targets.remote import LocalTarget
+
+            options = ["--provider", cell.provider, "--inter-threads", str(cell.inter_threads),
+                       "--graph-opt", cell.graph_opt, "--execution-mode", cell.execution_mode, *timing]
+            options += ["--provider-options", cell.options] if cell.options else []
+            proc = (target or LocalTarget()).run_harness(cell.variant.folder, files, options, out,
+                                                         eval_out if want_eval else None, timeout)
     except subprocess.TimeoutExpired:
         if timeout < JOB_TIMEOUT_S:
             return {"status": "skipped", "reason": budget.reason("during this measurement (stopped)")}, None
@@ -312,19 +438,20 @@ def torch_worker(argv: list[str]) -> int:
 def _reference(cfg: Config, ctx, variants, inputs: _Inputs, eval_out: dict, work: Path):
     """The teacher's PyTorch fp32 outputs on the eval texts, in text order (None without a teacher)."""
     teacher = ctx.teacher()  # the fine-tuned one when a finetune stage ran
-    if ("teacher", "cpu") not in eval_out and teacher is not None and not cfg.baseline:
+    if ("teacher", "cpu", "local") not in eval_out and teacher is not None:
         # No timed baseline: run the worker once for its eval outputs only.
         quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})
         variant = Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, 0.0)
-        result, out = _measure(quick, Cell(variant, "cpu", 1, cfg.seq_lens[0], 0), inputs, True,
-                               work / "reference", ctx.recipe.task)
+        cell = Cell(variant, "cpu", 1, cfg.seq_lens[0], 0)
+        result, out = _measure(quick, cell, inputs, True, work / "reference", ctx.recipe.task)
         if result["status"] == "ok":
-            eval_out[("teacher", "cpu")] = out
+            eval_out[cell.key] = out
         variants = [*variants, variant]
-    if ("teacher", "cpu") not in eval_out:
+    key = ("teacher", "cpu", "local")
+    if key not in eval_out:
         ctx.console.print("  [yellow]no reference outputs from the teacher in PyTorch: quality not scored[/yellow]")
         return None
-    return _outputs(ctx.task, inputs, variants, "teacher", eval_out[("teacher", "cpu")])
+    return _outputs(ctx.task, inputs, variants, "teacher", eval_out[key])
 
 
 def _outputs(task, inputs: _Inputs, variants, name: str, path: Path):
@@ -354,7 +481,7 @@ def _quality(task, reference, inputs: _Inputs, variants, key: tuple, path: Path,
     return {**scores, "nonfinite_outputs": bad} if bad else scores
 
 
-def _row(cell: Cell, results: list[dict], quality: dict) -> dict:
+def _row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False) -> dict:
     import statistics
 
     from compress.targets.harness import summarize
@@ -362,9 +489,12 @@ def _row(cell: Cell, results: list[dict], quality: dict) -> dict:
     v = cell.variant
     failed = next((r for r in results if r["status"] != "ok"), None)
     row = {"id": cell.id, "variant": v.name, "role": v.role, "precision": v.precision, "source": v.source,
-           "runtime": v.runtime, "provider": cell.provider, "provider_used": None,
+           "runtime": v.runtime, "provider": cell.provider, "provider_request": cell.request, "provider_used": None,
+           "target": cell.target, "emulated": emulated,
            "status": failed["status"] if failed else "ok", "reason": failed.get("reason") if failed else None,
            "batch_size": cell.batch_size, "seq_len": cell.seq_len, "threads": cell.threads,
+           "inter_op_threads": cell.inter_threads, "graph_optimization": cell.graph_opt,
+           "execution_mode": cell.execution_mode,
            "latency_ms": None, "throughput": None, "peak_rss_mb": None, "size_mb": round(v.size_mb, 3),
            "quality": {}, "rounds": len(results)}
     if failed or not results:
@@ -375,7 +505,7 @@ def _row(cell: Cell, results: list[dict], quality: dict) -> dict:
     latency["n"] = merged["latency_ms"]["n"]
     row.update(latency_ms=latency, throughput=merged["throughput"], provider_used=results[0]["providers_used"][0],
                peak_rss_mb=max(r["peak_rss_mb"] or 0.0 for r in results), machine=results[0].get("machine"),
-               quality=quality.get((v.name, cell.provider), {}),
+               quality=quality.get(cell.key, {}),
                spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
     return row
 
@@ -423,5 +553,10 @@ def _summarize(ctx, rows: list[dict]) -> None:
         elif r["status"] == "ok":
             ctx.console.print(f"  {r['id']}: p50 {r['latency_ms']['p50']:.2f} ms, "
                               + ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if isinstance(v, float)))
+        elif r["status"] == "unavailable":
+            from rich.markup import escape
+
+            message = escape(f"{r['id']}: {registry.message(r['provider_request'], r['reason'], r['target'])}")
+            ctx.console.print(f"  [yellow]{message}[/yellow]", highlight=False)
         else:
             ctx.console.print(f"  [yellow]{r['id']}: {r['status']}: {r['reason']}[/yellow]")

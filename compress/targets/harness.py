@@ -5,7 +5,9 @@ onnxruntime only, and imports nothing of `compress`.
 
     python harness.py --model model.onnx --inputs inputs.npz --out result.json \
         [--eval eval.npz --eval-out outputs.npz] --provider CPUExecutionProvider --threads 1 \
+        [--inter-threads 1 --graph-opt all --execution-mode sequential --provider-options '{...}'] \
         --warmup 5 --min-iterations 20 --min-seconds 1.0
+    python harness.py --env     # this machine's environment as JSON on stdout
 
 result.json always gets written with a "status": "ok", "unavailable" (the requested execution
 provider is missing or onnxruntime fell back to another one: no timing is done, so a CPU number is
@@ -105,28 +107,104 @@ def check_providers(requested: str, used: list[str]) -> str | None:
     return None
 
 
+# CPU features that pick onnxruntime's int8/fp16 kernels, as /proc/cpuinfo spells them (x86 "flags", aarch64
+# "Features": asimd is NEON, asimddp the dot-product instructions, asimdhp fp16 arithmetic).
+X86_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_int8")
+ARM_FLAGS = ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2")
+ORT_PACKAGES = ("onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-qnn",
+                "onnxruntime-rocm", "onnxruntime-training", "onnxruntime")
+
+
+def cpu_environment(cpuinfo: str | None = None, meminfo: str | None = None, machine: str | None = None) -> dict:
+    """CPU model, feature flags, cores and memory of this machine (Linux /proc; elsewhere what platform knows)."""
+    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    meminfo = _read("/proc/meminfo") if meminfo is None else meminfo
+    model, flags, part = "", set(), ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key == "cpu part" and not part:
+            part = value.strip()
+    if not model and part:  # aarch64 Linux names no model: the part number does (0xd08 = Cortex-A72)
+        model = {"0xd03": "Cortex-A53", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1",
+                 "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2", "0xd49": "Neoverse-N2"}.get(part, f"ARM part {part}")
+    memory = None
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            memory = round(int(line.split()[1]) / 1024 / 1024, 2)
+    arm = (machine or platform.machine()).lower() in ("aarch64", "arm64")
+    if arm:
+        flags.add("asimd")  # Advanced SIMD (NEON) is mandatory on ARMv8-A
+    return {"cpu_model": model or platform.processor() or "unknown", "cores": os.cpu_count(),
+            "memory_gb": memory, "cpu_flags": {f: f in flags for f in (ARM_FLAGS if arm else X86_FLAGS)}}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def _os_release() -> str:
+    for line in _read("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.partition("=")[2].strip().strip('"')
+    return platform.platform()
+
+
+def _ort_package() -> str | None:
+    """Which onnxruntime distribution is installed: they share the module name, and differ in providers."""
+    from importlib import metadata
+
+    for name in ORT_PACKAGES:
+        try:
+            metadata.version(name)
+            return name
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def environment() -> dict:
+    import glob
+
     import numpy as np
     import onnxruntime as ort
 
-    return {"machine": platform.machine(), "platform": platform.platform(), "python": platform.python_version(),
-            "onnxruntime": ort.__version__, "numpy": np.__version__,
-            "available_providers": list(ort.get_available_providers())}
+    return {"machine": platform.machine(), "platform": platform.platform(), "os": _os_release(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "onnxruntime_package": _ort_package(), "available_providers": list(ort.get_available_providers()),
+            "gpu_devices": sorted(glob.glob("/dev/nvidia[0-9]*")) if sys.platform.startswith("linux") else None,
+            **cpu_environment()}
 
 
-def make_session(model: str, provider: str, threads: int, graph_opt: str = "all"):
+EXECUTION_MODES = ("sequential", "parallel")
+
+
+def make_session(model: str, provider: str, threads: int, graph_opt: str = "all", inter_threads: int = 1,
+                 execution_mode: str = "sequential", provider_options: dict | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
-    options.inter_op_num_threads = 1
+    options.inter_op_num_threads = inter_threads  # used by the parallel execution mode only
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_opt]
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    first = (provider, provider_options) if provider_options else provider
+    providers = [first] if provider == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
     return ort.InferenceSession(model, sess_options=options, providers=providers)
 
 
@@ -169,7 +247,9 @@ def run_eval(session, eval_path: str, out_path: str) -> dict:
 def bench(args) -> dict:
     import numpy as np
 
-    result = {"status": "ok", "reason": None, "provider": args.provider, "threads": args.threads, **environment()}
+    result = {"status": "ok", "reason": None, "provider": args.provider, "threads": args.threads,
+              "inter_threads": args.inter_threads, "graph_opt": args.graph_opt,
+              "execution_mode": args.execution_mode, **environment()}
     if args.provider not in result["available_providers"]:
         return {**result, "status": "unavailable", "providers_used": [],
                 "reason": f"{args.provider} is not in this onnxruntime's available providers "
@@ -177,7 +257,8 @@ def bench(args) -> dict:
     with np.load(args.inputs) as data:
         arrays = {k: data[k] for k in data.files}
     t0 = time.perf_counter()
-    session = make_session(args.model, args.provider, args.threads, args.graph_opt)
+    session = make_session(args.model, args.provider, args.threads, args.graph_opt, args.inter_threads,
+                           args.execution_mode, args.provider_options)
     result["session_seconds"] = time.perf_counter() - t0
     result["providers_used"] = session.get_providers()
     reason = check_providers(args.provider, result["providers_used"])
@@ -192,25 +273,32 @@ def bench(args) -> dict:
     if args.eval:
         del session  # quality is not timed: let the eval use every core
         gc.collect()
-        eval_session = make_session(args.model, args.provider, 0, args.graph_opt)
+        eval_session = make_session(args.model, args.provider, 0, args.graph_opt, args.inter_threads,
+                                    args.execution_mode, args.provider_options)
         result.update(run_eval(eval_session, args.eval, args.eval_out))
     return result
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--inputs", required=True, help="npz with one array per model input (pre-built)")
-    parser.add_argument("--out", required=True, help="result.json to write")
+    parser.add_argument("--env", action="store_true", help="print this machine's environment as JSON and exit")
+    parser.add_argument("--model")
+    parser.add_argument("--inputs", help="npz with one array per model input (pre-built)")
+    parser.add_argument("--out", help="result.json to write")
     parser.add_argument("--eval", help="npz of eval batches: b0_input_ids, b0_attention_mask, ...")
     parser.add_argument("--eval-out", help="npz to write the eval outputs to (b0_<output name>, ...)")
     parser.add_argument("--provider", default="CPUExecutionProvider")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (0 = onnxruntime default)")
+    parser.add_argument("--inter-threads", type=int, default=1, help="inter-op threads (parallel mode)")
     parser.add_argument("--graph-opt", choices=GRAPH_OPT, default="all")
+    parser.add_argument("--execution-mode", choices=EXECUTION_MODES, default="sequential")
+    parser.add_argument("--provider-options", type=json.loads, default=None, help="JSON object of provider options")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-iterations", type=int, default=20)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
+    if not args.env and not (args.model and args.inputs and args.out):
+        parser.error("--model, --inputs and --out are required (unless --env)")
     if args.eval and not args.eval_out:
         parser.error("--eval needs --eval-out")
     return args
@@ -229,6 +317,9 @@ def _clean(value):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.env:
+        json.dump(_clean(environment()), sys.stdout)
+        return 0
     try:
         result = bench(args)
     except Exception as exc:  # noqa: BLE001 - the caller reads result.json; the traceback goes to stderr
