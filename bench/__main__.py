@@ -1,4 +1,4 @@
-"""`python -m bench [distill]`: compress's own benchmarks, written to bench/results/.
+"""`python -m bench [distill | peers [--setup] ...]`: compress's own benchmarks, written to bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
 <date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import sys
 
-from bench import distill
+from bench import distill, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
     "distill-embedding": lambda: distill.main(("embedding",)),
+    "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
 }
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["peers"]:
+        return peers.main(argv[1:])
     names = argv or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
