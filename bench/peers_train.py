@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args(argv)
 
-    recipe = load_recipe(args.recipe)
+    resolved = args.run_dir / "recipe.resolved.yaml"  # the recipe that made the run, overrides included
+    recipe = load_recipe(resolved if resolved.is_file() else args.recipe)
     distill = next(s for s in recipe.stages if s.kind == "distill")
     data = load_dataset(recipe.data)
     teacher_dir = resolve_model(recipe.teacher.source)
@@ -52,10 +53,12 @@ def main(argv: list[str]) -> int:
     max_length = distill.max_length or recipe.data.max_length
     ids = tokenizer(data.train.texts, truncation=True, max_length=max_length)["input_ids"]
     cached = sorted((args.run_dir / "work" / "distill").glob("targets-*.npz"))
+    targets, source = None, "random"
     if cached:
         with np.load(cached[-1]) as saved:
-            targets = torch.from_numpy(saved["train"])
-    else:
+            if len(saved["train"]) == len(ids):
+                targets, source = torch.from_numpy(saved["train"]), "the run's cached teacher outputs"
+    if targets is None:
         targets = F.normalize(torch.randn(len(ids), student.config.hidden_size), dim=1)
     # Length-bucketed batches as compress makes them: a seeded shuffle, sorted inside windows of 50 batches.
     order = np.random.default_rng(distill.seed).permutation(len(ids)).tolist()
@@ -63,6 +66,8 @@ def main(argv: list[str]) -> int:
     for start in range(0, len(order), size * 50):
         part = sorted(order[start:start + size * 50], key=lambda i: len(ids[i]))
         buckets += [part[i:i + size] for i in range(0, len(part), size) if len(part[i:i + size]) == size]
+    # ... visited in a shuffled order, as compress's sampler does (in order, the first are the shortest texts).
+    buckets = [buckets[i] for i in np.random.default_rng(distill.seed).permutation(len(buckets))]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=distill.lr,
                                   weight_decay=distill.weight_decay)
     seconds, samples = 0.0, 0
@@ -79,7 +84,7 @@ def main(argv: list[str]) -> int:
             seconds += time.monotonic() - started
             samples += len(index)
     print(json.dumps({"samples_per_s": samples / seconds, "steps": args.steps, "batch_size": size,
-                      "seconds": seconds, "threads": torch.get_num_threads(), "targets_cached": bool(cached)}))
+                      "seconds": seconds, "threads": torch.get_num_threads(), "targets": source}))
     return 0
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import peers
+from bench import peers, peers_report
 from bench.peers_measure import fidelity, mean_pool, median_ratio, spread
 
 
@@ -112,7 +112,7 @@ def test_verdict_met_when_loss_bar_is_loose():
 def test_table_orders_by_batch1_latency_and_shows_ratios():
     rows, _ = _rows()
 
-    lines = peers.table(rows)
+    lines = peers_report.table(rows)
 
     assert lines[2].startswith("| compress: student.int8-dynamic.onnx | 20.0 | 4.00 |")
     assert "2.50x / 2.14x" in lines[2]  # vs Optimum int8: 10/4 and 300/140
@@ -125,7 +125,7 @@ def test_recommend_names_an_exact_and_a_fast_variant():
     for r in rows:
         r["top10_agreement"] = 0.8
 
-    lines = peers._recommend(rows)
+    lines = peers_report._recommend(rows)
 
     assert "compress: teacher.int8-dynamic.onnx" in lines[0]
     assert "compress: student.int8-dynamic.onnx" in lines[1]
