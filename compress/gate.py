@@ -97,7 +97,9 @@ def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
         base = before.pop(key(row), None)
         entry = {"row": row, "base": base, "label": label(row), "delta": None, "quality_delta": None,
                  "noise": None, "verdict": "new" if base is None else "not measured"}
-        if base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
+        if base and (row.get("emulated") or base.get("emulated")):
+            entry["verdict"] = "emulated: not compared"
+        elif base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
             now, then = _rounds(row), _rounds(base)
             entry["delta"] = row["p50_ms"] / base["p50_ms"] - 1
             entry["noise"] = max(_spread(now), _spread(then))
@@ -119,7 +121,7 @@ def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float 
          min_speedup: float | None = None,
          max_latency_regression: float | None = DEFAULT_MAX_LATENCY_REGRESSION) -> dict:
     """Evaluate the gates; thresholds left None fall back to the recipe's gates recorded in the report."""
-    from compress.report import _recommend
+    from compress.report import recommend
 
     max_drop = _threshold("max-quality-drop", max_quality_drop)
     speedup = _threshold("min-speedup", min_speedup)
@@ -127,7 +129,7 @@ def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float 
     max_drop = max_drop if max_drop is not None else _recipe_gate(report, "max_quality_drop")
     speedup = speedup if speedup is not None else _recipe_gate(report, "min_speedup")
     budget = max_drop if max_drop is not None else report.get("max_quality_drop", 0.02)
-    best = _recommend(report["rows"], budget)
+    best, _ = recommend(report["rows"], report.get("select") or {}, budget)
     headline = report.get("headline", "cosine")
     checks = []
     if max_drop is not None:

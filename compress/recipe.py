@@ -82,8 +82,9 @@ class Select(StrictModel):
         default=None, description="Only rows on this provider (cpu, cuda, ... or an onnxruntime provider name).")
     target: str | None = Field(default=None, description="Only rows measured on this target (see `targets`).")
     setting: str | None = Field(
-        default=None, pattern=r"^b\d+/s\d+/t\d+$",
-        description="Only rows at this bench setting, e.g. b1/s128/t1 (default: the first one benched).")
+        default=None, pattern=r"^b\d+/s\d+/t\d+(/[a-z0-9-]+)*$",
+        description="Only rows at this bench setting, e.g. b1/s128/t1 or b1/s128/t1/opt-basic (default: the first "
+        "one benched).")
     max_size_mb: float | None = Field(default=None, gt=0, description="Only variants at most this large.")
     objective: Literal["p50", "p90", "p99", "size", "cost"] = Field(
         default="p50", description="Among the variants that qualify, the one with the lowest of this wins "

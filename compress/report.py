@@ -38,20 +38,23 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     recipe = manifest.get("recipe") or {}
     docs = _bench_results(Path(run_dir), manifest)
     headline = _headline(recipe.get("task"))
-    gates = recipe.get("gates") or {}
-    max_drop = gates.get("max_quality_drop")
-    max_drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
-    rows = _decision_rows([row for doc in docs for row in doc["rows"]], headline, max_drop)
-    best = _recommend(rows, max_drop)
+    gates, select = recipe.get("gates") or {}, recipe.get("select") or {}
+    max_drop = next((v for v in (select.get("max_quality_drop"), gates.get("max_quality_drop")) if v is not None),
+                    DEFAULT_MAX_DROP)
+    prices = {name: (t or {}).get("price_per_hour") for name, t in (recipe.get("targets") or {}).items()}
+    rows = _decision_rows([row for doc in docs for row in doc["rows"]], headline, max_drop, prices)
+    best, why = recommend(rows, select, max_drop)
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
         "baseline": "teacher in PyTorch fp32 at the same batch size, sequence length and threads",
         "max_quality_drop": max_drop,
+        "select": {**select, "max_quality_drop": max_drop},
         "environment": docs[0]["environment"] if docs else {},
+        "targets": {name: env for doc in docs for name, env in (doc.get("targets") or {}).items()},
         "settings": docs[0]["settings"] if docs else {},
         "rows": rows,
         "recommendation": best,
-        "recommendation_text": _recommendation_text(best, rows, headline, max_drop),
+        "recommendation_text": _recommendation_text(best, why, headline),
         "gates": _gates(gates, best),
         "distillation": _distillation(manifest, headline),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
@@ -108,10 +111,21 @@ def _num(value) -> float | None:
 
 
 def _setting(row: dict) -> tuple:
-    return (row["batch_size"], row["seq_len"], row["threads"])
+    """Everything that makes two measurements of one variant different: batch, sequence, session, machine."""
+    return (row["batch_size"], row["seq_len"], row["threads"], row.get("inter_op_threads") or 1,
+            row.get("graph_optimization") or "all", row.get("execution_mode") or "sequential",
+            row.get("target") or "local")
 
 
-def _decision_rows(rows: list[dict], headline: str, max_drop: float) -> list[dict]:
+def setting_label(row: dict) -> str:
+    """`b1/s128/t1`, plus `/i2`, `/opt-basic`, `/parallel` and `@target` where they differ from the defaults."""
+    batch, seq, threads, inter, opt, mode, target = _setting(row)
+    parts = [f"b{batch}/s{seq}/t{threads}", f"i{inter}" if inter != 1 else "", f"opt-{opt}" if opt != "all" else "",
+             mode if mode != "sequential" else ""]
+    return "/".join(p for p in parts if p) + (f"@{target}" if target != "local" else "")
+
+
+def _decision_rows(rows: list[dict], headline: str, max_drop: float, prices: dict | None = None) -> list[dict]:
     settings = list(dict.fromkeys(_setting(r) for r in rows))
     ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms")]
     out = []
@@ -127,21 +141,39 @@ def _decision_rows(rows: list[dict], headline: str, max_drop: float) -> list[dic
             "source": row.get("source"), "runtime": row.get("runtime"), "provider": row.get("provider"),
             "provider_used": row.get("provider_used"), "status": row["status"], "reason": row.get("reason"),
             "batch_size": row["batch_size"], "seq_len": row["seq_len"], "threads": row["threads"],
-            "setting": "b{}/s{}/t{}".format(*_setting(row)), "size_mb": _num(row.get("size_mb")),
+            "inter_op_threads": row.get("inter_op_threads"), "graph_optimization": row.get("graph_optimization"),
+            "execution_mode": row.get("execution_mode"), "provider_request": row.get("provider_request"),
+            "setting": setting_label(row), "size_mb": _num(row.get("size_mb")),
             "size_ratio": _ratio(row.get("size_mb"), (base or {}).get("size_mb")),
             "p50_ms": p50, "p90_ms": _num(latency.get("p90")), "p99_ms": _num(latency.get("p99")),
             "rounds_p50_ms": latency.get("rounds_p50") or [], "throughput": _num(row.get("throughput")),
             "peak_rss_mb": _num(row.get("peak_rss_mb")),
-            "speedup": _ratio(base_p50, p50) if row["status"] == "ok" else None,
+            # Emulated timings say nothing about speed: no speed-up is computed from them.
+            "speedup": _ratio(base_p50, p50) if row["status"] == "ok" and not row.get("emulated") else None,
             "quality": quality, "headline": value,
             "quality_drop": (_num(base_value) - value) if _num(base_value) is not None and value is not None else None,
             "is_baseline": base is row,
+            "target": row.get("target") or "local", "emulated": bool(row.get("emulated")),
         }
+        entry["cost_per_million"] = _cost(row, prices or {})
+        base_cost = _cost(base, prices or {}) if base else None
+        entry["cost_saving"] = (1 - entry["cost_per_million"] / base_cost
+                                if entry["cost_per_million"] is not None and base_cost else None)
         entry["flags"] = _flags(row, entry, ok, max_drop)
         out.append(entry)
     # Settings in bench order; within one, fastest first; rows that did not run last.
-    return sorted(out, key=lambda e: (settings.index((e["batch_size"], e["seq_len"], e["threads"])),
+    return sorted(out, key=lambda e: (settings.index(_setting(e)),
                                       e["p50_ms"] is None, e["p50_ms"] or 0.0, e["variant"], e["provider"] or ""))
+
+
+def _cost(row: dict, prices: dict) -> float | None:
+    """Dollars per million inferences (one text each) at the row's p50, on a machine billed by the hour."""
+    price = prices.get(row.get("target") or "local")
+    p50 = _num((row.get("latency_ms") or {}).get("p50"))
+    if price is None or p50 is None or row.get("status") != "ok":
+        return None
+    seconds_per_inference = p50 / 1000 / row["batch_size"]
+    return price / 3600 * seconds_per_inference * 1e6
 
 
 def _baseline(ok: list[dict], row: dict) -> dict | None:
@@ -158,9 +190,11 @@ def _ratio(a, b) -> float | None:
 
 
 def _flags(row: dict, entry: dict, ok: list[dict], max_drop: float) -> list[str]:
+    if row["status"] == "unavailable" and row.get("provider_request"):
+        return [f"{row['provider_request']}: unavailable ({row.get('reason') or 'no reason given'})"]
     if row["status"] != "ok":
         return [f"{row['status']}: {row.get('reason') or 'no reason given'}"]
-    flags = []
+    flags = ["emulated: timings not comparable"] if row.get("emulated") else []
     if entry["is_baseline"]:
         flags.append("baseline")
     quality = row.get("quality") or {}
@@ -195,17 +229,59 @@ def _source_row(ok: list[dict], row: dict) -> dict | None:
     return None
 
 
-def _recommend(rows: list[dict], max_drop: float) -> dict | None:
-    """The fastest row of the first setting whose quality drop stays within budget."""
-    if not rows:
-        return None
-    first = rows[0]["setting"]
-    fit = [r for r in rows if r["setting"] == first and r["status"] == "ok" and r["p50_ms"] is not None
-           and r["quality_drop"] is not None and r["quality_drop"] <= max_drop and "NaN" not in r["flags"]]
-    return min(fit, key=lambda r: r["p50_ms"]) if fit else None
+OBJECTIVES = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "size": "size_mb", "cost": "cost_per_million"}
+TIE_MARGIN = 0.03  # objective values closer than this (relative) are a tie: within the noise of re-measuring
+
+
+def recommend(rows: list[dict], select: dict, max_drop: float) -> tuple[dict | None, dict]:
+    """The row that meets every constraint of `select` with the lowest objective, and why (for the text)."""
+    objective = select.get("objective") or "p50"
+    key = OBJECTIVES[objective]
+    setting = select.get("setting") or (rows[0]["setting"].split("@")[0] if rows else None)
+    why = {"objective": objective, "setting": setting, "max_drop": max_drop, "excluded": {}, "ties": [],
+           "provider": select.get("provider"), "target": select.get("target"), "considered": 0}
+    tests = [  # (reason a row is excluded, test it must pass), checked in this order
+        ("did not run", lambda r: r["status"] == "ok" and r["p50_ms"] is not None),
+        ("other setting", lambda r: r["setting"].split("@")[0] == setting),
+        ("other provider", lambda r: not select.get("provider") or _provider_matches(r, select["provider"])),
+        ("other target", lambda r: not select.get("target") or r.get("target", "local") == select["target"]),
+        ("emulated timing", lambda r: not r.get("emulated")),
+        ("NaN outputs", lambda r: "NaN" not in r.get("flags", [])),
+        ("quality not measured", lambda r: r["quality_drop"] is not None),
+        (f"quality drop over {max_drop:g}", lambda r: r["quality_drop"] <= max_drop),
+        (f"larger than {select.get('max_size_mb')} MB",
+         lambda r: not select.get("max_size_mb") or (r["size_mb"] or 0) <= select["max_size_mb"]),
+        (f"no {objective}", lambda r: r.get(key) is not None),
+    ]
+    fit = []
+    for row in rows:
+        failed = next((reason for reason, test in tests if not test(row)), None)
+        if failed is None:
+            fit.append(row)
+        elif failed not in ("other setting", "did not run"):
+            why["excluded"][failed] = why["excluded"].get(failed, 0) + 1
+    why["considered"] = len(fit)
+    if not fit:
+        why["closest"] = min((r for r in rows if r["quality_drop"] is not None and r["status"] == "ok"
+                              and r["setting"].split("@")[0] == setting), key=lambda r: r["quality_drop"],
+                             default=None)
+        return None, why
+    low = min(r[key] for r in fit)
+    tied = [r for r in fit if r[key] <= low * (1 + TIE_MARGIN)]
+    # A tie within the noise goes to the better quality, then the smaller file.
+    tied.sort(key=lambda r: (-(r["headline"] or 0.0), r["size_mb"] or 0.0, r[key]))
+    why["ties"] = [r["variant"] for r in tied[1:]]
+    return tied[0], why
+
+
+def _provider_matches(row: dict, wanted: str) -> bool:
+    names = {n for n in (row.get("provider"), row.get("provider_used")) if n}
+    return wanted in names or wanted.lower() in {_short(n).lower() for n in names}
 
 
 def _where(row: dict) -> str:
+    if (row.get("provider_request") or "").lower() == "arm":
+        return f"{row['runtime']}/arm"
     return f"{row['runtime']}/{_short(row['provider_used'] or row['provider'])}"
 
 
@@ -213,18 +289,30 @@ def _short(provider: str | None) -> str:
     return (provider or "-").removesuffix("ExecutionProvider")
 
 
-def _recommendation_text(best: dict | None, rows: list[dict], headline: str, max_drop: float) -> str:
+def _recommendation_text(best: dict | None, why: dict, headline: str) -> str:
+    scope = " on ".join(filter(None, [why["setting"], why.get("provider"), why.get("target")]))
+    excluded = "; ".join(f"{n} {reason}" for reason, n in why["excluded"].items())
     if best is None:
-        measured = [r for r in rows if r["quality_drop"] is not None and r["status"] == "ok"]
-        closest = min(measured, key=lambda r: r["quality_drop"], default=None)
+        closest = why.get("closest")
         tail = (f" The closest is {closest['variant']} ({_where(closest)}) with a drop of "
                 f"{closest['quality_drop']:.4f}." if closest else " No quality was measured.")
-        return f"Nothing qualifies: no variant keeps its {headline} drop within {max_drop:g}.{tail}"
+        return (f"Nothing qualifies at {scope}: no variant meets every constraint ({headline} drop within "
+                f"{why['max_drop']:g}{', excluded: ' + excluded if excluded else ''}).{tail}")
     speed = f"{best['speedup']:.2f}x the speed of" if best["speedup"] else "no baseline to compare with"
     size = f", {best['size_mb']:.1f} MB" + (f" ({best['size_ratio']:.2f}x the size)" if best["size_ratio"] else "")
-    return (f"Use {best['variant']} on {_where(best)}: {speed} the teacher in PyTorch fp32 "
+    text = (f"Use {best['variant']} on {_where(best)}: {speed} the teacher in PyTorch fp32 "
             f"(p50 {best['p50_ms']:.2f} ms at {best['setting']}){size}, {headline} {best['headline']:.4f} "
-            f"(drop {best['quality_drop']:.4f} <= {max_drop:g}).")
+            f"(drop {best['quality_drop']:.4f} <= {why['max_drop']:g}).")
+    if best.get("cost_per_million") is not None:
+        saving = (f", {best['cost_saving']:.0%} less than the teacher" if best.get("cost_saving") is not None
+                  else "")
+        text += f" ${best['cost_per_million']:.4f} per million inferences{saving}."
+    text += (f" Why: lowest {why['objective']} of {why['considered']} qualifying row(s) at {scope}"
+             f"{' (excluded: ' + excluded + ')' if excluded else ''}.")
+    if why["ties"]:
+        text += (f" Tie within {TIE_MARGIN:.0%} on {why['objective']} with {', '.join(why['ties'])}: "
+                 f"picked for higher {headline}, then smaller size.")
+    return text
 
 
 def _gates(gates: dict, best: dict | None) -> dict:
@@ -267,7 +355,7 @@ SLOWER_MARGIN = 0.05
 CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
                    "flags")
 COLUMNS = ("variant", "runtime/provider", "precision", "setting", "size MB", "size x", "p50 ms", "p90 ms",
-           "speed-up", "{headline}", "other quality", "drop", "flags")
+           "speed-up", "$ / M inf.", "{headline}", "other quality", "drop", "flags")
 
 
 def _cells(row: dict, headline: str) -> list[str]:
@@ -277,8 +365,15 @@ def _cells(row: dict, headline: str) -> list[str]:
     others = ", ".join(f"{k} {v:.3f}" for k, v in row["quality"].items() if k != headline and v is not None)
     return [row["variant"], _where(row) if row["status"] == "ok" else f"{row['runtime']}/{_short(row['provider'])}",
             row["precision"] or "-", row["setting"], f(row["size_mb"], ".1f"), f(row["size_ratio"], ".2f", "x"),
-            f(row["p50_ms"]), f(row["p90_ms"]), f(row["speedup"], ".2f", "x"), f(row["headline"], ".4f"),
+            f(row["p50_ms"]), f(row["p90_ms"]), f(row["speedup"], ".2f", "x"), _cost_cell(row), f(row["headline"], ".4f"),
             others or "-", f(row["quality_drop"], ".4f"), "; ".join(row["flags"])]
+
+
+def _cost_cell(row: dict) -> str:
+    cost, saving = row.get("cost_per_million"), row.get("cost_saving")
+    if cost is None:
+        return "-"
+    return f"${cost:.4f}" + (f" ({-saving:+.0%})" if saving else "")
 
 
 def decision_table(report: dict):
@@ -288,9 +383,12 @@ def decision_table(report: dict):
     headline = report.get("headline", "cosine")
     table = Table(title=f"compress: {report.get('run') or 'run'}", caption=report.get("recommendation_text"),
                   caption_justify="left")
-    keep = [COLUMNS.index(name) for name in CONSOLE_COLUMNS]
-    for name in CONSOLE_COLUMNS:
-        numeric = name in ("size MB", "size x", "p50 ms", "p90 ms", "speed-up", "drop", "{headline}")
+    shown = CONSOLE_COLUMNS
+    if any(r.get("cost_per_million") is not None for r in report.get("rows", [])):
+        shown = (*CONSOLE_COLUMNS[:-3], "$ / M inf.", *CONSOLE_COLUMNS[-3:])
+    keep = [COLUMNS.index(name) for name in shown]
+    for name in shown:
+        numeric = name in ("size MB", "size x", "p50 ms", "p90 ms", "speed-up", "$ / M inf.", "drop", "{headline}")
         table.add_column(name.format(headline=headline), justify="right" if numeric else "left",
                          overflow="fold", no_wrap=name == "variant")
     best = report.get("recommendation")
@@ -335,10 +433,24 @@ def render_markdown(report: dict) -> str:
               f"{cpu.get('cores', env.get('cpu_count', '?'))} cores); OS: {env.get('os', '?')}; "
               f"Python {env.get('python', '?')}"),
               "- " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
+              *_target_lines(report.get("targets") or {}),
               (f"- method: {settings.get('rounds', '?')} interleaved rounds, each >= "
               f"{settings.get('min_iterations', '?')} runs and >= {settings.get('min_seconds', '?')} s after "
               f"{settings.get('warmup', '?')} warm-up runs; quality on {settings.get('eval_size', '?')} texts"), ""]
     return "\n".join(lines)
+
+
+def _target_lines(targets: dict) -> list[str]:
+    """One line per machine benched on: what it is and what onnxruntime could use there."""
+    lines = []
+    for name, env in targets.items():
+        flags = ", ".join(k for k, v in (env.get("cpu_flags") or {}).items() if v) or "none detected"
+        lines.append(f"- target {name}{' (EMULATED: correctness only, timings not comparable)' if env.get('emulated') else ''}: "
+                     f"{env.get('cpu_model', '?')} ({env.get('machine', '?')}, {env.get('cores', '?')} cores, "
+                     f"{env.get('memory_gb', '?')} GB), {env.get('os', '?')}; {env.get('onnxruntime_package', 'onnxruntime')} "
+                     f"{env.get('onnxruntime', '?')} with {', '.join(env.get('available_providers') or []) or '?'}; "
+                     f"CPU flags: {flags}")
+    return lines
 
 
 def _fmt(value, spec: str = ".4f") -> str:

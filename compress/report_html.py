@@ -22,12 +22,13 @@ COLUMNS = (
     ("variant", "variant", "text"), ("where", "runtime/provider", "text"), ("precision", "precision", "text"),
     ("setting", "setting", "text"), ("status", "status", "text"), ("size_mb", "size MB", "num"),
     ("size_ratio", "size x", "num"), ("p50_ms", "p50 ms", "num"), ("p90_ms", "p90 ms", "num"),
-    ("p99_ms", "p99 ms", "num"), ("speedup", "speed-up", "num"), ("throughput", "per s", "num"),
+    ("p99_ms", "p99 ms", "num"), ("speedup", "speed-up", "num"), ("cost_per_million", "$ / M inf.", "num"),
+    ("cost_saving", "saving", "num"), ("throughput", "per s", "num"),
     ("peak_rss_mb", "peak RSS MB", "num"), ("headline", "{headline}", "num"), ("other", "other quality", "text"),
     ("quality_drop", "drop", "num"), ("flags", "flags", "text"),
 )
 FORMATS = {"size_mb": ".1f", "size_ratio": ".2f", "p50_ms": ".2f", "p90_ms": ".2f", "p99_ms": ".2f",
-           "speedup": ".2f", "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
+           "speedup": ".2f", "cost_per_million": ".4f", "cost_saving": ".0%", "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
 MAX_PANELS = 4  # settings shown side by side in the Pareto plot
 
 

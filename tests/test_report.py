@@ -188,3 +188,109 @@ def test_decision_table_renders_every_row(tmp_path):
     text = console.export_text()
     assert "cosine" in text and "onnxruntime/CPU" in text and "torch/cpu" in text
     assert text.count("student.onnx") == 2 and "unavailable" in text and "Use teacher.int8-dynamic.onnx" in text
+
+
+def make_selected(tmp_path, select, rows=None, targets=None):
+    manifest = make_run(tmp_path, rows or BASE)
+    manifest["recipe"].update(select=select, targets=targets or {})
+    return report.build_report(tmp_path, manifest)
+
+
+@pytest.mark.parametrize(
+    "select, recommended, batch",
+    [
+        ({}, "teacher.int8-dynamic.onnx", 1),
+        ({"max_quality_drop": 0.2}, "student.onnx", 1),
+        ({"max_quality_drop": 0.2, "objective": "size"}, "teacher.int8-dynamic.onnx", 1),
+        ({"max_quality_drop": 0.2, "max_size_mb": 50}, "teacher.int8-dynamic.onnx", 1),
+        ({"max_quality_drop": 0.2, "setting": "b32/s128/t1"}, "student.onnx", 32),
+        ({"max_quality_drop": 0.2, "provider": "cpu"}, "student.onnx", 1),
+        ({"max_quality_drop": 0.2, "provider": "CUDAExecutionProvider"}, None, 1),  # it did not run
+    ],
+)
+def test_report_select_constraints_and_objective(tmp_path, select, recommended, batch):
+    result = make_selected(tmp_path, select)
+
+    best = result["recommendation"]
+    assert (best and (best["variant"], best["batch_size"])) == ((recommended, batch) if recommended else None)
+    if recommended:
+        assert result["recommendation_text"].startswith(f"Use {recommended} on ")
+        assert f"lowest {select.get('objective', 'p50')} of " in result["recommendation_text"]
+    else:
+        assert result["recommendation_text"].startswith("Nothing qualifies")
+
+
+def test_report_select_names_why_rows_were_excluded(tmp_path):
+    result = make_selected(tmp_path, {"max_quality_drop": 0.05, "max_size_mb": 21})
+
+    assert result["recommendation"] is None
+    text = result["recommendation_text"]
+    assert "quality drop over 0.05" in text and "larger than 21" in text and "The closest is" in text
+
+
+def test_report_select_tie_goes_to_better_quality_and_says_so(tmp_path):
+    rows = BASE[:1] + [row("a.onnx", 10.0, 0.95, size=30.0), row("b.onnx", 10.2, 0.97, size=40.0),
+                       row("c.onnx", 12.0, 0.99, size=10.0)]
+    result = make_selected(tmp_path, {"max_quality_drop": 0.1}, rows)
+
+    assert result["recommendation"]["variant"] == "b.onnx"  # within 3% of a.onnx, and better
+    assert "Tie within 3% on p50 with a.onnx" in result["recommendation_text"]
+
+
+def test_report_cost_per_million_and_saving_vs_teacher(tmp_path):
+    result = make_selected(tmp_path, {"max_quality_drop": 0.2}, targets={"local": {"price_per_hour": 1.0}})
+
+    teacher, student = find(result, "teacher"), find(result, "student.onnx")
+    assert teacher["cost_per_million"] == pytest.approx(40.0 / 1000 / 3600 * 1e6)  # 40 ms a text at $1/h
+    assert student["cost_per_million"] == pytest.approx(10.0 / 1000 / 3600 * 1e6)
+    assert student["cost_saving"] == pytest.approx(0.75) and teacher["cost_saving"] == pytest.approx(0.0)
+    assert find(result, "student.onnx", batch=32)["cost_per_million"] == pytest.approx(50.0 / 32 / 3600 * 1000)
+    assert "per million inferences, 75% less than the teacher" in result["recommendation_text"]
+    assert make_selected(tmp_path / "free", {})["rows"][0]["cost_per_million"] is None  # no price, no cost
+
+
+def test_report_select_cost_objective_needs_a_price(tmp_path):
+    result = make_selected(tmp_path, {"objective": "cost"})
+
+    assert result["recommendation"] is None and "no cost" in result["recommendation_text"]
+
+
+def test_report_emulated_rows_get_no_speedup_and_are_never_recommended(tmp_path):
+    emulated = [dict(row("student.onnx", 1.0, 0.99, source="student"), target="qemu-arm64", emulated=True,
+                     id="student.onnx|CPUExecutionProvider|b1|s128|t1|@qemu-arm64"),
+                dict(row("teacher.onnx", 2.0, 1.0, role="teacher", source="teacher"), target="qemu-arm64",
+                     emulated=True)]
+    manifest = make_run(tmp_path, BASE + emulated)
+    manifest["recipe"]["select"] = {"max_quality_drop": 0.2}
+
+    result = report.build_report(tmp_path, manifest)
+
+    arm = next(r for r in result["rows"] if r["setting"] == "b1/s128/t1@qemu-arm64" and r["variant"] == "student.onnx")
+    assert arm["speedup"] is None and arm["flags"][0].startswith("emulated")
+    assert arm["quality_drop"] == pytest.approx(0.01)  # correctness is still measured against the teacher
+    assert result["recommendation"]["variant"] == "student.onnx" and result["recommendation"]["target"] == "local"
+
+
+def test_report_unavailable_row_names_the_provider_as_written(tmp_path):
+    missing = dict(row("student.onnx", None, None, provider="CUDAExecutionProvider", status="unavailable",
+                       reason="onnxruntime-gpu not installed"), provider_request="cuda")
+
+    result = report.build_report(tmp_path, make_run(tmp_path, BASE[:2] + [missing]))
+
+    assert find(result, "student.onnx")["flags"] == ["cuda: unavailable (onnxruntime-gpu not installed)"]
+
+
+def test_report_session_settings_are_separate_rows_and_targets_are_listed(tmp_path):
+    basic = dict(row("student.onnx", 12.0, 0.90, source="student"), graph_optimization="basic")
+    manifest = make_run(tmp_path, BASE + [basic])
+    results = tmp_path / "artifacts" / "bench" / "results.json"
+    doc = json.loads(results.read_text())
+    doc["targets"] = {"pi5": {"machine": "aarch64", "cpu_model": "Cortex-A76", "cores": 4, "emulated": False,
+                              "cpu_flags": {"asimddp": True}, "onnxruntime": "1.32.0"}}
+    results.write_text(json.dumps(doc))
+
+    result = report.write_reports(tmp_path, manifest)
+
+    assert {r["setting"] for r in result["rows"] if r["variant"] == "student.onnx"} >= {"b1/s128/t1",
+                                                                                      "b1/s128/t1/opt-basic"}
+    assert "target pi5: Cortex-A76 (aarch64, 4 cores" in (tmp_path / "report.md").read_text()
