@@ -9,14 +9,16 @@ at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
+from compress import sensitivity as _accuracy
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 
@@ -58,6 +60,38 @@ class Int4Options(StrictModel):
         return value
 
 
+def _seconds(value):
+    """90, "90s", "10m", "1h", "1m30s" -> seconds."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or parts is None:
+            raise ValueError(f"{value!r} is not a duration (write 90, 90s, 10m or 1h)")
+        hours, minutes, seconds = (float(g or 0) for g in parts.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_seconds), WithJsonSchema(
+    {"anyOf": [{"type": "number"}, {"type": "string", "pattern": r"^\d+(\.\d+)?(h|m|s)?$"}]})]
+
+
+class AccuracyOptions(StrictModel):
+    """Accuracy-aware quantization: keep the most sensitive nodes in higher precision until the drop fits."""
+
+    max_quality_drop: float = Field(
+        ge=0, description="Largest loss of the task's headline metric (vs the teacher's fp32 outputs) that "
+        "quantization may cost, measured against the fp32 source model.")
+    time_budget: Duration = Field(
+        default=600.0, gt=0, description="Time for the search of each model and scheme: seconds, or 90s, "
+        "10m, 1h. When it is spent the best model found so far is kept.")
+    granularity: Literal["layer", "node"] = Field(
+        default="layer", description="What is ranked and kept out: a layer's quantizable nodes together "
+        "(cheap: one evaluation per layer), or each node alone.")
+    eval_size: int = Field(
+        default=200, ge=1, description="Held-out texts scored at each step (at most data.eval_size).")
+
+
 class Config(StageBase):
     consumes = ("onnx",)
     produces = ("onnx",)
@@ -71,6 +105,10 @@ class Config(StageBase):
     )
     int8: Int8Options = Field(default_factory=Int8Options, description="Options of the int8 schemes.")
     int4: Int4Options = Field(default_factory=Int4Options, description="Options of int4-weight.")
+    accuracy: AccuracyOptions | None = Field(
+        default=None, description="A quality budget: when a scheme loses more, its most sensitive nodes are "
+        "kept in higher precision (int8: fp32; int4-weight: 8-bit) step by step, within a time budget. "
+        "fp16 is not searched.")
 
 
 def run(cfg: Config, ctx) -> list:
@@ -80,17 +118,73 @@ def run(cfg: Config, ctx) -> list:
             name = f"{source.name.removesuffix('.onnx')}.{scheme}.onnx"
             options: dict = {}
             start = time.perf_counter()
-            artifact = ctx.save(name, "onnx", functools.partial(_bundle, cfg, ctx, source, scheme, options=options))
+            accuracy = None
+            if cfg.accuracy is not None and scheme in _accuracy.SCHEME_OPS:
+                artifact, accuracy, tables = _tune(cfg, ctx, source, scheme, name, options)
+                out.append(tables)
+            else:
+                artifact = ctx.save(name, "onnx", functools.partial(_bundle, cfg, ctx, source, scheme,
+                                                                      options=options))
             size, seconds = _size(artifact.path), round(time.perf_counter() - start, 2)
             ctx.metrics[name] = {"source": source.name, "scheme": scheme, "options": options, "size_bytes": size,
                                  "size_ratio": round(size / _size(source.path), 4), "seconds": seconds}
+            extra = {}
+            if accuracy is not None:
+                ctx.metrics[name]["accuracy"] = accuracy
+                extra = {"excluded_nodes": accuracy["excluded_nodes"], "kept_precision": accuracy["kept_precision"],
+                         "accuracy": {k: accuracy[k] for k in ("quality", "drop", "within_budget", "reason")}}
             out.append(replace(artifact, metadata={
                 "source": source.name, "role": source.metadata.get("role", source.name), "precision": scheme,
-                "scheme_options": options, "size_bytes": size,
+                "scheme_options": options, "size_bytes": size, **extra,
             }))
             ctx.console.print(f"  quantized {source.name} -> {name}: {size / 1e6:.1f} MB "
                               f"({ctx.metrics[name]['size_ratio']:.0%} of fp32)")
     return out
+
+
+def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tuple:
+    """The accuracy search (compress/sensitivity.py): the best bundle under `name`, its summary, the tables."""
+    acc = cfg.accuracy
+    evaluator = _accuracy.Evaluator(ctx, source, acc.eval_size)
+    skip = _after_gelu(_with_shapes(source.path / "model.onnx")) if (
+        scheme == "int8-static" and cfg.int8.skip_after_gelu) else []
+    op_types = cfg.int8.op_types if scheme.startswith("int8") else None
+    nodes = _accuracy.candidates(source.path / "model.onnx", scheme, op_types, skip)
+    groups = _accuracy.group_nodes(nodes, acc.granularity)
+    search = _accuracy.Search(name, scheme, acc.max_quality_drop, acc.time_budget, ctx.work_dir)
+
+    def build(folder: Path, exclude=None, only=None) -> None:
+        _bundle(cfg, ctx, source, scheme, folder, options, exclude=exclude, only=only)
+
+    def save(folder: Path, step: dict) -> None:
+        from compress.tasks.common import read_json, write_json
+
+        def write(tmp: Path) -> None:
+            shutil.copytree(folder, tmp)
+            info = read_json(tmp / "compress.json")
+            write_json(tmp / "compress.json", {**info, "excluded_nodes": step["excluded_nodes"],
+                                               "kept_precision": _accuracy.KEPT_PRECISION[scheme],
+                                               "accuracy_step": step["step"], "quality_drop": step["drop"]})
+        ctx.save(name, "onnx", write)
+        ctx.console.print(f"  {name}: step {step['step']} ({len(step['excluded_nodes'])} node(s) kept out) "
+                          f"drop {step['drop']} -> saved as the best so far")
+
+    state = search.run(build, evaluator, source.path, groups, save)
+    artifact = _saved(ctx, name)
+    tables = ctx.save(f"{name.removesuffix('.onnx')}.accuracy", "accuracy",
+                      lambda tmp: _accuracy.write_tables(tmp, state), {"artifact": name})
+    summary = _accuracy.summary(state)
+    ctx.console.print(f"  accuracy search of {name}: {summary['reason']}; drop {summary['drop']} "
+                      f"(budget {acc.max_quality_drop:g}), {len(summary['excluded_nodes'])} node(s) kept in "
+                      f"{summary['kept_precision']}")
+    return artifact, summary, tables
+
+
+def _saved(ctx, name: str):
+    from compress.artifacts import Artifact, sha256_path
+
+    path = ctx.run_dir / "artifacts" / name
+    return Artifact(name=name, path=path, format="onnx", sha256=sha256_path(path))
 
 
 def _sources(cfg: Config, ctx) -> list:
@@ -113,7 +207,7 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("model.onnx*"))
 
 
-def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict) -> None:
+def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exclude=None, only=None) -> None:
     from compress.tasks.common import read_json, write_json
 
     # Everything but the model travels unchanged (tokenizer, pooling config); the source stays untouched.
@@ -127,11 +221,11 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict) -> 
     src, dst = scratch / "model.onnx", tmp / "model.onnx"
     try:
         if scheme == "int8-dynamic":
-            _int8_dynamic(cfg.int8, src, dst, options)
+            _int8_dynamic(cfg.int8, src, dst, options, exclude, only)
         elif scheme == "int8-static":
-            _int8_static(cfg.int8, ctx, source, src, dst, options)
+            _int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
         elif scheme == "int4-weight":
-            _int4(cfg.int4, src, dst, options)
+            _int4(cfg.int4, src, dst, options, exclude, only)
         else:
             _fp16(src, dst, options)
     finally:
@@ -155,7 +249,7 @@ def _int8_format(opts: Int8Options, options: dict) -> tuple:
     return (QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8), reduce_range
 
 
-def _int8_dynamic(opts: Int8Options, src: Path, dst: Path, options: dict) -> None:
+def _int8_dynamic(opts: Int8Options, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
@@ -163,11 +257,13 @@ def _int8_dynamic(opts: Int8Options, src: Path, dst: Path, options: dict) -> Non
     options["op_types"] = opts.op_types or "all supported (MatMul, Attention, Gather...)"
     # DefaultTensorType: shape inference cannot type the fused graph's com.microsoft ops (onnx-notes).
     quantize_dynamic(src, dst, op_types_to_quantize=opts.op_types, per_channel=opts.per_channel,
+                     nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
                      reduce_range=reduce_range, weight_type=weight_type,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def _int8_static(opts: Int8Options, ctx, source, src: Path, dst: Path, options: dict) -> None:
+def _int8_static(opts: Int8Options, ctx, source, src: Path, dst: Path, options: dict, exclude=None,
+                 only=None) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -182,7 +278,8 @@ def _int8_static(opts: Int8Options, ctx, source, src: Path, dst: Path, options: 
     options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=opts.calibration,
                    calibration_texts=reader.count, matmul_const_b_only=True, float_after_gelu=len(excluded),
                    why="weight MatMuls only; GELU outputs' outliers kept in float (MiniLM cosine 0.92 -> 0.99)")
-    quantize_static(model, dst, reader, nodes_to_exclude=excluded, quant_format=QuantFormat.QDQ,
+    quantize_static(model, dst, reader, nodes_to_exclude=excluded + list(exclude or []),
+                    nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types,
                     per_channel=opts.per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
                     weight_type=weight_type, calibrate_method=method,
@@ -245,13 +342,20 @@ def _calibration_reader(ctx, source, size: int, pad_to_max: bool):
     return Reader()
 
 
-def _int4(opts: Int4Options, src: Path, dst: Path, options: dict) -> None:
+def _int4(opts: Int4Options, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=opts.block_size,
-                                     is_symmetric=opts.symmetric, op_types_to_quantize=("MatMul",))
+                                     is_symmetric=opts.symmetric, op_types_to_quantize=("MatMul",),
+                                     nodes_to_exclude=list(exclude or []), nodes_to_include=list(only or []) or None)
     quantizer.process()
+    model = quantizer.model.model
+    if exclude:  # the accuracy search keeps these in 8 bits (MatMulNBits bits=8), not fp32
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=opts.block_size, is_symmetric=opts.symmetric,
+                                         op_types_to_quantize=("MatMul",), nodes_to_include=list(exclude))
+        quantizer.process()
+        options["kept_in_8_bits"] = len(exclude)
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
     options.update(block_size=opts.block_size, symmetric=opts.symmetric, op_types=["MatMul"],
                    why="weight-only MatMulNBits: shrinks the file; compute stays fp32 on CPU")
