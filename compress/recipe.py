@@ -6,11 +6,14 @@ Importing this module must stay cheap (no torch, no onnxruntime): `compress vali
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
+import itertools
 import json
 import math
 import operator
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -158,6 +161,23 @@ class Recipe(StrictModel):
     targets: dict[str, Target] = Field(
         default_factory=dict, description="Machines the bench runs on, by name (`local` is this one).")
     provenance: Provenance = Field(default_factory=Provenance, description="Lineage statements for the model card.")
+    matrix: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = Field(
+        default=None, description="A sweep: recipe paths as in --set (e.g. stages.2.schemes) -> the values to try. "
+        "Every combination is a variant, run in <run dir>/variants/<variant>; variants share the stages they "
+        "have in common (computed once) and are ranked in one report.")
+
+    @field_validator("matrix")
+    @classmethod
+    def _check_matrix(cls, matrix: dict | None) -> dict | None:
+        if not matrix:
+            return None
+        for key in matrix:
+            if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key) or key.split(".")[0] in ("matrix", "version"):
+                raise ValueError(f"{key!r} is not a recipe path like stages.2.schemes (as for --set)")
+        count = math.prod(len(v) for v in matrix.values())
+        if count > MAX_VARIANTS:
+            raise ValueError(f"{count} variants; a sweep has at most {MAX_VARIANTS}")
+        return matrix
 
     @field_validator("stages")
     @classmethod
@@ -193,6 +213,47 @@ class Recipe(StrictModel):
 
     def stage_config(self, name: str):
         return next(stage for stage in self.stages if stage.name == name)
+
+
+MAX_VARIANTS = 256
+
+
+def expand_matrix(recipe: Recipe, filename: str = "<recipe>") -> list[tuple[str, dict, Recipe]]:
+    """The variants of a sweep as (name, {path: value}, recipe without a matrix), in matrix order."""
+    if not recipe.matrix:
+        return []
+    base = recipe.model_dump(mode="json", exclude={"matrix"})
+    keys = list(recipe.matrix)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*recipe.matrix.values())]
+    names = _variant_names(combos)
+    out = []
+    for name, values in zip(names, combos):
+        data = copy.deepcopy(base)
+        for key, value in values.items():
+            apply_value(data, key, copy.deepcopy(value), f"matrix {key}")
+        data["name"] = f"{recipe.name}.{name}"[:200]
+        try:
+            out.append((name, values, Recipe.model_validate(data)))
+        except ValidationError as exc:
+            detail = _format_errors(exc, None, filename, set()).replace(f"{filename}:1: ", "")
+            raise RecipeError(f"{filename}: matrix variant {name}: {detail}") from None
+    return out
+
+
+def _variant_names(combos: list[dict]) -> list[str]:
+    """`layers-0-5_schemes-int8-dynamic`: the last word of each path and its value; numbered if not unique."""
+    def slug(value) -> str:
+        text = json.dumps(value) if not isinstance(value, str) else value
+        return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-.") or "x"
+
+    names = ["_".join(f"{_last_word(k)}-{slug(v)}" for k, v in values.items())[:120] for values in combos]
+    if len(set(names)) != len(names):
+        names = [f"v{i + 1:02d}-{n}"[:120] for i, n in enumerate(names)]
+    return names
+
+
+def _last_word(key: str) -> str:
+    return next((p for p in reversed(key.split(".")) if not p.isdigit()), key)
 
 
 # ---------------------------------------------------------------- loading with line numbers
@@ -246,6 +307,7 @@ def _parse(text: str, filename: str, overrides: list[str]) -> Recipe:
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, root, filename, overridden)) from None
     _check_numbers(recipe, root, filename, overridden)
+    expand_matrix(recipe, filename)  # every variant must be a valid recipe before anything runs
     return recipe
 
 
@@ -390,6 +452,11 @@ def apply_override(data: dict, item: str) -> tuple:
             # too deep, too large, an unknown tag: refused as in a file
             raise RecipeError(str(exc).replace("--set:1:", f"--set {key}:", 1)) from None
         value = raw  # not YAML: taken as the string it is
+    return apply_value(data, key, value, item)
+
+
+def apply_value(data: dict, key: str, value: Any, item: str) -> tuple:
+    """Set `a.b.0.c` in `data` to `value`; `item` names the setting in errors."""
     parts = key.split(".")
     target: Any = data
     for depth, part in enumerate(parts[:-1]):

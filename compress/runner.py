@@ -41,9 +41,16 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: int = 1,
-        recipe_file: str | None = None) -> dict:
-    """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged."""
+        recipe_file: str | None = None, shared=None) -> dict:
+    """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged.
+
+    A recipe with a `matrix` runs as a sweep (compress/sweep.py): each variant through this function, with
+    `shared` (a sweep.SharedCache) finding stages another variant already computed."""
     console = console or Console(stderr=True)
+    if recipe.matrix:
+        from compress import sweep
+
+        return sweep.run_sweep(recipe, run_dir, console, nproc, recipe_file)
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
     with disk_errors(run_dir), _lock(run_dir):
@@ -64,10 +71,18 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
             if cached is not None:
                 console.print(f"[green]✓[/] {stage.name}: cached (unchanged config and inputs)")
                 entry, produced = cached
+                entry = {k: v for k, v in entry.items() if k != "from"} | {"cache": "hit"}
+            elif shared is not None and (hit := shared.lookup(key)) is not None:
+                entry, produced, origin = hit
+                console.print(f"[green]✓[/] {stage.name}: shared with variant {origin} (same config and inputs)")
+                entry = {**entry, "cache": "shared", "from": origin}
             else:
                 console.rule(f"[bold]{stage.name}[/] ({stage.kind})")
                 entry, produced = _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc)
+                entry["cache"] = "computed"
                 console.print(f"[green]✓[/] {stage.name}: done in {entry['seconds']:.1f} s")
+                if shared is not None:
+                    shared.add(key, entry, produced, run_dir)
             for artifact in produced:
                 artifacts[artifact.name] = artifact
                 manifest["artifacts"][artifact.name] = artifact.to_json(run_dir)
