@@ -22,6 +22,10 @@ def write_reports(run_dir: Path, manifest: dict) -> dict:
     from compress.runner import _lock, disk_errors
 
     run_dir = Path(run_dir)
+    if manifest.get("sweep"):
+        from compress import sweep
+
+        return sweep.write_reports(run_dir, manifest)
     report = build_report(run_dir, manifest)
     # Under the run directory's lock (waiting for it): a run started meanwhile must not mix its reports with ours.
     with disk_errors(run_dir), _lock(run_dir, wait=True):  # a full disk here is a message too
@@ -57,6 +61,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "recommendation_text": _recommendation_text(best, why, headline),
         "gates": _gates(gates, best),
         "distillation": _distillation(manifest, headline),
+        "accuracy": accuracy_searches(manifest),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": _trust(recipe, manifest),
@@ -344,6 +349,44 @@ def _distillation(manifest: dict, headline: str) -> dict | None:
     return None
 
 
+def accuracy_searches(manifest: dict) -> dict:
+    """The quantize stages' accuracy searches, by artifact: budget, steps, nodes kept in higher precision."""
+    found = {}
+    for stage in (manifest.get("stages") or {}).values():
+        if stage.get("kind") != "quantize":
+            continue
+        for name, metrics in (stage.get("metrics") or {}).items():
+            if isinstance(metrics, dict) and isinstance(metrics.get("accuracy"), dict):
+                found[name] = metrics["accuracy"]
+    return found
+
+
+def accuracy_lines(searches: dict, headline: str) -> list[str]:
+    """Per searched artifact: what it reached, which nodes stayed in higher precision, what each step bought."""
+    lines = []
+    for name, acc in searches.items():
+        kept = acc.get("excluded_nodes") or []
+        verdict = "within budget" if acc.get("within_budget") else "NOT within budget"
+        lines += [f"### {name}", "",
+                  f"- budget: {headline} drop <= {acc.get('max_quality_drop')} vs the fp32 source "
+                  f"({_fmt(acc.get('source_quality'))}), {acc.get('time_budget_s'):g} s; reached: drop "
+                  f"{_fmt(acc.get('drop'))}, {verdict} ({acc.get('reason')}) in {acc.get('seconds')} s",
+                  f"- kept in {acc.get('kept_precision')}: " + (", ".join(f"`{n}`" for n in kept) if kept else "none"),
+                  "", f"| step | excluded groups | nodes kept | {headline} | drop | {headline} gained | p50 ms | "
+                  "p50 change |", "|---|---|---|---|---|---|---|---|"]
+        steps = acc.get("steps") or []
+        for step, before in zip(steps, [None, *steps[:-1]]):
+            gained = (step["quality"] - before["quality"] if before and step.get("quality") is not None
+                      and before.get("quality") is not None else None)
+            change = step["latency_ms"] - before["latency_ms"] if before else None
+            best = " (kept)" if step["step"] == acc.get("best_step") else ""
+            lines.append(f"| {step['step']}{best} | {', '.join(step['excluded_groups']) or '-'} | "
+                         f"{step['excluded_nodes']} | {_fmt(step.get('quality'))} | {_fmt(step.get('drop'))} | "
+                         f"{_fmt(gained, '+.4f')} | {step['latency_ms']:.2f} | {_fmt(change, '+.2f')} |")
+        lines.append("")
+    return lines
+
+
 def _pick(value, headline: str) -> float | None:
     return _num(value.get(headline)) if isinstance(value, dict) else _num(value)
 
@@ -427,6 +470,10 @@ def render_markdown(report: dict) -> str:
                   f"{dist['teacher_params']:,}"),
                   (f"- {headline} vs the teacher before training: {_fmt(dist['quality_before'])}, after: "
                   f"{_fmt(dist['quality_after'])} (gain {_fmt(dist['gain'], '+.4f')})")]
+    if report.get("accuracy"):
+        lines += ["", "## Accuracy search", "", "Each step keeps one more group of the most sensitive nodes "
+                  "(ranked by the drop each causes alone) in higher precision; p50 is a quick timing at batch 1, "
+                  "1 thread.", "", *accuracy_lines(report["accuracy"], headline)]
     settings = report.get("settings") or {}
     lines += ["", "## Environment", "",
               (f"- CPU: {cpu.get('model', '?')} ({cpu.get('arch', env.get('machine', '?'))}, "
