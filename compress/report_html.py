@@ -314,6 +314,30 @@ def _summary(report: dict, manifest: dict) -> str:
     return "".join(parts)
 
 
+def accuracy_section(report: dict) -> str:
+    """Per searched artifact: the nodes kept in higher precision and what each exclusion step bought."""
+    searches = report.get("accuracy") or {}
+    if not searches:
+        return ""
+    headline = esc(report.get("headline", "quality"))
+    parts = ["<h2>Accuracy search</h2>"]
+    for name, acc in searches.items():
+        kept = acc.get("excluded_nodes") or []
+        verdict = "within budget" if acc.get("within_budget") else "NOT within budget"
+        rows = "".join(
+            f"<tr><td>{s['step']}{' (kept)' if s['step'] == acc.get('best_step') else ''}</td>"
+            f"<td>{esc(', '.join(s['excluded_groups']) or '-')}</td><td class=num>{s['excluded_nodes']}</td>"
+            f"<td class=num>{_f(s.get('quality'))}</td><td class=num>{_f(s.get('drop'))}</td>"
+            f"<td class=num>{s['latency_ms']:.2f}</td></tr>" for s in acc.get("steps") or [])
+        parts.append(
+            f"<h3>{esc(name)}</h3><p>{headline} drop budget {esc(acc.get('max_quality_drop'))}: reached "
+            f"{_f(acc.get('drop'))}, {verdict} ({esc(acc.get('reason'))}). Kept in "
+            f"{esc(acc.get('kept_precision'))}: {esc(', '.join(kept) or 'none')}.</p>"
+            f"<table><thead><tr><th>step</th><th>excluded groups</th><th>nodes kept</th><th>{headline}</th>"
+            f"<th>drop</th><th>p50 ms</th></tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(parts)
+
+
 def _f(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -332,6 +356,7 @@ def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latenc
 <h2>Model size</h2>{size_bars(report)}
 <h2>Latency distribution</h2>{_img(latency, "latency distribution per variant") if latency else
                              "<p class=note>No raw latency samples in the bench artifacts.</p>"}
+{accuracy_section(report)}
 <h2>Environment</h2>{environment(report, manifest)}
 <h2>Recipe</h2>{recipe_section(manifest)}
 <script>{SCRIPT}</script>

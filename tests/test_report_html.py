@@ -167,3 +167,18 @@ def test_render_html_sorts_table_in_headless_chromium(tmp_path, sort, key):
     assert sorted(shown) == sorted(r["variant"] for r in rep["rows"])
     # Stable sort: rows with equal keys keep the report's order, as Python's sort does.
     assert shown == [r["variant"] for r in sorted(rep["rows"], key=key)]
+
+
+def test_accuracy_section_lists_kept_nodes_and_every_step():
+    search = {"max_quality_drop": 0.01, "drop": 0.004, "within_budget": True, "reason": "within budget",
+              "kept_precision": "fp32", "excluded_nodes": ["/layer.1/MatMul", "/layer.1/<b>"], "best_step": 1,
+              "steps": [{"step": 0, "excluded_groups": [], "excluded_nodes": 0, "quality": 0.95, "drop": 0.05,
+                         "latency_ms": 4.0},
+                        {"step": 1, "excluded_groups": ["layer.1"], "excluded_nodes": 2, "quality": 0.996,
+                         "drop": 0.004, "latency_ms": 4.4}]}
+
+    html = report_html.accuracy_section({"headline": "cosine", "accuracy": {"student.int8-static.onnx": search}})
+
+    assert "<h2>Accuracy search</h2>" in html and "/layer.1/MatMul" in html and "&lt;b&gt;" in html
+    assert html.count("<tr>") == 3 and "1 (kept)" in html and "within budget" in html
+    assert report_html.accuracy_section({"accuracy": {}}) == ""
