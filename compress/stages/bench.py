@@ -59,6 +59,9 @@ class Config(StageBase):
     strict_providers: bool = Field(
         default=False, description="Fail the stage when a requested provider cannot run on a target, instead "
         "of reporting it as unavailable (also `compress run --strict-providers`).")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Keep inputs and outputs on the provider's device while timing (IO binding), "
+        "so a GPU number measures the model and not host-device copies; auto: on for GPU providers.")
     warmup: int = Field(default=5, ge=0, description="Untimed runs before timing.")
     min_iterations: int = Field(default=20, ge=1, description="Timed runs per round, at least.")
     min_seconds: float = Field(default=1.0, ge=0, description="Timed seconds per round, at least.")
@@ -388,7 +391,8 @@ def _measure(cfg: Config, cell: Cell, inputs: _Inputs, want_eval: bool, work: Pa
             from compress.targets.remote import LocalTarget
 
             options = ["--provider", cell.provider, "--inter-threads", str(cell.inter_threads),
-                       "--graph-opt", cell.graph_opt, "--execution-mode", cell.execution_mode, *timing]
+                       "--graph-opt", cell.graph_opt, "--execution-mode", cell.execution_mode,
+                       "--io-binding", cfg.io_binding, *timing]
             options += ["--provider-options", cell.options] if cell.options else []
             proc = (target or LocalTarget()).run_harness(cell.variant.folder, files, options, out,
                                                          eval_out if want_eval else None, timeout)
