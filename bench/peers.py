@@ -242,6 +242,26 @@ def plain_loop(run_dir: Path, steps: int) -> dict:
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+def matched_distill(run_dir: Path, steps: int) -> dict:
+    """compress's distill stage alone for `steps` steps, no eval, the run's cached teacher targets copied in:
+    the same work as the plain loop, timed right beside it (the quickstart's own figure covers 4 minutes of
+    every batch length, and whatever else the machine did meanwhile)."""
+    out = PEERS / "distill-matched"
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "work" / "distill").mkdir(parents=True)
+    for targets in (run_dir / "work" / "distill").glob("targets-*.npz"):
+        shutil.copy2(targets, out / "work" / "distill" / targets.name)
+    stage = ("stages=[{kind: distill, student: {from_teacher: {layers: [0, 2, 5]}}, loss: cosine, "
+             f"max_steps: {steps}, eval_every: 0, checkpoint_every: 0}}]")
+    command = [sys.executable, "-m", "compress.cli", "run", str(QUICKSTART), "--out", str(out), "--set", stage]
+    r = run_timed(command, PEERS / "distill-matched.log")
+    if r["rc"]:
+        return {"status": "error", "reason": _last_error(r["tail"])}
+    metrics = json.loads((out / "manifest.json").read_text())["stages"]["distill"]["metrics"]
+    return {"status": "ok", "steps": metrics["steps"], "samples_per_s": metrics["samples_per_s"],
+            "targets_cached": metrics.get("targets_cached")}
+
+
 def compress_variants(run_dir: Path) -> dict:
     return {f"compress: {d.name}": {"path": str(d / "model.onnx"), "steps": ["quickstart"]}
             for d in sorted((run_dir / "artifacts").iterdir()) if (d / "model.onnx").is_file()}
@@ -342,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.reuse or PEERS / "quickstart"
     qs = quickstart(run_dir, fresh=args.reuse is None)
     loop = plain_loop(run_dir, 3 if args.quick else 40)
+    loop["compress_matched"] = matched_distill(run_dir, 3 if args.quick else 40)
 
     variants = {"pytorch: fp32 teacher": {"path": str(teacher_dir), "steps": []},
                 **tools["optimum"].get("variants", {}), **tools["olive"].get("variants", {}),
