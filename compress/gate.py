@@ -85,23 +85,51 @@ def _spread(rounds: list[float]) -> float:
     return (max(rounds) - min(rounds)) / sorted(rounds)[len(rounds) // 2] if len(rounds) > 1 else 0.0
 
 
+def _references(report: dict) -> dict:
+    """The run's own reference row per setting: the teacher in PyTorch fp32 (the decision table's baseline)."""
+    return {r["setting"]: r for r in report["rows"] if r.get("is_baseline") and r.get("status") == "ok"}
+
+
+def _relative_rounds(row: dict, reference: dict | None) -> list[float] | None:
+    """Per interleaved round, the row's p50 over the reference's: machine-wide slowdowns cancel out."""
+    if reference is None or reference is row or reference.get("variant") == row.get("variant"):
+        return None
+    now, ref = _rounds(row), _rounds(reference)
+    return [a / b for a, b in zip(now, ref)] if now and len(now) == len(ref) and all(ref) else None
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
     """Per variant+provider+setting: latency and quality now vs the baseline, and a verdict.
 
     A latency change counts only when it is beyond the threshold AND beyond the noise: the per-round
-    medians of the two runs must not overlap (every round of one run slower than every round of the other).
+    values of the two runs must not overlap (every round of one run slower than every round of the other).
+    When both runs measured the teacher in the same interleaved rounds, each variant is compared by its
+    time relative to that teacher, round by round: a machine that is busier during one run (a shared CI
+    runner) slows both alike and is not taken for a regression. The teacher itself is compared in ms.
     """
     before = {key(r): r for r in baseline["rows"]}
+    refs_now, refs_then = _references(report), _references(baseline)
     out = []
     for row in report["rows"]:
         base = before.pop(key(row), None)
         entry = {"row": row, "base": base, "label": label(row), "delta": None, "quality_delta": None,
-                 "noise": None, "verdict": "new" if base is None else "not measured"}
+                 "noise": None, "verdict": "new" if base is None else "not measured", "measure": None}
         if base and (row.get("emulated") or base.get("emulated")):
             entry["verdict"] = "emulated: not compared"
         elif base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
-            now, then = _rounds(row), _rounds(base)
-            entry["delta"] = row["p50_ms"] / base["p50_ms"] - 1
+            now = _relative_rounds(row, refs_now.get(row["setting"]))
+            then = _relative_rounds(base, refs_then.get(base["setting"]))
+            if now and then:
+                entry["delta"], entry["measure"] = _median(now) / _median(then) - 1, "vs teacher"
+            else:
+                now, then = _rounds(row), _rounds(base)
+                entry["delta"], entry["measure"] = row["p50_ms"] / base["p50_ms"] - 1, "ms"
             entry["noise"] = max(_spread(now), _spread(then))
             if entry["delta"] > threshold and min(now) > max(then):
                 entry["verdict"] = "reference slower" if row.get("is_baseline") else "slower"

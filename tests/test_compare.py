@@ -155,3 +155,30 @@ def test_compare_on_real_runs_finds_only_the_variant_made_slower(tmp_path):
     regressions = compare_runs(first, slowed)
     assert "teacher.int8-dynamic.onnx" in regressions, regressions
     assert "teacher.onnx " not in regressions and "teacher torch" not in regressions
+
+
+def with_teacher(rows: dict[str, list[float]], teacher: list[float]) -> dict:
+    doc = report(rows)
+    doc["rows"].append({"variant": "teacher", "runtime": "torch", "provider": "cpu", "setting": "b1/s128/t1",
+                        "status": "ok", "p50_ms": sorted(teacher)[1], "rounds_p50_ms": teacher, "headline": 1.0,
+                        "is_baseline": True})
+    return doc
+
+
+@pytest.mark.parametrize(
+    "variant_rounds, teacher_rounds, verdict",
+    [
+        ([14.0, 14.3, 13.9], [56.0, 57.0, 55.5], "same"),  # the whole machine 40% slower: not a regression
+        ([20.0, 20.4, 19.8], [40.0, 40.5, 39.8], "slower"),  # only the variant doubled
+        ([5.0, 5.1, 4.9], [40.0, 40.1, 39.9], "faster"),
+    ],
+)
+def test_compare_judges_variants_relative_to_the_teacher_of_the_same_run(variant_rounds, teacher_rounds, verdict):
+    from compress.gate import compare
+
+    old = with_teacher({"model.int8.onnx": [10.0, 10.2, 9.8]}, [40.0, 40.4, 39.6])
+    new = with_teacher({"model.int8.onnx": variant_rounds}, teacher_rounds)
+
+    entry = next(e for e in compare(new, old, 0.10) if e["row"]["variant"] == "model.int8.onnx")
+
+    assert entry["measure"] == "vs teacher" and entry["verdict"] == verdict
