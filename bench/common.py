@@ -36,9 +36,13 @@ def machine_tag() -> str:
     return f"{platform.machine()}-{os.cpu_count()}cpu"
 
 
+def results_path(name: str, suffix: str) -> Path:
+    return RESULTS / f"{datetime.date.today().isoformat()}-{machine_tag()}-{name}{suffix}"
+
+
 def write_results(name: str, markdown: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.date.today().isoformat()}-{machine_tag()}-{name}"
+    stem = results_path(name, "").name
     (RESULTS / f"{stem}.md").write_text(markdown)
     (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"wrote {RESULTS / stem}.md and .json")
