@@ -7,6 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
+from compress import report as reports
 from compress import runner, sweep
 from compress.errors import RecipeError
 from compress.recipe import expand_matrix, parse_recipe
@@ -105,3 +106,24 @@ def test_sweep_report_ranks_rows_of_every_variant(tmp_path):
     assert result["rows"][0]["also_in"] == ["threads-2"]  # one model measured the same way: listed once
     assert result["recommendation"]["variant"] == "threads-1/shared"
     assert "| 1 | threads-1/shared |" in sweep.render_markdown(result)
+
+
+@pytest.mark.slow
+def test_sweep_with_bench_ranks_every_variant_in_one_report(tmp_path, tiny_bert, tiny_texts):
+    recipe_text = BASE.replace("  - kind: quantize\n    name: q2\n    models: [teacher.onnx]\n", (
+        "  - kind: bench\n    seq_lens: [16]\n    warmup: 0\n    min_iterations: 3\n    min_seconds: 0.0\n"
+        "    rounds: 1\n    eval_size: 8\n"))
+    matrix = "matrix:\n  stages.1.schemes: [[int8-dynamic], [fp16], [int4-weight]]\n  stages.2.threads: [[1], [2]]\n"
+    recipe = parse_recipe(recipe_text.format(model=tiny_bert, data=tiny_texts, matrix=matrix))
+
+    result = runner.run(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
+    report = reports.write_reports(tmp_path / "sweep", result)  # as `compress run` does after the stages
+
+    variants = [v["name"] for v in result["sweep"]["variants"]]
+    assert len(variants) == 6 and result["sweep"]["cache"]["shared"] == 5 + 3  # export once, each scheme once
+    ranked = [r for r in report["rows"] if r.get("rank")]
+    assert [r["rank"] for r in ranked] == list(range(1, len(ranked) + 1))
+    named = {r["variant"].split("/")[0] for r in report["rows"]} | {v for r in report["rows"]
+                                                                     for v in r.get("also_in") or []}
+    assert named == set(variants)  # every variant's rows land in the one report
+    assert "| 1 | " in (tmp_path / "sweep" / "report.md").read_text()
