@@ -154,14 +154,14 @@ def compare(
     _, before = load_report(old, "old run")
     _, after = load_report(new, "new run")
     table = Table(title=f"compress compare: {old} -> {new}")
-    for column in ("variant", "p50 old ms", "p50 new ms", "change", "measured", "noise", "quality change",
+    for column in ("variant", "p50 old ms", "p50 new ms", "change", "vs teacher", "noise", "quality change",
                    "verdict"):
         table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
     entries = compare_reports(after, before, threshold)
     for e in entries:
         old_p50 = (e["base"] or {}).get("p50_ms") if e["base"] is not e["row"] else e["row"].get("p50_ms")
         new_p50 = e["row"].get("p50_ms") if e["base"] is not e["row"] else None
-        table.add_row(e["label"], _num(old_p50), _num(new_p50), _num(e["delta"], "+.1%"), e.get("measure") or "-",
+        table.add_row(e["label"], _num(old_p50), _num(new_p50), _num(e["delta"], "+.1%"), _num(e.get("relative_delta"), "+.1%"),
                       _num(e["noise"], ".0%"),
                       _num(e["quality_delta"], "+.4f"), e["verdict"],
                       style="bold red" if e["verdict"] == "slower" else None)

@@ -108,10 +108,11 @@ def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
     """Per variant+provider+setting: latency and quality now vs the baseline, and a verdict.
 
     A latency change counts only when it is beyond the threshold AND beyond the noise: the per-round
-    values of the two runs must not overlap (every round of one run slower than every round of the other).
-    When both runs measured the teacher in the same interleaved rounds, each variant is compared by its
-    time relative to that teacher, round by round: a machine that is busier during one run (a shared CI
-    runner) slows both alike and is not taken for a regression. The teacher itself is compared in ms.
+    medians of the two runs must not overlap (every round of one run slower than every round of the other).
+    When both runs measured the teacher in the same interleaved rounds, the change must also show relative
+    to that teacher (median of the per-round ratios): a machine that is busier during one run (a shared CI
+    runner) slows the teacher and the variant alike and is not taken for a regression, while a change that
+    slows every ONNX variant (a new onnxruntime) still is, since the PyTorch teacher does not move with it.
     """
     before = {key(r): r for r in baseline["rows"]}
     refs_now, refs_then = _references(report), _references(baseline)
@@ -119,22 +120,23 @@ def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
     for row in report["rows"]:
         base = before.pop(key(row), None)
         entry = {"row": row, "base": base, "label": label(row), "delta": None, "quality_delta": None,
-                 "noise": None, "verdict": "new" if base is None else "not measured", "measure": None}
+                 "noise": None, "verdict": "new" if base is None else "not measured", "relative_delta": None}
         if base and (row.get("emulated") or base.get("emulated")):
             entry["verdict"] = "emulated: not compared"
         elif base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
-            now = _relative_rounds(row, refs_now.get(row["setting"]))
-            then = _relative_rounds(base, refs_then.get(base["setting"]))
-            if now and then:
-                entry["delta"], entry["measure"] = _median(now) / _median(then) - 1, "vs teacher"
-            else:
-                now, then = _rounds(row), _rounds(base)
-                entry["delta"], entry["measure"] = row["p50_ms"] / base["p50_ms"] - 1, "ms"
+            now, then = _rounds(row), _rounds(base)
+            entry["delta"] = row["p50_ms"] / base["p50_ms"] - 1
             entry["noise"] = max(_spread(now), _spread(then))
-            if entry["delta"] > threshold and min(now) > max(then):
+            rel_now = _relative_rounds(row, refs_now.get(row["setting"]))
+            rel_then = _relative_rounds(base, refs_then.get(base["setting"]))
+            relative = _median(rel_now) / _median(rel_then) - 1 if rel_now and rel_then else None
+            entry["relative_delta"] = relative
+            if entry["delta"] > threshold and min(now) > max(then) and (relative is None or relative > threshold):
                 entry["verdict"] = "reference slower" if row.get("is_baseline") else "slower"
-            elif entry["delta"] < -threshold and max(now) < min(then):
+            elif entry["delta"] < -threshold and max(now) < min(then) and (relative is None or relative < -threshold):
                 entry["verdict"] = "faster"
+            elif entry["delta"] > threshold and min(now) > max(then):
+                entry["verdict"] = "same (the teacher slowed alike: machine load)"
             else:
                 entry["verdict"] = "same"
             if row.get("headline") is not None and base.get("headline") is not None:
