@@ -1,4 +1,5 @@
-"""Text datasets from files (.txt, .csv, .tsv, .jsonl; optionally compressed), split with a fixed seed."""
+"""Text datasets from files (.txt, .csv, .tsv, .jsonl, optionally compressed; .parquet), Hugging Face `datasets`
+(save_to_disk folders, hf:<name> hub datasets), split with a fixed seed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compress.errors import SourceError
-from compress.sources import resolve_local
+from compress.sources import HF_DATASET_PREFIX, import_datasets, is_saved_dataset, load_hub_dataset, resolve_local
 
 
 @dataclass(frozen=True)
@@ -23,41 +24,117 @@ class Dataset:
 
 
 def load_dataset(cfg) -> Dataset:
-    """Load `cfg` (recipe DataConfig), drop empty rows, shuffle with `cfg.seed`, split off `eval_size`."""
+    """Load `cfg` (recipe DataConfig), drop empty rows, shuffle with `cfg.seed`, split off `eval_size` (or take the
+    eval rows from `cfg.eval_split`)."""
     import numpy as np
 
-    path = resolve_local(cfg.source)
-    if path is None or not path.is_file():
-        raise SourceError(f"data source {cfg.source!r}: expected a file")
-    frame = _read_table(path, cfg.source)
-    if cfg.text_field not in frame.columns:
-        raise SourceError(f"data source {cfg.source!r}: no field {cfg.text_field!r} (have: {list(frame.columns)})")
-    frame = frame[frame[cfg.text_field].notna()]
-    frame = frame[frame[cfg.text_field].astype(str).str.strip() != ""]
-    frame, labels, names = _labels(frame, cfg)
-    texts = frame[cfg.text_field].astype(str).tolist()
-    order = np.random.default_rng(cfg.seed).permutation(len(texts))
-    if cfg.eval_size >= len(order):
-        raise SourceError(f"data source {cfg.source!r}: {len(order)} rows, eval_size {cfg.eval_size} leaves none")
-    eval_idx, train_idx = order[: cfg.eval_size], order[cfg.eval_size:]
+    texts, labels, names = _rows(cfg, cfg.split)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(texts))
+    if cfg.eval_split:
+        eval_texts, eval_labels, _ = _rows(cfg, cfg.eval_split, names)  # the training split's class ids
+        held, train_idx = _take(eval_texts, eval_labels, rng.permutation(len(eval_texts))[: cfg.eval_size]), order
+    else:
+        if cfg.eval_size >= len(order):
+            raise SourceError(f"data source {cfg.source!r}: {len(order)} rows, eval_size {cfg.eval_size} leaves none")
+        eval_idx, train_idx = order[: cfg.eval_size], order[cfg.eval_size:]
+        held = _take(texts, labels, eval_idx)
     if cfg.train_limit:
         train_idx = train_idx[: cfg.train_limit]
-
-    def take(idx) -> Split:
-        return Split([texts[i] for i in idx], [labels[i] for i in idx] if labels else None)
-
-    return Dataset(train=take(train_idx), eval=take(eval_idx), label_names=names)
+    return Dataset(train=_take(texts, labels, train_idx), eval=held, label_names=names)
 
 
-def _labels(frame, cfg):
+def _take(texts, labels, idx) -> Split:
+    return Split([texts[i] for i in idx], [labels[i] for i in idx] if labels else None)
+
+
+def _rows(cfg, split: str | None, known: list[str] | None = None):
+    """The non-empty texts of one split, their class ids and the class names (`known` ones, if given)."""
+    where = f"data source {cfg.source!r}" + (f" split {split!r}" if split else "")
+    frame, classes = _read_source(cfg, split, where)
+    if cfg.text_field not in frame.columns:
+        raise SourceError(f"{where}: no field {cfg.text_field!r} (have: {list(frame.columns)})")
+    frame = frame[frame[cfg.text_field].notna()]
+    frame = frame[frame[cfg.text_field].astype(str).str.strip() != ""]
+    if frame.empty:
+        raise SourceError(f"{where}: no row has a text in {cfg.text_field!r}")
+    frame, labels, names = _labels(frame, cfg, known or classes)
+    return frame[cfg.text_field].astype(str).tolist(), labels, names
+
+
+def _read_source(cfg, split: str | None, where: str):
+    """One split of the source as a DataFrame, and the label names when a ClassLabel feature gives them."""
+    source = cfg.source
+    if source.startswith(HF_DATASET_PREFIX):
+        return _from_hf(load_hub_dataset(source, split or "train"), cfg, where)
+    path = resolve_local(source)
+    if path is None:
+        raise SourceError(f"{where}: no such file or folder (a Hugging Face hub dataset is written hf:{source})")
+    if path.is_dir():
+        if not is_saved_dataset(path):
+            raise SourceError(f"{where}: a folder, but not one written by datasets' save_to_disk (no "
+                              "dataset_dict.json, state.json or dataset_info.json); point at a file or such a folder")
+        return _from_hf(_load_saved(path, split, where), cfg, where)
+    if split:
+        raise SourceError(f"{where}: {path.name} is one table; split and eval_split apply to save_to_disk "
+                          "DatasetDict folders and hf: sources")
+    return _read_table(path, source), None
+
+
+def _load_saved(path: Path, split: str | None, where: str):
+    datasets = import_datasets(where)
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # missing arrow files, bad JSON, version mismatch: one sentence naming the folder
+        raise SourceError(f"{where}: cannot read the datasets folder {path} ({_first_line(exc)})") from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        if split:
+            raise SourceError(f"{where}: {path.name} holds one Dataset, not a DatasetDict with splits; remove "
+                              "split and eval_split")
+        return loaded
+    splits = list(loaded)
+    if split is None:
+        split = "train" if "train" in loaded or len(splits) != 1 else splits[0]
+    if split not in loaded:
+        raise SourceError(f"{where}: no split {split!r} in {path.name} (have: {splits}); set data.split")
+    return loaded[split]
+
+
+def _from_hf(table, cfg, where: str):
+    """A datasets.Dataset as a DataFrame of the recipe's fields; ClassLabel ids become their names."""
+    from datasets import ClassLabel
+
+    fields = [f for f in (cfg.text_field, cfg.label_field) if f]
+    missing = [f for f in fields if f not in table.column_names]
+    if missing:
+        raise SourceError(f"{where}: no field {missing[0]!r} (have: {table.column_names})")
+    frame = table.select_columns(fields).to_pandas()
+    feature = table.features.get(cfg.label_field) if cfg.label_field else None
+    if not isinstance(feature, ClassLabel):
+        return frame, None
+    # -1 (no label, as in many test splits) maps to NaN and is dropped with the other unlisted labels.
+    frame[cfg.label_field] = frame[cfg.label_field].map(dict(enumerate(feature.names)))
+    return frame, list(feature.names)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _labels(frame, cfg, known: list[str] | None = None):
     """Drop rows whose label is not listed; return the kept rows, their class ids and the class names."""
     if not cfg.label_field:
         return frame, None, None
     if cfg.label_field not in frame.columns:
-        raise SourceError(f"data source {cfg.source!r}: no field {cfg.label_field!r}")
+        raise SourceError(f"data source {cfg.source!r}: no field {cfg.label_field!r} (have: {list(frame.columns)})")
     raw = frame[cfg.label_field].astype(str)
-    names = list(cfg.labels) if cfg.labels else sorted(raw.unique())
+    names = list(cfg.labels) if cfg.labels else (list(known) if known else sorted(raw.unique()))
     keep = raw.isin(names)
+    if not keep.any():
+        seen = sorted(raw.unique())[:5]
+        raise SourceError(f"data source {cfg.source!r}: no row has one of the labels {names} in "
+                          f"{cfg.label_field!r} (seen: {seen})")
     ids = {name: i for i, name in enumerate(names)}
     return frame[keep], [ids[v] for v in raw[keep]], names
 
@@ -66,8 +143,10 @@ def _read_table(path: Path, source: str):
     import pandas as pd
 
     suffixes = [s.lower() for s in path.suffixes]
-    kind = next((s for s in reversed(suffixes) if s in (".txt", ".csv", ".tsv", ".jsonl", ".json")), None)
+    kind = next((s for s in reversed(suffixes) if s in (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet")), None)
     try:
+        if kind == ".parquet":
+            return pd.read_parquet(path, engine="pyarrow")
         if kind == ".csv":
             return pd.read_csv(path)
         if kind == ".tsv":
@@ -81,5 +160,6 @@ def _read_table(path: Path, source: str):
                 lines = [line.rstrip("\n") for line in handle.handle]
             return pd.DataFrame({"text": lines})
     except Exception as exc:
-        raise SourceError(f"data source {source!r}: cannot read {path.name} ({exc})") from None
-    raise SourceError(f"data source {source!r}: unknown file type (use .txt, .csv, .tsv or .jsonl)")
+        raise SourceError(f"data source {source!r}: cannot read {path.name} ({_first_line(exc)})") from None
+    raise SourceError(f"data source {source!r}: unknown file type (use .txt, .csv, .tsv, .jsonl or .parquet, or a "
+                      "folder written by datasets' save_to_disk)")

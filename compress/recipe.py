@@ -52,15 +52,24 @@ class ModelSource(StrictModel):
 
 class DataConfig(StrictModel):
     source: str = Field(
-        description="A .txt (one text a line), .csv, .tsv or .jsonl file (optionally .gz/.bz2), local or "
-        "package:<python package>/<subpath>."
+        description="A .txt (one text a line), .csv, .tsv, .jsonl (optionally .gz/.bz2) or .parquet file, or a "
+        "folder written by Hugging Face datasets' save_to_disk; local or package:<python package>/<subpath>. "
+        "hf:<name>[:<config>] loads a Hugging Face hub dataset (online, or from the local cache with "
+        "HF_HUB_OFFLINE=1)."
     )
     text_field: str = Field(default="text", description="Column or key holding the text.")
     label_field: str | None = Field(default=None, description="Column or key holding the label, if any.")
     labels: list[str] | None = Field(
-        default=None, description="Keep only rows with these labels; their order gives the class ids."
+        default=None, description="Keep only rows with these labels; their order gives the class ids (default: "
+        "the names of a ClassLabel label_field in id order, else every label sorted)."
     )
     eval_size: int = Field(default=1000, ge=1, description="Held-out rows for evaluation (fixed by `seed`).")
+    split: str | None = Field(
+        default=None, description="The split to train on, for a save_to_disk DatasetDict or an hf: source "
+        "(default: train; a DatasetDict without one: its only split).")
+    eval_split: str | None = Field(
+        default=None, description="Take the eval_size evaluation rows from this split (e.g. validation) instead "
+        "of holding them out of the training split.")
     train_limit: int | None = Field(default=None, ge=1, description="At most this many training rows.")
     seed: int = Field(default=0, description="Seed of the shuffle that splits train and eval.")
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per text for training and eval.")

@@ -28,7 +28,7 @@ from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_t
 from compress.context import RunContext
 from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
-from compress.sources import check_model_folder, resolve_local, resolve_model
+from compress.sources import check_model_folder, is_saved_dataset, resolve_local, resolve_model
 from compress.stages import STAGES
 
 MANIFEST = "manifest.json"
@@ -163,8 +163,8 @@ def _check_license(recipe: Recipe, teacher: Artifact) -> dict:
 
 def _data_hash(recipe: Recipe) -> str:
     digest = hashlib.sha256(json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode())
-    path = resolve_local(recipe.data.source)
-    if path is not None and path.is_file():
+    path = resolve_local(recipe.data.source)  # None for an hf: dataset: its name and split stand for it
+    if path is not None and (path.is_file() or is_saved_dataset(path)):
         digest.update(bytes.fromhex(sha256_path(path)))
     return digest.hexdigest()
 

@@ -1,4 +1,4 @@
-"""Resolve model and data sources: local paths, package:<pkg>/<subpath>, and Hugging Face hub ids."""
+"""Resolve model and data sources: local paths, package:<pkg>/<subpath>, Hugging Face hub ids and hf:<dataset>."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from compress.errors import SourceError
 
 PACKAGE_PREFIX = "package:"
+HF_DATASET_PREFIX = "hf:"  # a hub dataset, hf:<name>[:<config>]; explicit so that a plain name is always a path
 
 
 def package_path(source: str) -> Path:
@@ -45,9 +46,11 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def resolve_local(source: str) -> Path | None:
-    """A path for local and package sources; None for what must be a hub id."""
+    """A path for local and package sources; None for what must be a hub id (or an hf: dataset)."""
     if source.startswith(PACKAGE_PREFIX):
         return package_path(source)
+    if source.startswith(HF_DATASET_PREFIX):
+        return None
     path = Path(source).expanduser()
     if path.exists():
         return path.resolve()
@@ -83,6 +86,77 @@ def _download(repo_id: str, revision: str | None) -> Path:
             f"({why}); use a local path or package:<pkg>/<subpath>"
         ) from None
     return Path(path)
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `datasets`' Dataset.save_to_disk or DatasetDict.save_to_disk."""
+    return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def import_datasets(where: str):
+    """`datasets`, an optional dependency; `where` (e.g. "data source 'x'") starts the error when it is missing."""
+    try:
+        import datasets
+    except ImportError:
+        raise SourceError(
+            f"{where}: the Python package 'datasets' is not installed (pip install datasets, "
+            "or install compress with the [datasets] extra)"
+        ) from None
+    return datasets
+
+
+def hub_offline() -> bool:
+    """HF_DATASETS_OFFLINE when set, else HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE: what `datasets` itself reads."""
+    def true(name: str) -> bool:
+        return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+
+    if os.environ.get("HF_DATASETS_OFFLINE") is not None:
+        return true("HF_DATASETS_OFFLINE")
+    return true("HF_HUB_OFFLINE") or true("TRANSFORMERS_OFFLINE")
+
+
+def load_hub_dataset(source: str, split: str):
+    """`hf:<name>[:<config>]` -> datasets.Dataset of that split, from the hub (or its local cache when offline)."""
+    name, _, config = source[len(HF_DATASET_PREFIX):].partition(":")
+    if not name:
+        raise SourceError(f"data source {source!r}: expected hf:<dataset name>[:<config>], e.g. hf:rotten_tomatoes")
+    datasets = import_datasets(f"data source {source!r}")
+    offline = hub_offline()
+    hint = "use a local path (a file, or a folder written by save_to_disk)"
+    if not offline and (unreachable := _hub_unreachable()):
+        # Checked first: without a network, `datasets` retries for half a minute and logs every try.
+        raise SourceError(f"data source {source!r}: cannot reach the Hugging Face hub ({unreachable}); {hint}, "
+                          "or set HF_HUB_OFFLINE=1 to read the local cache")
+    try:
+        return datasets.load_dataset(name, config or None, split=split)
+    except Exception as exc:  # hub, network and config errors come in many types; the user needs one sentence
+        why = "offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) and not in the local cache" if offline else (
+            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        raise SourceError(
+            f"data source {source!r}: could not load {name!r} (split {split!r}) from the Hugging Face hub ({why}); "
+            f"{hint}"
+        ) from None
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub's host cannot be reached (None when it can, or when a proxy decides)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+    return None
 
 
 # ---------------------------------------------------------------- hostile model files

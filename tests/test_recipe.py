@@ -136,7 +136,7 @@ def test_cli_light_commands_do_not_import_torch_or_onnxruntime(args):
     code = (
         "import sys; from compress.cli import main; sys.argv=['compress', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'datasets', 'pyarrow') if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)"
     )
     from pathlib import Path
