@@ -63,27 +63,25 @@ class Evaluator:
     def __init__(self, ctx, source, eval_size: int):
         import numpy as np
 
-        from compress.data import load_dataset
-        from compress.tasks.common import batches, load_tokenizer, tokenize
-
-        data = load_dataset(ctx.recipe.data)
-        texts = data.eval.texts[:eval_size]
-        self.task, self.count = ctx.task, len(texts)
+        task = ctx.task
+        data = task.load_data(ctx.recipe.data)
+        texts = task.examples(data.eval)[:eval_size]
+        self.task, self.count = task, len(texts)
         self.labels = np.asarray(data.eval.labels[:eval_size]) if data.eval.labels else None
-        tokenizer = load_tokenizer(source.path)
-        self.batches = batches(tokenizer, texts, ctx.recipe.data.max_length, 32)
-        self.timing = tokenize(tokenizer, texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
+        self.inputs = task.inputs(source.path)
+        self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
+        self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
         teacher = ctx.teacher()
         self.reference = self._teacher_outputs(teacher.path) if teacher is not None else None
 
     def _teacher_outputs(self, path: Path):
         import torch
 
-        from compress.tasks.common import INPUT_NAMES, unbatch
+        from compress.tasks.common import unbatch
 
         model = self.task.load_model(path).eval()
         with torch.inference_mode():
-            out = [model(*(torch.from_numpy(b[n]) for n in INPUT_NAMES)).numpy() for b in self.batches]
+            out = [model(*(torch.from_numpy(b[n]) for n in self.inputs.names)).numpy() for b in self.batches]
         return unbatch(out, self.batches)
 
     def _session(self, model_path: Path, threads: int = 0):
@@ -98,12 +96,12 @@ class Evaluator:
         """The headline metric of the model at `model_path` (None when it cannot be scored)."""
         import math
 
-        from compress.tasks.common import INPUT_NAMES, unbatch
+        from compress.tasks.common import unbatch
 
         if self.reference is None:
             return None
         session = self._session(model_path)
-        out = [session.run(None, {n: b[n] for n in INPUT_NAMES})[0] for b in self.batches]
+        out = [session.run(None, {n: b[n] for n in self.inputs.names})[0] for b in self.batches]
         score = self.task.quality(self.reference, unbatch(out, self.batches), self.labels).get(self.task.HEADLINE)
         return score if score is not None and math.isfinite(score) else None
 

@@ -69,19 +69,20 @@ def save_model(backbone, source_dir: Path, tmp: Path) -> None:
     backbone.save_pretrained(tmp)
 
 
-def evaluate_outputs(task, model, tokenizer, split, max_length: int, reference) -> dict:
-    """The task metric of `model` on a held-out split against the reference outputs."""
+def evaluate_outputs(task, model, inputs, split, max_length: int, reference) -> dict:
+    """The task metric of `model` on a held-out split against the reference outputs; `inputs` is the task's
+    input hook for the model (task.inputs(model_dir))."""
     import torch
 
     from compress import distributed as D
-    from compress.tasks.common import batches, unbatch
+    from compress.tasks.common import unbatch
 
-    todo = batches(tokenizer, split.texts, max_length, 64)
+    todo = inputs.batches(task.examples(split), max_length, 64)
     was_training, outs = model.training, []
     model.eval()
     with torch.inference_mode():
         for batch in todo:
-            args = (torch.from_numpy(batch[k]).to(D.device()) for k in ("input_ids", "attention_mask"))
+            args = (torch.from_numpy(batch[k]).to(D.device()) for k in inputs.names)
             outs.append(model(*args).float().cpu().numpy())
     model.train(was_training)
     return task.quality(reference, unbatch(outs, todo), split.labels)

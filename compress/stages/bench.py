@@ -138,17 +138,16 @@ class Cell:
 def run(cfg: Config, ctx) -> list:
     from rich.progress import Progress
 
-    from compress.data import load_dataset
-
     variants = _variants(cfg, ctx)
     targets = _open_targets(cfg, ctx)
     try:
         envs = {name: t.environment() for name, t in targets.items()}
         unavailable = _check_providers(cfg, envs)
         cells = _cells(cfg, variants, targets)
-        data = load_dataset(ctx.recipe.data)
-        n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(data.eval.texts))
-        inputs = _Inputs(ctx.work_dir, data.eval.texts[:n_eval], ctx.recipe.data.max_length)
+        data = ctx.task.load_data(ctx.recipe.data)
+        examples = ctx.task.examples(data.eval)
+        n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(examples))
+        inputs = _Inputs(ctx.work_dir, examples[:n_eval], ctx.recipe.data.max_length, ctx.task)
         results: dict[str, list[dict]] = {c.id: [] for c in cells}
         eval_out: dict[tuple, Path] = {}
         budget = _Budget(cfg.time_budget_s)
@@ -327,10 +326,12 @@ def _size_mb(folder: Path, runtime: str) -> float:
 
 
 class _Inputs:
-    """Pre-built npz inputs, per tokenizer (variants may not share one): timing sets and eval batches."""
+    """Pre-built npz inputs, per tokenizer (variants may not share one): timing sets and eval batches, made by
+    the task's input hook from its examples (texts, images)."""
 
-    def __init__(self, work: Path, texts: list[str], max_length: int):
+    def __init__(self, work: Path, texts, max_length: int, task):
         self.work, self.texts, self.max_length = work / "inputs", texts, max_length
+        self.hook, self.names = task.inputs, task.INPUT_NAMES
         self.work.mkdir(parents=True, exist_ok=True)
         self._batches: dict[str, list[dict]] = {}
 
@@ -344,24 +345,19 @@ class _Inputs:
         return digest.hexdigest()[:12]
 
     def timing(self, folder: Path, batch: int, seq: int) -> Path:
-        """Real eval texts padded to exactly `seq` tokens, repeated up to the batch size."""
-
-        from compress.tasks.common import load_tokenizer, tokenize
-
+        """Real eval texts padded to exactly `seq` tokens (images: as they are), repeated up to the batch size."""
         path = self.work / f"{self._key(folder)}-b{batch}-s{seq}.npz"
         if not path.is_file():
             texts = [self.texts[i % len(self.texts)] for i in range(batch)]
-            _savez(path, tokenize(load_tokenizer(folder), texts, seq, pad_to_max=True))
+            _savez(path, self.hook(folder).encode(texts, seq, pad_to_max=True))
         return path
 
     def eval(self, folder: Path) -> tuple[Path, list[dict]]:
-        from compress.tasks.common import INPUT_NAMES, batches, load_tokenizer
-
         key = self._key(folder)
         path = self.work / f"{key}-eval.npz"
         if key not in self._batches:
-            self._batches[key] = batches(load_tokenizer(folder), self.texts, self.max_length, EVAL_BATCH)
-            _savez(path, {f"b{i}_{n}": b[n] for i, b in enumerate(self._batches[key]) for n in INPUT_NAMES})
+            self._batches[key] = self.hook(folder).batches(self.texts, self.max_length, EVAL_BATCH)
+            _savez(path, {f"b{i}_{n}": b[n] for i, b in enumerate(self._batches[key]) for n in self.names})
         return path, self._batches[key]
 
 
@@ -415,14 +411,13 @@ def torch_worker(argv: list[str]) -> int:
 
     from compress.targets import harness
     from compress.tasks import get_task
-    from compress.tasks.common import INPUT_NAMES
 
     task, args = get_task(argv[0]), harness.parse_args(argv[1:])
     model = task.load_model(Path(args.model)).eval()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with np.load(args.inputs) as data:
-        feeds = [torch.from_numpy(data[n]) for n in INPUT_NAMES]  # built once, outside the loop
+        feeds = [torch.from_numpy(data[n]) for n in task.INPUT_NAMES]  # built once, outside the loop
     with torch.inference_mode():
         samples = harness.time_loop(lambda: model(*feeds), args.warmup, args.min_iterations, args.min_seconds)
         batch, seq = feeds[0].shape[:2]
@@ -432,7 +427,7 @@ def torch_worker(argv: list[str]) -> int:
                   "peak_rss_mb": harness.peak_rss_mb()}
         if args.eval:
             torch.set_num_threads(os.cpu_count() or 1)  # the reference is not timed: use every core
-            outputs = {f"b{i}_{task.OUTPUT_NAME}": model(*(torch.from_numpy(b[n]) for n in INPUT_NAMES)).numpy()
+            outputs = {f"b{i}_{task.OUTPUT_NAME}": model(*(torch.from_numpy(b[n]) for n in task.INPUT_NAMES)).numpy()
                        for i, b in enumerate(harness.eval_batches(args.eval))}
             np.savez(args.eval_out, **outputs)
     Path(args.out).write_text(json.dumps(harness._clean(result)))

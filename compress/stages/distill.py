@@ -29,7 +29,6 @@ from compress.training import (
     TrainingConfig,
     checkpoint_key,
     evaluate_outputs,
-    pad,
     param_count,
     progress_bar,
     save_model,
@@ -37,7 +36,7 @@ from compress.training import (
     train,
 )
 
-Loss = Literal["cosine", "mse", "logit-kd", "hidden-mse", "attention"]
+Loss = Literal["cosine", "mse", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
 OUTPUT_LOSSES = ("cosine", "mse", "logit-kd")
 _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
 
@@ -88,29 +87,35 @@ def run(cfg: Config, ctx) -> list:
     import torch
 
     from compress import distributed as D
-    from compress.data import load_dataset
-    from compress.tasks.common import load_tokenizer
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
     teacher = teacher_artifact(ctx)
     losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
+    lm_only = [name for name in losses if name in ("sequence", "token-kl")]
+    if lm_only:
+        raise StageError(f"loss {lm_only[0]} does not apply to task {task.NAME} (it is for causal-lm)")
     if "logit-kd" in losses and task.OUTPUT_NAME != "logits":
         raise StageError(f"loss logit-kd needs a task with logits; task {task.NAME} outputs {task.OUTPUT_NAME}")
-    data, max_length = load_dataset(ctx.recipe.data), cfg.max_length or ctx.recipe.data.max_length
+    data, max_length = task.load_data(ctx.recipe.data), cfg.max_length or ctx.recipe.data.max_length
     teacher_net = task.load_backbone(teacher.path, trust).to(D.device()).eval()
+    if set(losses) - set(OUTPUT_LOSSES) and not hasattr(teacher_net, "config"):
+        raise StageError(f"losses hidden-mse and attention need a transformer's hidden states; task {task.NAME} "
+                         f"can use {', '.join(OUTPUT_LOSSES)}")
     if "attention" in losses:  # fused (sdpa) attention returns no attention maps; students copy this config
         teacher_net = eager(teacher_net)
     torch.manual_seed(cfg.seed)
-    student_net, student_dir, pairs = build_student(cfg.student, task, teacher.path, teacher_net, trust)
+    student_net, student_dir, pairs = build_student(cfg.student, task, teacher.path, teacher_net, trust, ctx.work_dir)
     if "attention" in losses:
         student_net = eager(student_net)
     if cfg.freeze_embeddings if cfg.freeze_embeddings is not None else bool(cfg.student.from_teacher):
+        if not hasattr(student_net, "get_input_embeddings"):
+            raise StageError(f"freeze_embeddings: the student of task {task.NAME} has no word embeddings")
         student_net.get_input_embeddings().weight.requires_grad_(False)
-    widths = (student_net.config.hidden_size, teacher_net.config.hidden_size)
+    widths = (student_net.config.hidden_size, teacher_net.config.hidden_size) if task.OUTPUT_NAME != "logits" else ()
     if task.OUTPUT_NAME != "logits" and widths[0] != widths[1] and set(losses) & set(OUTPUT_LOSSES):
         raise StageError(f"the student's width {widths[0]} differs from the teacher's {widths[1]}: {task.OUTPUT_NAME} "
                          "losses compare outputs directly; keep hidden_size, or train with hidden-mse alone")
-    tokenizer = load_tokenizer(student_dir)
+    inputs = task.inputs(student_dir)
     started = time.monotonic()
     targets, cached = cached_teacher_outputs(ctx, task, teacher, teacher_net, data, max_length)
     ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),
@@ -120,19 +125,19 @@ def run(cfg: Config, ctx) -> list:
     if not online:
         del teacher_net  # its cached outputs are all we need now
     module = _Distiller(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg)
-    ids = tokenizer(data.train.texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths, encode = inputs.training(task.examples(data.train), max_length)
     train_targets = torch.from_numpy(targets["train"]) if "train" in targets else None
 
     def collate(index: list[int]) -> dict:
-        batch = pad(ids, index, tokenizer.pad_token_id)
+        batch = encode(index)
         if train_targets is not None:
             batch["target"] = train_targets[index]
         if data.train.labels is not None:
             batch["labels"] = torch.tensor([data.train.labels[i] for i in index])
         return batch
 
-    job = Job(module=module, student=module.student, lengths=[len(x) for x in ids], collate=collate,
-              evaluate=lambda: evaluate_outputs(task, module.student, tokenizer, data.eval, max_length,
+    job = Job(module=module, student=module.student, lengths=lengths, collate=collate,
+              evaluate=lambda: evaluate_outputs(task, module.student, inputs, data.eval, max_length,
                                                 targets["eval"]),
               headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data))
     result = train(cfg, ctx, job)
@@ -149,8 +154,10 @@ def run(cfg: Config, ctx) -> list:
 # ---------------------------------------------------------------- the student
 
 
-def build_student(spec: StudentSpec, task, teacher_dir: Path, teacher, trust: bool):
+def build_student(spec: StudentSpec, task, teacher_dir: Path, teacher, trust: bool, work_dir: Path | None = None):
     """(backbone, folder its tokenizer/pooling files come from, [(student, teacher) hidden-state index pairs])."""
+    if hasattr(task, "build_student"):  # models that are not transformers (image-classification)
+        return task.build_student(spec, teacher, work_dir, trust)
     try:
         if spec.from_teacher:
             layers, count = spec.from_teacher.layers, teacher.config.num_hidden_layers
@@ -223,7 +230,7 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
             self.losses, self.pairs = losses, pairs
             self.captured: dict = {}
             student_net.register_forward_hook(lambda _m, _i, out: self.captured.__setitem__("out", out))
-            ds, dt = student_net.config.hidden_size, (teacher_net.config.hidden_size if teacher_net else 0)
+            ds, dt = (student_net.config.hidden_size, teacher_net.config.hidden_size) if "hidden-mse" in losses else (0, 0)
             # A learned projection maps student widths onto the teacher's when they differ.
             self.proj = torch.nn.ModuleList(
                 torch.nn.Linear(ds, dt) if ds != dt else torch.nn.Identity()
@@ -233,19 +240,19 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
         def features(self, on: bool) -> None:
             """Ask the backbones for hidden states / attention maps only when a loss needs them."""
             for net in self.nets:
-                if net is None:
+                if net is None or not hasattr(net, "config"):
                     continue
                 net.config.output_hidden_states = on and "hidden-mse" in self.losses
                 net.config.output_attentions = on and "attention" in self.losses
 
-        def forward(self, input_ids, attention_mask, target=None, labels=None):
-            out = self.student(input_ids, attention_mask)
+        def forward(self, target=None, labels=None, **inputs):
+            out = self.student(*(inputs[n] for n in task.INPUT_NAMES))
             total = 0.0
             for name, weight in self.losses.items():
-                total = total + weight * self._loss(name, out, target, labels, input_ids, attention_mask)
+                total = total + weight * self._loss(name, out, target, labels, inputs)
             return total
 
-        def _loss(self, name, out, target, labels, input_ids, attention_mask):
+        def _loss(self, name, out, target, labels, inputs):
             if name == "cosine":
                 return 1 - F.cosine_similarity(out, target, dim=-1).mean()
             if name == "mse":  # summed over features: on unit vectors a per-element mean is too small to learn
@@ -257,8 +264,8 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
                     return soft
                 return (1 - cfg.alpha) * soft + cfg.alpha * F.cross_entropy(out, labels)
             with torch.no_grad():
-                ref = self.nets[1](input_ids=input_ids, attention_mask=attention_mask)
-            mine, mask = self.captured["out"], attention_mask.unsqueeze(-1).to(out.dtype)
+                ref = self.nets[1](**inputs)
+            mine, mask = self.captured["out"], inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
             if name == "hidden-mse":
                 parts = [((p(mine.hidden_states[s]) - ref.hidden_states[t]) ** 2 * mask).sum()
                          / (mask.sum() * ref.hidden_states[t].shape[-1])
@@ -287,7 +294,6 @@ def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tu
     import numpy as np
 
     from compress import distributed as D
-    from compress.tasks.common import load_tokenizer
 
     key = hashlib.sha256(json.dumps({"teacher": teacher.sha256, "task": task.NAME, "max_length": max_length,
                                      "data": ctx.recipe.data.model_dump(mode="json")}, sort_keys=True).encode())
@@ -295,9 +301,9 @@ def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tu
     if D.broadcast_object(path.is_file()):
         with np.load(path) as saved:
             return {k: saved[k] for k in saved.files}, True
-    model, tokenizer = task.wrap(net, teacher.path), load_tokenizer(teacher.path)
-    out = {split: teacher_outputs(model, tokenizer, texts, max_length, ctx)
-           for split, texts in (("train", data.train.texts), ("eval", data.eval.texts))}
+    model, inputs = task.wrap(net, teacher.path), task.inputs(teacher.path)
+    out = {name: teacher_outputs(model, inputs, task.examples(split), max_length, ctx)
+           for name, split in (("train", data.train), ("eval", data.eval))}
     if ctx.is_main_process:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
@@ -306,20 +312,20 @@ def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tu
     return out, False
 
 
-def teacher_outputs(model, tokenizer, texts: list[str], max_length: int, ctx, batch_size: int = 64):
-    """Outputs for `texts` in their order; batches sorted by length (little padding), split over ranks."""
+def teacher_outputs(model, inputs, texts, max_length: int, ctx, batch_size: int = 64):
+    """Outputs for `texts` (the examples) in their order, fed by the task's input hook `inputs`; batches
+    sorted by length (little padding), split over ranks."""
     import numpy as np
     import torch
 
     from compress import distributed as D
-    from compress.tasks.common import batches
 
     rank, world = D.rank_world()
-    todo = batches(tokenizer, texts, max_length, batch_size)
+    todo = inputs.batches(texts, max_length, batch_size)
     mine, outs = todo[rank::world], []
     with torch.inference_mode(), progress_bar(ctx, f"teacher outputs ({len(texts)} texts)", len(mine)) as tick:
         for batch in mine:
-            args = (torch.from_numpy(batch[k]).to(D.device()) for k in ("input_ids", "attention_mask"))
+            args = (torch.from_numpy(batch[k]).to(D.device()) for k in inputs.names)
             outs.append((batch["_index"], model(*args).float().cpu().numpy()))
             tick()
     pieces = [p for part in D.gather_objects(outs) for p in part]

@@ -1,8 +1,10 @@
-"""Stage export: Hugging Face model -> ONNX bundle (model.onnx + tokenizer + compress.json).
+"""Stage export: Hugging Face model (or a Python factory's model) -> ONNX bundle (model.onnx + tokenizer +
+compress.json).
 
 Uses torch.onnx's TorchScript exporter at opset 17: the dynamo exporter is 4-7x slower here, needs
 onnxscript, and its graph is not fused by onnxruntime's transformer optimizer (shared/onnx-notes.md).
-Parity with torch is checked in a fresh process on real eval texts, and recorded.
+The task's input hook (tasks/common.py) gives the inputs: their names, dynamic axes and a sample to trace with.
+Parity with torch is checked in a fresh process on real eval examples, and recorded.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ class Config(StageBase):
     )
     opset: int = Field(default=17, ge=13, le=21, description="ONNX opset version.")
     optimize: bool = Field(
-        default=True, description="Apply onnxruntime's transformer fusions (attention, layer norm, GELU)."
+        default=True, description="Apply onnxruntime's transformer fusions (attention, layer norm, GELU); Hugging Face "
+        "models only."
     )
     parity_max_abs: float = Field(
         default=1e-3, gt=0, description="Fail when an output differs from torch by more than this."
     )
-    parity_texts: int = Field(default=64, ge=1, description="Eval texts used for the parity check.")
+    parity_texts: int = Field(default=64, ge=1, description="Held-out examples (texts, images) used for the parity "
+                              "check.")
 
 
 def run(cfg: Config, ctx) -> list:
@@ -62,40 +66,34 @@ def _with_meta(artifact, source, meta: dict):
 def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
     import torch
 
-    from compress.tasks.common import INPUT_NAMES, copy_bundle_files, tokenize, write_json
+    from compress.tasks.common import copy_bundle_files, write_json
 
     task = ctx.task
     tmp.mkdir()
     model = task.load_model(source.path, ctx.recipe.teacher.trust_remote_code)
-    tokenizer = _tokenizer(source.path)
-    sample = tokenize(tokenizer, ["a short example", "and a somewhat longer example sentence here"], 16)
-    args = tuple(torch.from_numpy(sample[n]) for n in INPUT_NAMES)
+    inputs, examples = task.inputs(source.path), _eval_examples(ctx, cfg.parity_texts)
+    sample = inputs.sample(examples)
+    args = tuple(torch.from_numpy(sample[n]) for n in task.INPUT_NAMES)
     raw = tmp / "model.onnx"
-    dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}}
+    dynamic = {n: inputs.axes for n in task.INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}}
     # The TorchScript exporter is deprecated but fuses fully; its tracer warnings are expected noise.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, args, str(raw), input_names=list(INPUT_NAMES), output_names=[task.OUTPUT_NAME],
+            model, args, str(raw), input_names=list(task.INPUT_NAMES), output_names=[task.OUTPUT_NAME],
             dynamic_axes=dynamic, opset_version=cfg.opset, dynamo=False,
         )
-    if cfg.optimize:
+    if cfg.optimize and (source.path / "config.json").is_file():  # transformer fusions: HF models only
         meta["fusions"] = _optimize(raw, source.path)
     copy_bundle_files(source.path, tmp)
-    write_json(tmp / "compress.json", {**task.bundle_info(source.path), "inputs": list(INPUT_NAMES),
+    write_json(tmp / "compress.json", {**task.bundle_info(source.path), "inputs": list(task.INPUT_NAMES),
                                         "max_length": ctx.recipe.data.max_length, "precision": "fp32"})
-    meta.update(_parity(cfg, ctx, source.path, tmp))
+    meta.update(_parity(ctx, source.path, tmp, inputs.encode(examples, ctx.recipe.data.max_length)))
     if meta["parity_max_abs"] > cfg.parity_max_abs:
         raise StageError(
             f"export of {source.name}: ONNX output differs from torch by {meta['parity_max_abs']:.3g} "
             f"(> parity_max_abs {cfg.parity_max_abs}); try optimize: false or another opset"
         )
-
-
-def _tokenizer(path: Path):
-    from compress.tasks.common import load_tokenizer
-
-    return load_tokenizer(path)
 
 
 def _optimize(model_path: Path, source_dir: Path) -> dict:
@@ -112,25 +110,28 @@ def _optimize(model_path: Path, source_dir: Path) -> dict:
     return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def _parity(cfg: Config, ctx, model_dir: Path, bundle: Path) -> dict:
-    """Compare ONNX and torch outputs in a fresh process (in-process comparisons can mislead)."""
-    texts = _eval_texts(ctx, cfg.parity_texts)
-    texts_file = bundle.parent / f"{bundle.name}.parity.json"
-    texts_file.write_text(json.dumps(texts))
+def _parity(ctx, model_dir: Path, bundle: Path, inputs: dict) -> dict:
+    """Compare ONNX and torch outputs on `inputs` (real eval examples) in a fresh process (in-process
+    comparisons can mislead)."""
+    import numpy as np
+
+    inputs_file = bundle.parent / f"{bundle.name}.parity.npz"
+    with open(inputs_file, "wb") as handle:
+        np.savez(handle, **inputs)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "compress.stages._parity", ctx.recipe.task, str(model_dir), str(bundle),
-             str(texts_file), str(ctx.recipe.data.max_length)],
+             str(inputs_file)],
             capture_output=True, text=True, timeout=600,
         )
     finally:
-        texts_file.unlink(missing_ok=True)
+        inputs_file.unlink(missing_ok=True)
     if proc.returncode != 0:
         raise StageError(f"export parity check failed to run:\n{proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _eval_texts(ctx, n: int) -> list[str]:
-    from compress.data import load_dataset
-
-    return load_dataset(ctx.recipe.data).eval.texts[:n]
+def _eval_examples(ctx, n: int):
+    """The first `n` held-out examples (texts, images) of the recipe's data."""
+    task = ctx.task
+    return task.examples(task.load_data(ctx.recipe.data).eval)[:n]

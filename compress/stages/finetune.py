@@ -3,7 +3,8 @@
 Produces hf-model `teacher-finetuned` with role "teacher", which later stages (distill, export) use as the
 teacher. Reproducible: the head's initialisation, data order and dropout follow `seed`. Uses the training
 loop shared with distill (compress/training.py: warm-up + decay, periodic eval keeping the best weights,
-checkpoint/resume, DDP).
+checkpoint/resume, DDP). An image-classification model (a Python factory's) keeps its own head: its outputs
+must be the data's classes.
 """
 
 from __future__ import annotations
@@ -32,13 +33,10 @@ class Config(TrainingConfig):
 def run(cfg: Config, ctx) -> list:
     import torch
 
-    from compress.data import load_dataset
-    from compress.tasks.common import load_tokenizer
     from compress.training import (
         Job,
         checkpoint_key,
         evaluate_outputs,
-        pad,
         param_count,
         save_model,
         teacher_artifact,
@@ -48,8 +46,8 @@ def run(cfg: Config, ctx) -> list:
     task = ctx.task
     if task.OUTPUT_NAME != "logits":
         raise StageError(f"stage {ctx.stage_name}: finetune trains a classifier; the recipe's task is {task.NAME} "
-                         "(use task: text-classification)")
-    data = load_dataset(ctx.recipe.data)
+                         "(use task: text-classification or image-classification)")
+    data = task.load_data(ctx.recipe.data)
     if data.train.labels is None or not data.label_names:
         raise StageError(f"stage {ctx.stage_name}: the data has no labels; set data.label_field (and data.labels)")
     teacher, max_length = teacher_artifact(ctx), cfg.max_length or ctx.recipe.data.max_length
@@ -57,20 +55,19 @@ def run(cfg: Config, ctx) -> list:
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     net = task.load_backbone(teacher.path, ctx.recipe.teacher.trust_remote_code,
                              id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
-    tokenizer = load_tokenizer(teacher.path)
-    model = _Classifier(task.wrap(net, teacher.path))
-    ids = tokenizer(data.train.texts, truncation=True, max_length=max_length)["input_ids"]
+    inputs = task.inputs(teacher.path)
+    model = _Classifier(task.wrap(net, teacher.path), inputs.names)
+    lengths, encode = inputs.training(task.examples(data.train), max_length)
 
     def collate(index: list[int]) -> dict:
-        return {**pad(ids, index, tokenizer.pad_token_id),
-                "labels": torch.tensor([data.train.labels[i] for i in index])}
+        return {**encode(index), "labels": torch.tensor([data.train.labels[i] for i in index])}
 
     def evaluate() -> dict:
         # No reference to copy here: score against the labels; agreement with itself says nothing.
-        metrics = evaluate_outputs(task, model.wrapped, tokenizer, data.eval, max_length, None)
+        metrics = evaluate_outputs(task, model.wrapped, inputs, data.eval, max_length, None)
         return {k: v for k, v in metrics.items() if k != "agreement"}
 
-    job = Job(module=model, student=model.wrapped, lengths=[len(x) for x in ids], collate=collate,
+    job = Job(module=model, student=model.wrapped, lengths=lengths, collate=collate,
               evaluate=evaluate, headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data, labels=names))
     ctx.metrics.update(params=param_count(net), labels=names, **train(cfg, ctx, job))
     if not ctx.is_main_process:
@@ -80,7 +77,7 @@ def run(cfg: Config, ctx) -> list:
     return [ctx.save(OUTPUT, "hf-model", lambda tmp: save_model(net, teacher.path, tmp), meta)]
 
 
-def _Classifier(wrapped):
+def _Classifier(wrapped, names: tuple[str, ...]):
     import torch
 
     class Classifier(torch.nn.Module):
@@ -88,7 +85,7 @@ def _Classifier(wrapped):
             super().__init__()
             self.wrapped = wrapped
 
-        def forward(self, input_ids, attention_mask, labels):
-            return torch.nn.functional.cross_entropy(self.wrapped(input_ids, attention_mask), labels)
+        def forward(self, labels, **inputs):
+            return torch.nn.functional.cross_entropy(self.wrapped(*(inputs[n] for n in names)), labels)
 
     return Classifier()

@@ -271,7 +271,8 @@ def _int8_static(opts: Int8Options, ctx, source, src: Path, dst: Path, options: 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[opts.calibration]
     # Weight MatMuls only: QDQ over every op puts the attention mask (float32 min) through int8 (cosine 0.36).
-    op_types = opts.op_types or ["MatMul"]
+    # A task may name others (image-classification: Conv, MatMul, Gemm).
+    op_types = opts.op_types or list(getattr(ctx.task, "STATIC_OP_TYPES", ["MatMul"]))
     reader = _calibration_reader(ctx, source, opts.calibration_size, opts.calibration != "minmax")
     model = _with_shapes(src)
     excluded = _after_gelu(model) if opts.skip_after_gelu else []
@@ -312,20 +313,17 @@ def _after_gelu(model) -> list[str]:
 def _calibration_reader(ctx, source, size: int, pad_to_max: bool):
     from onnxruntime.quantization import CalibrationDataReader
 
-    from compress.data import load_dataset
-    from compress.tasks.common import load_tokenizer, tokenize
-
-    texts = load_dataset(ctx.recipe.data).train.texts[:size]
-    if not texts:
+    task = ctx.task
+    texts = task.examples(task.load_data(ctx.recipe.data).train)[:size]  # texts, or images
+    if not len(texts):
         raise StageError(f"int8-static of {source.name}: no training texts to calibrate with "
                          "(see data.train_limit)")
-    tokenizer = load_tokenizer(source.path)
+    inputs = task.inputs(source.path)
     max_length = ctx.recipe.data.max_length
     step = min(16, len(texts))
     if pad_to_max:  # histogram calibrators stack tensors across batches: one shape for all, remainder dropped
         texts = texts[:len(texts) - len(texts) % step]
-    batches = [tokenize(tokenizer, texts[i:i + step], max_length, pad_to_max)
-               for i in range(0, len(texts), step)]
+    batches = [inputs.encode(texts[i:i + step], max_length, pad_to_max) for i in range(0, len(texts), step)]
 
     class Reader(CalibrationDataReader):
         count = len(texts)

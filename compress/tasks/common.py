@@ -1,4 +1,4 @@
-"""Pieces shared by the transformer tasks: tokenizing, batching, copying tokenizer files."""
+"""Pieces shared by the transformer tasks: tokenizing, batching, their input hook, copying tokenizer files."""
 
 from __future__ import annotations
 
@@ -98,3 +98,55 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------- the input hook of the text tasks
+# Every task module has INPUT_NAMES, load_data(data_cfg) -> Dataset, examples(split) -> the split's raw examples
+# (texts, images) and inputs(model_dir) -> an object that turns examples into the named input arrays of the
+# model at model_dir: encode, batches (eval, with "_index"), sample (to trace the export), training (lengths and
+# collate for the training loop), axes (dynamic ONNX axes). The stages feed models only through it.
+
+
+def load_data(cfg):
+    """The recipe's data (DataConfig) as texts: compress/data.py."""
+    from compress.data import load_dataset
+
+    return load_dataset(cfg)
+
+
+def examples(split) -> list[str]:
+    return split.texts
+
+
+class TextInputs:
+    """Texts -> int64 token arrays with the tokenizer of the model at `model_dir` (loaded when first needed)."""
+
+    names = INPUT_NAMES
+    axes = {0: "batch", 1: "sequence"}
+
+    def __init__(self, model_dir: Path):
+        self.model_dir = Path(model_dir)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model_dir)
+        return self._tokenizer
+
+    def encode(self, texts, max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+        return tokenize(self.tokenizer, list(texts), max_length, pad_to_max)
+
+    def batches(self, texts, max_length: int, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+        return batches(self.tokenizer, list(texts), max_length, batch_size)
+
+    def sample(self, texts=None) -> dict[str, np.ndarray]:
+        """Fixed texts of two lengths (so the trace sees padding) to trace the export with."""
+        return tokenize(self.tokenizer, ["a short example", "and a somewhat longer example sentence here"], 16)
+
+    def training(self, texts, max_length: int):
+        """(token counts, collate): collate(index) pads those texts into input_ids and attention_mask tensors."""
+        from compress.training import pad
+
+        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        return [len(x) for x in ids], lambda index: pad(ids, index, self.tokenizer.pad_token_id)

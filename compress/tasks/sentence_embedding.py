@@ -3,11 +3,15 @@
 The task interface, shared by every task module:
 - NAME, HEADLINE (the quality metric key that gates and selection use, higher is better),
   DEFAULT_LOSS, OUTPUT_NAME;
-- load_model(path, trust_remote_code) -> torch module mapping (input_ids, attention_mask) to the output;
+- load_model(path, trust_remote_code) -> torch module mapping the INPUT_NAMES tensors, in order, to the output;
 - load_backbone(path, trust_remote_code) -> the Hugging Face model that distillation trains;
 - wrap(backbone, path) -> the module of load_model around a given backbone;
 - quality(reference, outputs, labels) -> metrics dict (reference = the fp32 teacher's outputs);
-- bundle_info(path) -> dict written to compress.json beside an exported model.
+- bundle_info(path) -> dict written to compress.json beside an exported model;
+- the input hook, how the stages feed a model (tasks/common.py): INPUT_NAMES, load_data(data_cfg) -> Dataset,
+  examples(split) -> its texts (or images), inputs(model_dir) -> encode / batches / sample / training.
+Optional: build_student(spec, teacher, work_dir, trust) for distill's student when the models are not
+transformers; STATIC_OP_TYPES, what int8-static quantizes by default (MatMul).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.tasks import common
 from compress.tasks.common import read_json
 
 NAME = "sentence-embedding"
 HEADLINE = "cosine"
 DEFAULT_LOSS = "cosine"
 OUTPUT_NAME = "embedding"
+INPUT_NAMES = common.INPUT_NAMES
+# The input hook (tasks/common.py): texts, tokenized with the model's tokenizer.
+load_data, examples, inputs = common.load_data, common.examples, common.TextInputs
 
 
 def pooling_config(path: Path) -> dict:

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.tasks import common
 from compress.tasks.common import read_json
 
 NAME = "text-classification"
 HEADLINE = "accuracy"
 DEFAULT_LOSS = "logit-kd"
 OUTPUT_NAME = "logits"
+INPUT_NAMES = common.INPUT_NAMES
+# The input hook (tasks/common.py): texts, tokenized with the model's tokenizer.
+load_data, examples, inputs = common.load_data, common.examples, common.TextInputs
 
 
 def load_backbone(path: Path, trust_remote_code: bool = False, **config_overrides):
