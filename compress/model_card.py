@@ -17,12 +17,14 @@ from compress import licenses
 from compress.artifacts import write_text_atomic
 
 CARD_FORMATS = ("onnx", "hf-model")
-PIPELINE_TAGS = {"sentence-embedding": "sentence-similarity", "text-classification": "text-classification"}
+PIPELINE_TAGS = {"sentence-embedding": "sentence-similarity", "text-classification": "text-classification",
+                 "image-classification": "image-classification"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 USES = {
     "sentence-embedding": "sentence embeddings for semantic search, clustering and similarity of short "
                           "English texts like those it was evaluated on",
     "text-classification": "classifying short texts into the labels it was trained on",
+    "image-classification": "classifying images like those it was evaluated on into the labels it was trained on",
 }
 
 
@@ -300,7 +302,8 @@ def _uses(name: str, report: dict, manifest: dict, prov: dict) -> str:
         "above hide (rare words, long inputs, other languages)."),
         (f"- Latency was measured on {cpu.get('model', '?')} ({cpu.get('arch', '?')}, {cpu.get('cores', '?')} "
         "cores) with the threads of each setting; other hardware and providers give other numbers."),
-        f"- Inputs longer than {data.get('max_length', '?')} tokens are truncated.",
+        *([] if task == "image-classification" else
+          [f"- Inputs longer than {data.get('max_length', '?')} tokens are truncated."]),
         f"- Licence: {lic.name}; commercial use {commercial}"
         + (f"; {lic.conditions}" if lic.conditions else "") + ". This summary is not legal advice.",
     ])
@@ -308,6 +311,8 @@ def _uses(name: str, report: dict, manifest: dict, prov: dict) -> str:
 
 def _how_to(name: str, manifest: dict) -> str:
     artifact = (manifest.get("artifacts") or {}).get(name) or {}
+    if (manifest.get("recipe") or {}).get("task") == "image-classification":
+        return _how_to_images(name, artifact.get("format") == "onnx")
     if artifact.get("format") != "onnx":
         return ("## How to use\n\nA Hugging Face folder: load it with `transformers.AutoModel.from_pretrained` "
                 "(or sentence-transformers for an embedding model).")
@@ -326,3 +331,20 @@ def _how_to(name: str, manifest: dict) -> str:
         '         "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}',
         'feeds = {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}}',
         'output = session.run([info["output"]], feeds)[0]', "```"])
+
+
+def _how_to_images(name: str, onnx: bool) -> str:
+    if not onnx:
+        return ("## How to use\n\nA model folder of compress (compress_model.json, factory.py, model.safetensors): "
+                "`compress.tasks.factory.load(folder)` returns the torch module.")
+    return "\n".join([
+        "## How to use", "",
+        "The bundle needs only onnxruntime and numpy; pixel_values are float32 [batch, channels, height, width] "
+        "in [0, 1], as in training:", "", "```python",
+        "import json, numpy as np, onnxruntime as ort", "",
+        f'bundle = "{name}"',
+        'info = json.load(open(f"{bundle}/compress.json"))',
+        'session = ort.InferenceSession(f"{bundle}/model.onnx", providers=["CPUExecutionProvider"])',
+        'pixel_values = np.zeros((1, 1, 8, 8), dtype=np.float32)  # your images, scaled to [0, 1]',
+        'logits = session.run([info["output"]], {"pixel_values": pixel_values})[0]',
+        'print([info["labels"][i] for i in logits.argmax(1)])', "```"])

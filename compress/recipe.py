@@ -55,7 +55,8 @@ class DataConfig(StrictModel):
         description="A .txt (one text a line), .csv, .tsv, .jsonl (optionally .gz/.bz2) or .parquet file, or a "
         "folder written by Hugging Face datasets' save_to_disk; local or package:<python package>/<subpath>. "
         "hf:<name>[:<config>] loads a Hugging Face hub dataset (online, or from the local cache with "
-        "HF_HUB_OFFLINE=1)."
+        "HF_HUB_OFFLINE=1). image-classification: a folder of class subfolders of images, an .npz file (images, "
+        "labels) or sklearn:digits."
     )
     text_field: str = Field(default="text", description="Column or key holding the text.")
     label_field: str | None = Field(default=None, description="Column or key holding the label, if any.")
@@ -73,6 +74,10 @@ class DataConfig(StrictModel):
     train_limit: int | None = Field(default=None, ge=1, description="At most this many training rows.")
     seed: int = Field(default=0, description="Seed of the shuffle that splits train and eval.")
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per text for training and eval.")
+    image_size: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=1)]], Field(
+        min_length=2, max_length=2)] | None = Field(
+        default=None, description="image-classification: resize the images of a folder to this size, N or "
+        "[height, width] (default: their own size, which must then be the same for all).")
 
 
 class Gates(StrictModel):

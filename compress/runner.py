@@ -28,7 +28,7 @@ from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_t
 from compress.context import RunContext
 from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
-from compress.sources import check_model_folder, is_saved_dataset, resolve_local, resolve_model
+from compress.sources import check_model_folder, is_saved_dataset, resolve_local
 from compress.stages import STAGES
 
 MANIFEST = "manifest.json"
@@ -61,7 +61,7 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         write_text_atomic(run_dir / RESOLVED_RECIPE, dump_recipe(recipe))
         previous = read_manifest(run_dir)
         manifest = _new_manifest(recipe, recipe_file)
-        artifacts = {"teacher": _teacher_artifact(recipe)}
+        artifacts = {"teacher": _teacher_artifact(recipe, run_dir)}
         manifest["artifacts"]["teacher"] = artifacts["teacher"].to_json(run_dir)
         manifest["provenance"] = _check_license(recipe, artifacts["teacher"])
         data_hash = _data_hash(recipe)
@@ -141,8 +141,12 @@ def _stage_key(recipe: Recipe, stage, artifacts: dict[str, Artifact], data_hash:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _teacher_artifact(recipe: Recipe) -> Artifact:
-    path = resolve_model(recipe.teacher.source, recipe.teacher.revision)
+def _teacher_artifact(recipe: Recipe, run_dir: Path) -> Artifact:
+    from compress.tasks.factory import resolve
+
+    # A python: factory is built into artifacts/teacher; other sources are used where they are.
+    path = resolve(recipe.teacher.source, run_dir / "artifacts" / "teacher", recipe.teacher.trust_remote_code,
+                   recipe.teacher.revision)
     # Before any stage loads it: pickle-only weights are refused unless the recipe allows them.
     checked = check_model_folder(path, recipe.teacher.trust_remote_code, recipe.teacher.allow_pickle)
     meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,

@@ -64,6 +64,10 @@ def save_model(backbone, source_dir: Path, tmp: Path) -> None:
     and config (written last, so the model's own config.json wins over the copied one)."""
     from compress.tasks.common import copy_bundle_files
 
+    if not hasattr(backbone, "save_pretrained"):  # a plain torch module: its factory's folder (tasks/factory.py)
+        from compress.tasks.factory import save
+
+        return save(backbone, source_dir, tmp)
     tmp.mkdir()
     copy_bundle_files(source_dir, tmp)
     backbone.save_pretrained(tmp)

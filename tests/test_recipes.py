@@ -23,6 +23,11 @@ SHRINK = {
         "stages.1.max_steps=4", "stages.1.eval_every=2",
         "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
     ],
+    "digits-cnn.yaml": [
+        "data.train_limit=400", "data.eval_size=100", "stages.0.max_steps=40", "stages.0.eval_every=0",
+        "stages.1.max_steps=40", "stages.1.eval_every=0",
+        "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
+    ],
 }
 
 
@@ -79,3 +84,17 @@ def test_sentiment_edge_finetunes_distills_and_reports_accuracy(tmp_path):
                     "student.int8-dynamic.onnx"]:
         assert variant in rows, sorted(rows)
         assert 0.0 <= rows[variant]["headline"] <= 1.0  # accuracy on the held-out rows
+
+
+@pytest.mark.slow  # about 25 s on 2 idle cores: eight variants benched, each in its own process
+def test_digits_cnn_trains_a_factory_teacher_distills_and_reports_accuracy(tmp_path):
+    run_dir = tmp_path / "digits"
+    sets = [a for s in SHRINK["digits-cnn.yaml"] for a in ("--set", s)]
+    result = compress("run", "recipes/digits-cnn.yaml", "--out", str(run_dir), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok"}
+    assert sorted(rows) == sorted(["teacher", "teacher-finetuned.onnx", "student.onnx"] + [
+        f"{m}.int8-{k}.onnx" for m in ("teacher-finetuned", "student") for k in ("dynamic", "static")])
+    assert rows["teacher"]["headline"] > 0.5  # the factory's random teacher, trained by the finetune stage
+    assert all(0.0 <= r["headline"] <= 1.0 for r in rows.values())  # top-1 accuracy on the held-out digits

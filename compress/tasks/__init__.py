@@ -11,6 +11,7 @@ import importlib
 _MODULES = {
     "sentence-embedding": "compress.tasks.sentence_embedding",
     "text-classification": "compress.tasks.text_classification",
+    "image-classification": "compress.tasks.image_classification",
 }
 TASK_NAMES = tuple(_MODULES)
 
