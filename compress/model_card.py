@@ -256,7 +256,9 @@ def _lineage(name: str, manifest: dict, prov: dict) -> str:
         + "".join(f"; {reason}" for reason in prov.get("reasons") or []),
         *([f'- licence acknowledged by the recipe: "{ack}"'] if ack else []),
         *([f"- conditions passed on to this model: {conditions}"] if conditions else []),
-        (f"- data: `{data.get('source', '?')}` (field `{data.get('text_field', 'text')}`), licence "
+        (f"- data: `{data.get('source', '?')}`"
+        + ("" if recipe.get("task") == "image-classification" else f" (field `{data.get('text_field', 'text')}`)")
+        + ", licence "
         f"{data.get('license') or 'not declared in the recipe'}; {data.get('eval_size', '?')} rows held out "
         f"for evaluation (seed {data.get('seed', 0)})"),
         f"- recipe: `{manifest.get('recipe_file') or '?'}`, sha256 `{manifest.get('recipe_sha256', '?')}`",

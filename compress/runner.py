@@ -28,7 +28,7 @@ from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_t
 from compress.context import RunContext
 from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
-from compress.sources import check_model_folder, is_saved_dataset, resolve_local
+from compress.sources import check_model_folder, resolve_local
 from compress.stages import STAGES
 
 MANIFEST = "manifest.json"
@@ -168,7 +168,7 @@ def _check_license(recipe: Recipe, teacher: Artifact) -> dict:
 def _data_hash(recipe: Recipe) -> str:
     digest = hashlib.sha256(json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode())
     path = resolve_local(recipe.data.source)  # None for an hf: dataset: its name and split stand for it
-    if path is not None and (path.is_file() or is_saved_dataset(path)):
+    if path is not None and path.exists():  # a file, a save_to_disk folder or a folder of class images
         digest.update(bytes.fromhex(sha256_path(path)))
     return digest.hexdigest()
 
