@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from compress.stages import STAGES
+    from compress.stages import run_stage
 
     run_dir, stage_name = Path((argv or sys.argv[1:])[0]), (argv or sys.argv[1:])[1]
     if torch.cuda.is_available():
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     work = run_dir / "work" / stage_name
     try:
         ctx, cfg = _context(run_dir, stage_name, rank)
-        produced = STAGES[cfg.kind].run(cfg, ctx)
+        produced = run_stage(cfg, ctx)
         if rank == 0:
             write_text_atomic(work / METRICS, json.dumps(ctx.metrics, indent=2, default=str))
             write_text_atomic(work / RESULT, json.dumps([a.to_json(run_dir) for a in produced], indent=2))

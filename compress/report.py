@@ -50,7 +50,8 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     best, why = recommend(rows, select, max_drop)
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
-        "baseline": "teacher in PyTorch fp32 at the same batch size, sequence length and threads",
+        "baseline": BASELINES.get(recipe.get("task"), BASELINES[None]),
+        "quality_basis": QUALITY_BASIS.get(recipe.get("task"), QUALITY_BASIS[None]),
         "max_quality_drop": max_drop,
         "select": {**select, "max_quality_drop": max_drop},
         "environment": docs[0]["environment"] if docs else {},
@@ -130,6 +131,18 @@ def setting_label(row: dict) -> str:
     return "/".join(p for p in parts if p) + (f"@{target}" if target != "local" else "")
 
 
+BASELINES = {
+    None: "teacher in PyTorch fp32 at the same batch size, sequence length and threads",
+    "causal-lm": "the teacher's fp32 ONNX export at the same batch size, prompt length (s) and threads; p50/p90 "
+                 "are milliseconds per generated token (greedy decoding through the key/value cache)",
+}
+QUALITY_BASIS = {
+    None: "held-out texts against the teacher's PyTorch fp32 outputs",
+    "causal-lm": "held-out teacher-style text: agreement is the share of next tokens where the variant's greedy "
+                 "choice is the fp32 teacher's; perplexity (lower is better) is under the variant itself",
+}
+
+
 def _decision_rows(rows: list[dict], headline: str, max_drop: float, prices: dict | None = None) -> list[dict]:
     settings = list(dict.fromkeys(_setting(r) for r in rows))
     ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms")]
@@ -152,6 +165,7 @@ def _decision_rows(rows: list[dict], headline: str, max_drop: float, prices: dic
             "size_ratio": _ratio(row.get("size_mb"), (base or {}).get("size_mb")),
             "p50_ms": p50, "p90_ms": _num(latency.get("p90")), "p99_ms": _num(latency.get("p99")),
             "rounds_p50_ms": latency.get("rounds_p50") or [], "throughput": _num(row.get("throughput")),
+            "ttft_ms": _num((row.get("ttft_ms") or {}).get("p50")), "tokens_per_s": _num(row.get("tokens_per_s")),
             "peak_rss_mb": _num(row.get("peak_rss_mb")),
             # Emulated timings say nothing about speed: no speed-up is computed from them.
             "speedup": _ratio(base_p50, p50) if row["status"] == "ok" and not row.get("emulated") else None,
@@ -305,8 +319,11 @@ def _recommendation_text(best: dict | None, why: dict, headline: str) -> str:
                 f"{why['max_drop']:g}{', excluded: ' + excluded if excluded else ''}).{tail}")
     speed = f"{best['speedup']:.2f}x the speed of" if best["speedup"] else "no baseline to compare with"
     size = f", {best['size_mb']:.1f} MB" + (f" ({best['size_ratio']:.2f}x the size)" if best["size_ratio"] else "")
-    text = (f"Use {best['variant']} on {_where(best)}: {speed} the teacher in PyTorch fp32 "
-            f"(p50 {best['p50_ms']:.2f} ms at {best['setting']}){size}, {headline} {best['headline']:.4f} "
+    against = "the teacher's fp32 ONNX" if best.get("tokens_per_s") is not None else "the teacher in PyTorch fp32"
+    per = (f"{best['tokens_per_s']:.1f} tokens/s, time to first token {best['ttft_ms']:.1f} ms"
+           if best.get("tokens_per_s") is not None else f"p50 {best['p50_ms']:.2f} ms")
+    text = (f"Use {best['variant']} on {_where(best)}: {speed} {against} "
+            f"({per} at {best['setting']}){size}, {headline} {best['headline']:.4f} "
             f"(drop {best['quality_drop']:.4f} <= {why['max_drop']:g}).")
     if best.get("cost_per_million") is not None:
         saving = (f", {best['cost_saving']:.0%} less than the teacher" if best.get("cost_saving") is not None
@@ -398,7 +415,7 @@ SLOWER_MARGIN = 0.05
 CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
                    "flags")
 COLUMNS = ("variant", "runtime/provider", "precision", "setting", "size MB", "size x", "p50 ms", "p90 ms",
-           "speed-up", "$ / M inf.", "{headline}", "other quality", "drop", "flags")
+           "TTFT ms", "tokens/s", "speed-up", "$ / M inf.", "{headline}", "other quality", "drop", "flags")
 
 
 def _cells(row: dict, headline: str) -> list[str]:
@@ -408,7 +425,8 @@ def _cells(row: dict, headline: str) -> list[str]:
     others = ", ".join(f"{k} {v:.3f}" for k, v in row["quality"].items() if k != headline and v is not None)
     return [row["variant"], _where(row) if row["status"] == "ok" else f"{row['runtime']}/{_short(row['provider'])}",
             row["precision"] or "-", row["setting"], f(row["size_mb"], ".1f"), f(row["size_ratio"], ".2f", "x"),
-            f(row["p50_ms"]), f(row["p90_ms"]), f(row["speedup"], ".2f", "x"), _cost_cell(row), f(row["headline"], ".4f"),
+            f(row["p50_ms"]), f(row["p90_ms"]), f(row.get("ttft_ms")), f(row.get("tokens_per_s"), ".1f"),
+            f(row["speedup"], ".2f", "x"), _cost_cell(row), f(row["headline"], ".4f"),
             others or "-", f(row["quality_drop"], ".4f"), "; ".join(row["flags"])]
 
 
@@ -429,6 +447,8 @@ def decision_table(report: dict):
     shown = CONSOLE_COLUMNS
     if any(r.get("cost_per_million") is not None for r in report.get("rows", [])):
         shown = (*CONSOLE_COLUMNS[:-3], "$ / M inf.", *CONSOLE_COLUMNS[-3:])
+    if _generation(report):
+        shown = (*shown[:5], "TTFT ms", "tokens/s", *shown[5:])
     keep = [COLUMNS.index(name) for name in shown]
     for name in shown:
         numeric = name in ("size MB", "size x", "p50 ms", "p90 ms", "speed-up", "$ / M inf.", "drop", "{headline}")
@@ -441,6 +461,11 @@ def decision_table(report: dict):
         cells = _cells(row, headline)
         table.add_row(*(cells[i] for i in keep), style=style)
     return table
+
+
+def _generation(report: dict) -> bool:
+    """Rows of a causal LM's generation bench (time to first token, tokens per second)."""
+    return any(r.get("tokens_per_s") is not None for r in report.get("rows", []))
 
 
 def render_markdown(report: dict) -> str:
@@ -458,11 +483,14 @@ def render_markdown(report: dict) -> str:
     else:
         lines += ["**Gates:** none set in the recipe.", ""]
     lines += [_trust_line(report.get("trust")), ""]
-    header = [c.format(headline=headline) for c in COLUMNS]
+    keep = [i for i, c in enumerate(COLUMNS) if _generation(report) or c not in ("TTFT ms", "tokens/s")]
+    header = [COLUMNS[i].format(headline=headline) for i in keep]
+    basis = report.get("quality_basis") or QUALITY_BASIS[None]
     lines += ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
-              f"({headline}) is measured on held-out texts against the teacher's PyTorch fp32 outputs."), "",
+              f"({headline}) is measured on {basis}."), "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r, headline)) + " |" for r in report["rows"]]
+    lines += ["| " + " | ".join(_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
+              for r in report["rows"]]
     dist = report.get("distillation")
     if dist:
         lines += ["", "## Distillation", "",

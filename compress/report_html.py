@@ -22,12 +22,14 @@ COLUMNS = (
     ("variant", "variant", "text"), ("where", "runtime/provider", "text"), ("precision", "precision", "text"),
     ("setting", "setting", "text"), ("status", "status", "text"), ("size_mb", "size MB", "num"),
     ("size_ratio", "size x", "num"), ("p50_ms", "p50 ms", "num"), ("p90_ms", "p90 ms", "num"),
-    ("p99_ms", "p99 ms", "num"), ("speedup", "speed-up", "num"), ("cost_per_million", "$ / M inf.", "num"),
+    ("p99_ms", "p99 ms", "num"), ("ttft_ms", "TTFT ms", "num"), ("tokens_per_s", "tokens/s", "num"),
+    ("speedup", "speed-up", "num"), ("cost_per_million", "$ / M inf.", "num"),
     ("cost_saving", "saving", "num"), ("throughput", "per s", "num"),
     ("peak_rss_mb", "peak RSS MB", "num"), ("headline", "{headline}", "num"), ("other", "other quality", "text"),
     ("quality_drop", "drop", "num"), ("flags", "flags", "text"),
 )
-FORMATS = {"size_mb": ".1f", "size_ratio": ".2f", "p50_ms": ".2f", "p90_ms": ".2f", "p99_ms": ".2f",
+FORMATS = {"size_mb": ".1f", "size_ratio": ".2f", "p50_ms": ".2f", "p90_ms": ".2f", "p99_ms": ".2f", "ttft_ms": ".1f",
+           "tokens_per_s": ".1f",
            "speedup": ".2f", "cost_per_million": ".4f", "cost_saving": ".0%", "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
 MAX_PANELS = 4  # settings shown side by side in the Pareto plot
 
@@ -224,12 +226,14 @@ def _cell(row: dict, key: str, headline: str) -> str:
 
 def decision_table(report: dict) -> str:
     headline, best = report.get("headline", "quality"), report.get("recommendation")
+    generation = any(r.get("tokens_per_s") is not None for r in report.get("rows", []))  # a causal LM's bench
+    columns = [c for c in COLUMNS if generation or c[0] not in ("ttft_ms", "tokens_per_s")]
     head = "".join(f'<th data-key="{key}" data-type="{kind}" tabindex=0>{esc(title.format(headline=headline))}'
-                   "</th>" for key, title, kind in COLUMNS)
+                   "</th>" for key, title, kind in columns)
     body = []
     for row in report.get("rows", []):
         cls = "best" if _is_best(row, best) else ("off" if row["status"] != "ok" else "")
-        cells = "".join(_cell(row, key, headline) for key, _, _ in COLUMNS)
+        cells = "".join(_cell(row, key, headline) for key, _, _ in columns)
         body.append(f'<tr class="{cls}" data-variant="{esc(row["variant"])}">{cells}</tr>')
     return (f'<table id=decision class=sortable><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')

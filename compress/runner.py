@@ -29,7 +29,7 @@ from compress.context import RunContext
 from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
 from compress.sources import check_model_folder, resolve_local
-from compress.stages import STAGES
+from compress.stages import run_stage
 
 MANIFEST = "manifest.json"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -101,7 +101,7 @@ def _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc) -> tuple[
         produced = launch(stage.name, run_dir, nproc)
         ctx.metrics.update(_read_json(run_dir / "work" / stage.name / "metrics.json"))
     else:
-        produced = STAGES[stage.kind].run(stage, ctx)
+        produced = run_stage(stage, ctx)
     entry = {
         "kind": stage.kind, "key": key, "status": "done", "started": started,
         "seconds": round(time.time() - started, 3), "metrics": ctx.metrics,
@@ -142,11 +142,17 @@ def _stage_key(recipe: Recipe, stage, artifacts: dict[str, Artifact], data_hash:
 
 
 def _teacher_artifact(recipe: Recipe, run_dir: Path) -> Artifact:
+    from compress.tasks import causal_lm
     from compress.tasks.factory import resolve
 
-    # A python: factory is built into artifacts/teacher; other sources are used where they are.
-    path = resolve(recipe.teacher.source, run_dir / "artifacts" / "teacher", recipe.teacher.trust_remote_code,
-                   recipe.teacher.revision)
+    # A python: factory is built into artifacts/teacher, so is a GGUF file (converted once); other sources are
+    # used where they are.
+    local = resolve_local(recipe.teacher.source) if not recipe.teacher.source.startswith("python:") else None
+    if local is not None and causal_lm.is_gguf(local):
+        path = causal_lm.convert_gguf(local, run_dir / "artifacts" / "teacher")
+    else:
+        path = resolve(recipe.teacher.source, run_dir / "artifacts" / "teacher",
+                       recipe.teacher.trust_remote_code, recipe.teacher.revision)
     # Before any stage loads it: pickle-only weights are refused unless the recipe allows them.
     checked = check_model_folder(path, recipe.teacher.trust_remote_code, recipe.teacher.allow_pickle)
     meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,

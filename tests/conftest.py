@@ -70,3 +70,47 @@ def tiny_texts(tmp_path) -> Path:
             w = [words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 5)]
             writer.writerow([f"the movie was {' '.join(w)}", "fresh" if i % 2 else "rotten"])
     return path
+
+
+LM_WORDS = ("the a movie film was is good bad great awful fine boring brilliant dull moving flat story cast "
+            "plot and but very not really it this").split()
+
+
+def make_tiny_llama(dest: Path, layers: int = 4, hidden: int = 32) -> Path:
+    """A randomly initialised Llama with a word-level tokenizer and a chat template (seconds to build)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + [w for w in LM_WORDS] + ["user", "assistant", "system", ":"])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        unk_token="<unk>", pad_token="<|im_end|>")
+    tokenizer.chat_template = ("{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['content'] }} <|im_end|> "
+                               "{% endfor %}{% if add_generation_prompt %}<|im_start|> assistant : {% endif %}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny test language model\n")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def lm_texts(tmp_path) -> Path:
+    """One short sentence a line, from the tiny tokenizer's words."""
+    words = LM_WORDS[2:]
+    lines = [" ".join(words[(i * 5 + j * 7) % len(words)] for j in range(4 + i % 6)) for i in range(160)]
+    path = tmp_path / "lm.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compress.stages import bench, distill, export, finetune, quantize
+from compress.stages import bench, distill, export, finetune, generate, quantize
 
 
 @dataclass(frozen=True)
@@ -20,5 +20,13 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     module.Config.model_fields["kind"].default: StageSpec(module.Config, module.run)
-    for module in (finetune, distill, export, quantize, bench)
+    for module in (finetune, generate, distill, export, quantize, bench)
 }
+
+
+def run_stage(cfg, ctx) -> list:
+    """Run one stage: the task's own implementation when it has one (causal-lm), else the generic stage."""
+    from compress.tasks import stage_override
+
+    override = stage_override(ctx.task, cfg.kind)
+    return (override or STAGES[cfg.kind].run)(cfg, ctx)

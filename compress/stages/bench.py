@@ -62,6 +62,8 @@ class Config(StageBase):
     io_binding: Literal["auto", "on", "off"] = Field(
         default="auto", description="Keep inputs and outputs on the provider's device while timing (IO binding), "
         "so a GPU number measures the model and not host-device copies; auto: on for GPU providers.")
+    new_tokens: int = Field(default=32, ge=2, le=4096, description="causal-lm: tokens generated per timed run "
+                            "(greedy, no early stop); seq_lens are then the prompt lengths.")
     warmup: int = Field(default=5, ge=0, description="Untimed runs before timing.")
     min_iterations: int = Field(default=20, ge=1, description="Timed runs per round, at least.")
     min_seconds: float = Field(default=1.0, ge=0, description="Timed seconds per round, at least.")

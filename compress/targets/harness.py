@@ -6,7 +6,7 @@ onnxruntime only, and imports nothing of `compress`.
     python harness.py --model model.onnx --inputs inputs.npz --out result.json \
         [--eval eval.npz --eval-out outputs.npz] --provider CPUExecutionProvider --threads 1 \
         [--inter-threads 1 --graph-opt all --execution-mode sequential --provider-options '{...}'] \
-        --warmup 5 --min-iterations 20 --min-seconds 1.0
+        [--generate 32 --prompt-tokens 64] --warmup 5 --min-iterations 20 --min-seconds 1.0
     python harness.py --env     # this machine's environment as JSON on stdout
 
 result.json always gets written with a "status": "ok", "unavailable" (the requested execution
@@ -272,6 +272,124 @@ def run_eval(session, eval_path: str, out_path: str) -> dict:
     return {"eval_batches": len({k.split("_", 1)[0] for k in outputs}), "eval_seconds": time.perf_counter() - start}
 
 
+# ---------------------------------------------------------------- causal language models (past key/values)
+
+
+class LMSession:
+    """A decoder exported with past key/values (optimum's layout): prefill a prompt, then one token a step."""
+
+    def __init__(self, session):
+        import numpy as np
+
+        self.session = session
+        inputs = session.get_inputs()
+        self.names = {i.name for i in inputs}
+        self.past = [(i.name, i.shape) for i in inputs if i.name.startswith("past_key_values")]
+        bad = [name for name, shape in self.past if not (isinstance(shape[1], int) and isinstance(shape[3], int))]
+        if bad:
+            raise ValueError(f"{bad[0]}: the heads and head size of the cache must be fixed in the model")
+        kinds = {i.name: i.type for i in inputs}
+        self.dtype = np.float16 if any("float16" in kinds[n] for n, _ in self.past) else np.float32
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def empty_past(self, batch: int) -> dict:
+        import numpy as np
+
+        return {name: np.zeros((batch, shape[1], 0, shape[3]), self.dtype) for name, shape in self.past}
+
+    def run(self, ids, mask, positions, past: dict):
+        feeds = {"input_ids": ids, "attention_mask": mask, **past}
+        if "position_ids" in self.names:
+            feeds["position_ids"] = positions
+        out = self.session.run(None, feeds)
+        present = {name.replace("present", "past_key_values", 1): value
+                   for name, value in zip(self.outputs[1:], out[1:])}
+        return out[0], present
+
+    def prefill(self, ids, mask=None):
+        import numpy as np
+
+        mask = np.ones(ids.shape, np.int64) if mask is None else mask
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+        return self.run(ids, mask, positions, self.empty_past(ids.shape[0]))
+
+    def step(self, tokens, past: dict, past_len: int):
+        import numpy as np
+
+        batch = tokens.shape[0]
+        mask = np.ones((batch, past_len + 1), np.int64)
+        positions = np.full((batch, 1), past_len, np.int64)
+        return self.run(tokens, mask, positions, past)
+
+    def generate(self, ids, new_tokens: int) -> tuple[float, float, list[int]]:
+        """Greedy generation of exactly `new_tokens` (no early stop: a fixed amount of work to time).
+        Returns (seconds to the first token, seconds of the other tokens, the tokens of row 0)."""
+        start = time.perf_counter()
+        logits, past = self.prefill(ids)
+        first = time.perf_counter()
+        token = logits[:, -1].argmax(-1)[:, None].astype("int64")
+        tokens, length = [int(token[0, 0])], ids.shape[1]
+        for _ in range(new_tokens - 1):
+            logits, past = self.step(token, past, length)
+            length += 1
+            token = logits[:, -1].argmax(-1)[:, None].astype("int64")
+            tokens.append(int(token[0, 0]))
+        return first - start, time.perf_counter() - first, tokens
+
+
+def time_generation(lm: LMSession, ids, new_tokens: int, warmup: int, min_iterations: int, min_seconds: float):
+    """Per iteration: time to first token (ms) and decode time per token (ms); at least 1 warm-up."""
+    for _ in range(max(1, warmup)):
+        lm.generate(ids, min(new_tokens, 4))
+    ttft, per_token, started = [], [], time.perf_counter()
+    while len(ttft) < min_iterations or time.perf_counter() - started < min_seconds:
+        first, rest, _ = lm.generate(ids, new_tokens)
+        ttft.append(first * 1000)
+        per_token.append(rest * 1000 / max(new_tokens - 1, 1))
+    return ttft, per_token
+
+
+def next_token_stats(logits, ids):
+    """(argmax, nll) per position, shifted so that index t is about token t (predicted from tokens < t)."""
+    import numpy as np
+
+    logits = logits.astype(np.float32)
+    top = logits.max(-1, keepdims=True)
+    logz = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    argmax = np.zeros(ids.shape, np.int64)
+    nll = np.zeros(ids.shape, np.float32)
+    argmax[:, 1:] = logits[:, :-1].argmax(-1)
+    picked = np.take_along_axis(logits[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
+    nll[:, 1:] = logz[:, :-1] - picked
+    return argmax, nll
+
+
+def run_eval_lm(session, eval_path: str, out_path: str) -> dict:
+    """Next-token argmax and NLL per eval batch (b<i>_argmax, b<i>_nll): the logits themselves are too big."""
+    import numpy as np
+
+    lm, outputs, start = LMSession(session), {}, time.perf_counter()
+    for index, batch in enumerate(eval_batches(eval_path)):
+        logits, _ = lm.prefill(batch["input_ids"], batch["attention_mask"])
+        outputs[f"b{index}_argmax"], outputs[f"b{index}_nll"] = next_token_stats(logits, batch["input_ids"])
+    np.savez(out_path, **outputs)
+    return {"eval_batches": len(outputs) // 2, "eval_seconds": time.perf_counter() - start}
+
+
+def bench_generation(args, session, result: dict, arrays: dict) -> dict:
+    ids = arrays["input_ids"][:, : args.prompt_tokens or None].astype("int64")
+    lm = LMSession(session)
+    ttft, per_token = time_generation(lm, ids, args.generate, args.warmup, args.min_iterations, args.min_seconds)
+    result["batch_size"], result["seq_len"], result["new_tokens"] = int(ids.shape[0]), int(ids.shape[1]), args.generate
+    result.update(summarize(per_token, result["batch_size"]))  # latency = ms per generated token
+    result["samples_ms"] = per_token
+    result["ttft_samples_ms"] = ttft
+    result["ttft_ms"] = summarize(ttft, 1)["latency_ms"]
+    result["tokens_per_s"] = 1000.0 * result["batch_size"] / result["latency_ms"]["p50"]
+    result["io_binding"] = False
+    return result
+
+
 def bench(args) -> dict:
     import numpy as np
 
@@ -292,6 +410,22 @@ def bench(args) -> dict:
     reason = check_providers(args.provider, result["providers_used"])
     if reason:
         return {**result, "status": "unavailable", "reason": reason}
+    if args.generate:
+        result = bench_generation(args, session, result, arrays)
+    else:
+        result = _bench_forward(args, session, result, arrays)
+    result["peak_rss_mb"] = peak_rss_mb()  # before eval, whose batches would add to it
+    if args.eval:
+        del session  # quality is not timed: let the eval use every core
+        gc.collect()
+        eval_session = make_session(args.model, args.provider, 0, args.graph_opt, args.inter_threads,
+                                    args.execution_mode, args.provider_options)
+        evaluate = run_eval_lm if args.generate else run_eval
+        result.update(evaluate(eval_session, args.eval, args.eval_out))
+    return result
+
+
+def _bench_forward(args, session, result: dict, arrays: dict) -> dict:
     feeds = feeds_for(session, arrays)  # built once: building inputs inside the loop skews small models
     result["batch_size"], result["seq_len"] = (int(d) for d in next(iter(feeds.values())).shape[:2])
     device_id = int((args.provider_options or {}).get("device_id", 0))
@@ -299,13 +433,6 @@ def bench(args) -> dict:
     samples = time_loop(once, args.warmup, args.min_iterations, args.min_seconds)
     result.update(summarize(samples, result["batch_size"]))
     result["samples_ms"] = samples
-    result["peak_rss_mb"] = peak_rss_mb()  # before eval, whose batches would add to it
-    if args.eval:
-        del session  # quality is not timed: let the eval use every core
-        gc.collect()
-        eval_session = make_session(args.model, args.provider, 0, args.graph_opt, args.inter_threads,
-                                    args.execution_mode, args.provider_options)
-        result.update(run_eval(eval_session, args.eval, args.eval_out))
     return result
 
 
@@ -325,6 +452,10 @@ def parse_args(argv=None):
     parser.add_argument("--provider-options", type=json.loads, default=None, help="JSON object of provider options")
     parser.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
                         help="bind inputs/outputs on the provider's device (auto: GPU providers only)")
+    parser.add_argument("--generate", type=int, default=0,
+                        help="a causal LM with past key/values: time greedy generation of this many tokens "
+                             "(time to first token, ms per token); eval writes next-token argmax and NLL")
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="with --generate: prompt length (0: all)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-iterations", type=int, default=20)
     parser.add_argument("--min-seconds", type=float, default=1.0)

@@ -12,6 +12,7 @@ _MODULES = {
     "sentence-embedding": "compress.tasks.sentence_embedding",
     "text-classification": "compress.tasks.text_classification",
     "image-classification": "compress.tasks.image_classification",
+    "causal-lm": "compress.tasks.causal_lm",
 }
 TASK_NAMES = tuple(_MODULES)
 
@@ -19,3 +20,13 @@ TASK_NAMES = tuple(_MODULES)
 def get_task(name: str):
     """Return the task module for `name` (see tasks/sentence_embedding.py for the interface)."""
     return importlib.import_module(_MODULES[name])
+
+
+def stage_override(task, kind: str):
+    """The task's own implementation of stage `kind` (a task whose stages differ in kind, like causal-lm,
+    names them in STAGE_OVERRIDES as "module:function"), or None to run the generic stage."""
+    target = getattr(task, "STAGE_OVERRIDES", {}).get(kind)
+    if not target:
+        return None
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)

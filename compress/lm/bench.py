@@ -1,0 +1,171 @@
+"""Stage bench for task causal-lm: time greedy generation and score teacher-style text, per ONNX variant.
+
+Each measurement runs the device harness (compress/targets/harness.py --generate) on a target: a prompt of
+`seq_lens` tokens, then `new_tokens` tokens one at a time through the key/value cache. A row's latency is
+milliseconds per generated token (so the speed-up column compares decoding speed), with the time to first
+token (the prefill) and tokens per second beside it. Quality is measured once per variant on held-out
+teacher-style text: perplexity, and agreement with the fp32 teacher's greedy next tokens.
+Variants are interleaved round by round (A B A B), as in the generic bench. There is no PyTorch baseline
+row: the teacher's fp32 ONNX export is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+EVAL_BATCH = 8
+
+
+def run(cfg, ctx) -> list:
+    from compress.stages import bench as B
+
+    variants = [v for v in B._variants(cfg, ctx) if v.runtime != "torch"]
+    targets = B._open_targets(cfg, ctx)
+    try:
+        envs = {name: t.environment() for name, t in targets.items()}
+        unavailable = B._check_providers(cfg, envs)
+        cells = B._cells(cfg, variants, targets)
+        inputs = _Inputs(cfg, ctx)
+        results: dict[str, list[dict]] = {c.id: [] for c in cells}
+        eval_out: dict[tuple, Path] = {}
+        budget, work = B._Budget(cfg.time_budget_s), B._measure_dir(ctx.work_dir)
+        from compress.training import progress_bar
+
+        with progress_bar(ctx, "bench (generation)", cfg.rounds * len(cells)) as tick:
+            for round_ in range(cfg.rounds):
+                for cell in cells:
+                    tick()
+                    done = results[cell.id]
+                    if done and done[-1]["status"] != "ok":
+                        continue
+                    reason = unavailable.get((cell.target, cell.request))
+                    if reason or budget.spent():
+                        if not done:
+                            done.append({"status": "unavailable" if reason else "skipped",
+                                         "reason": reason or budget.reason("before this measurement")})
+                        continue
+                    want_eval = cell.key not in eval_out and round_ == 0
+                    result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", budget,
+                                           targets[cell.target])
+                    done.append(result)
+                    if want_eval and result["status"] == "ok":
+                        eval_out[cell.key] = out
+    finally:
+        for target in targets.values():
+            target.close()
+    quality = _quality(variants, inputs, eval_out)
+    rows = [_row(B, c, results[c.id], quality, targets[c.target].emulated) for c in cells]
+    B._strict(cfg, rows)
+    samples = {c.id: [r.get("samples_ms", []) for r in results[c.id]] for c in cells}
+    settings = {**cfg.model_dump(mode="json"), "eval_size": inputs.eval_sequences, "eval_text": inputs.source,
+                "unit": "ms per generated token"}
+    doc = {"environment": B._environment(),
+           "targets": {name: {**env, "emulated": targets[name].emulated} for name, env in envs.items()},
+           "settings": settings, "rows": rows}
+    artifact = ctx.save("bench", "bench", lambda tmp: B._write(tmp, doc, samples), {"rows": len(rows)})
+    B._summarize(ctx, rows)
+    return [artifact]
+
+
+class _Inputs:
+    """The prompt (token ids) to time and the held-out text to score, as npz files the harness reads."""
+
+    def __init__(self, cfg, ctx):
+        from compress.lm import text
+        from compress.stages.bench import _savez
+        from compress.tasks.causal_lm import load_tokenizer
+
+        teacher = ctx.teacher()
+        tokenizer = load_tokenizer(teacher.path, ctx.recipe.teacher.trust_remote_code)
+        _, eval_pairs, self.source = text.texts(ctx)
+        limit = cfg.eval_size or min(ctx.recipe.data.eval_size, 200)
+        self.eval_tok = text.tokenize(tokenizer, eval_pairs[:limit], ctx.recipe.data.max_length, self.source)
+        self.eval_sequences = len(self.eval_tok.ids)
+        self.folder = ctx.work_dir
+        stream = [t for ids in self.eval_tok.ids for t in ids] or [tokenizer.eos_token_id or 0]
+        self.prompts = {}
+        for batch in cfg.batch_sizes:
+            for length in cfg.seq_lens:
+                ids = (stream * (length // len(stream) + 1))[:length]  # real text, repeated if short
+                path = self.folder / f"lm-prompt-b{batch}-s{length}.npz"
+                _savez(path, {"input_ids": __import__("numpy").asarray([ids] * batch, dtype="int64")})
+                self.prompts[(batch, length)] = path
+        self.eval_path = self.folder / "lm-eval.npz"
+        self.order = sorted(range(self.eval_sequences), key=lambda i: len(self.eval_tok.ids[i]))
+        arrays = {}
+        for b, start in enumerate(range(0, len(self.order), EVAL_BATCH)):
+            batch = text.pad_batch(self.eval_tok, self.order[start:start + EVAL_BATCH], tokenizer.pad_token_id)
+            arrays[f"b{b}_input_ids"] = batch["input_ids"].numpy()
+            arrays[f"b{b}_attention_mask"] = batch["attention_mask"].numpy()
+        _savez(self.eval_path, arrays)
+
+    def flatten(self, path: Path):
+        """(argmax, nll) of an eval output npz, per sequence in the original order, concatenated."""
+        import numpy as np
+
+        with np.load(path) as data:
+            n = len([k for k in data.files if k.endswith("_argmax")])
+            argmax = [data[f"b{b}_argmax"] for b in range(n)]
+            nll = [data[f"b{b}_nll"] for b in range(n)]
+        rows: dict[int, tuple] = {}
+        for b, start in enumerate(range(0, len(self.order), EVAL_BATCH)):
+            for r, i in enumerate(self.order[start:start + EVAL_BATCH]):
+                length = len(self.eval_tok.ids[i])
+                rows[i] = (argmax[b][r, :length], nll[b][r, :length])
+        ordered = [rows[i] for i in range(self.eval_sequences)]
+        return np.concatenate([a for a, _ in ordered]), np.concatenate([x for _, x in ordered])
+
+
+def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, target) -> tuple[dict, Path | None]:
+    from compress.stages.bench import JOB_TIMEOUT_S
+
+    work.mkdir(parents=True, exist_ok=True)
+    stem = cell.id.replace("|", "_").replace("@", "at-")
+    out, eval_out = work / f"{stem}.json", work / f"{stem}.eval.npz"
+    files = {"--inputs": inputs.prompts[(cell.batch_size, cell.seq_len)]}
+    if want_eval:
+        files["--eval"] = inputs.eval_path
+    options = ["--provider", cell.provider, "--threads", str(cell.threads), "--inter-threads", str(cell.inter_threads),
+               "--graph-opt", cell.graph_opt, "--execution-mode", cell.execution_mode,
+               "--generate", str(cfg.new_tokens), "--warmup", str(min(cfg.warmup, 2)),
+               "--min-iterations", str(cfg.min_iterations), "--min-seconds", str(cfg.min_seconds)]
+    options += ["--provider-options", cell.options] if cell.options else []
+    left = budget.left()
+    timeout = JOB_TIMEOUT_S if left is None else max(0.1, min(JOB_TIMEOUT_S, left))
+    try:
+        proc = target.run_harness(cell.variant.folder, files, options, out, eval_out if want_eval else None, timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped" if timeout < JOB_TIMEOUT_S else "error",
+                "reason": f"stopped after {timeout:.0f} s"}, None
+    if not out.is_file():
+        return {"status": "error", "reason": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}, None
+    return json.loads(out.read_text()), eval_out if want_eval else None
+
+
+def _quality(variants, inputs: _Inputs, eval_out: dict) -> dict:
+    from compress.lm.text import scored_mask
+    from compress.tasks.causal_lm import score
+
+    mask = scored_mask(inputs.eval_tok)
+    stats = {key: inputs.flatten(path) for key, path in eval_out.items()}
+    reference_variant = next((v.name for v in variants if v.role == "teacher" and v.precision == "fp32"), None)
+    reference = next((stats[k][0] for k in stats if k[0] == reference_variant), None)
+    return {key: score(argmax, nll, mask, reference) | ({} if reference is not None else {"agreement": None})
+            for key, (argmax, nll) in stats.items()}
+
+
+def _row(B, cell, results: list[dict], quality: dict, emulated: bool) -> dict:
+    row = B._row(cell, results, quality, emulated)
+    row["new_tokens"] = next((r.get("new_tokens") for r in results if r.get("status") == "ok"), None)
+    ok = [r for r in results if r.get("status") == "ok"]
+    if ok:
+        from compress.targets.harness import summarize
+
+        ttft = summarize([s for r in ok for s in r["ttft_samples_ms"]], 1)["latency_ms"]
+        ttft["rounds_p50"] = [r["ttft_ms"]["p50"] for r in ok]
+        row["ttft_ms"] = ttft
+        row["tokens_per_s"] = 1000.0 * cell.batch_size / row["latency_ms"]["p50"]
+        row["unit"] = "ms per generated token"
+    return row

@@ -1,0 +1,111 @@
+"""Stage distill for task causal-lm: a student built from some of the teacher's layers learns its text.
+
+Losses (distill's `loss` / `losses`):
+- sequence: next-token cross-entropy on the teacher's generated completions (sequence-level distillation);
+- token-kl: KL(teacher || student) of the next-token distributions at the same positions, temperature
+  `temperature` (token-level distillation; the teacher runs in the loop).
+Evaluation: perplexity and teacher agreement on the held-out completions (compress/tasks/causal_lm.py);
+the teacher's greedy tokens there are computed once. The training loop is compress/training.py's.
+"""
+
+from __future__ import annotations
+
+import time
+
+from compress.errors import StageError
+from compress.training import Job, checkpoint_key, param_count, teacher_artifact, train
+
+LM_LOSSES = ("sequence", "token-kl")
+EVAL_LIMIT = 400  # held-out sequences scored at each evaluation: enough for a stable perplexity, quick on CPU
+
+
+def run(cfg, ctx) -> list:
+    import torch
+
+    from compress import distributed as D
+    from compress.lm import text
+    from compress.stages.distill import build_student
+    from compress.tasks import causal_lm
+
+    task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
+    teacher = teacher_artifact(ctx)
+    losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
+    wrong = [name for name in losses if name not in LM_LOSSES]
+    if wrong:
+        raise StageError(f"loss {wrong[0]} does not apply to task causal-lm (use {' or '.join(LM_LOSSES)})")
+    teacher_net = causal_lm.load_backbone(teacher.path, trust).to(D.device()).eval()
+    tokenizer = causal_lm.load_tokenizer(teacher.path, trust)
+    torch.manual_seed(cfg.seed)
+    student_net, _, _ = build_student(cfg.student, task, teacher.path, teacher_net, trust)
+    if cfg.freeze_embeddings if cfg.freeze_embeddings is not None else bool(cfg.student.from_teacher):
+        student_net.get_input_embeddings().weight.requires_grad_(False)
+    max_length = cfg.max_length or ctx.recipe.data.max_length
+    train_pairs, eval_pairs, source = text.texts(ctx)
+    train_tok = text.tokenize(tokenizer, train_pairs, max_length, source)
+    eval_tok = text.tokenize(tokenizer, eval_pairs[:EVAL_LIMIT], max_length, source)
+    if not train_tok.ids or not eval_tok.ids:
+        raise StageError(f"stage {ctx.stage_name}: no training or held-out text to distill on ({source})")
+    started = time.monotonic()
+    reference, teacher_nll = text.model_stats(teacher_net, eval_tok, tokenizer.pad_token_id)
+    mask = text.scored_mask(eval_tok)
+    ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),
+                       teacher_layers=teacher_net.config.num_hidden_layers,
+                       student_layers=student_net.config.num_hidden_layers, losses=losses, data=source,
+                       train_sequences=len(train_tok.ids), eval_sequences=len(eval_tok.ids),
+                       precompute_seconds=round(time.monotonic() - started, 2))
+    teacher_eval = causal_lm.score(reference, teacher_nll, mask, reference)
+    ctx.metrics["teacher_quality"] = teacher_eval
+    ctx.console.print(f"  teacher on held-out text: perplexity {teacher_eval['perplexity']:.2f}")
+    if "token-kl" not in losses:
+        del teacher_net
+        teacher_net = None
+    module = _Distiller(student_net, teacher_net, losses, cfg.temperature)
+
+    def evaluate() -> dict:
+        argmax, nll = text.model_stats(student_net, eval_tok, tokenizer.pad_token_id)
+        return causal_lm.score(argmax, nll, mask, reference)
+
+    job = Job(module=module, student=student_net, lengths=[len(x) for x in train_tok.ids],
+              collate=lambda index: text.pad_batch(train_tok, index, tokenizer.pad_token_id), evaluate=evaluate,
+              headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data, data=source))
+    ctx.metrics.update(train(cfg, ctx, job))
+    if not ctx.is_main_process:
+        return []
+    meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
+            "quality": ctx.metrics["quality_after"]}
+
+    def write(tmp) -> None:
+        tmp.mkdir()
+        tokenizer.save_pretrained(tmp)
+        student_net.save_pretrained(tmp)
+
+    return [ctx.save("student", "hf-model", write, meta)]
+
+
+def _Distiller(student, teacher, losses: dict, temperature: float):
+    import torch
+    import torch.nn.functional as F
+
+    class Distiller(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            object.__setattr__(self, "teacher", teacher)  # not a submodule: out of the optimizer and checkpoints
+
+        def forward(self, input_ids, attention_mask, scored):
+            logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+            keep = scored[:, 1:].bool()  # position t predicts token t+1
+            picked = logits[keep]
+            total = 0.0
+            if "sequence" in losses:
+                total = total + losses["sequence"] * F.cross_entropy(picked.float(), input_ids[:, 1:][keep])
+            if "token-kl" in losses:
+                with torch.no_grad():
+                    ref = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+                t = temperature
+                kl = F.kl_div(F.log_softmax(picked.float() / t, -1), F.log_softmax(ref.float() / t, -1),
+                              reduction="batchmean", log_target=True) * t * t
+                total = total + losses["token-kl"] * kl
+            return total
+
+    return Distiller()

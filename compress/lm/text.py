@@ -1,0 +1,119 @@
+"""Training and evaluation text of a causal-lm run, tokenized with a mask of the positions that are scored.
+
+With a generated dataset (the generate stage's artifact) a sequence is prompt + completion (+ the end token
+when the teacher stopped on its own) and only the completion is scored: the student learns to answer as the
+teacher does, not to write prompts. Without one, the recipe's data texts are used whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Tokenized:
+    ids: list[list[int]]
+    scored: list[list[int]]  # 1 where token t is predicted and scored (token t, from tokens 0..t-1)
+    source: str  # "generated:<artifact>" or "data"
+
+
+def texts(ctx) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
+    """(train, eval, source): lists of (context, continuation) pairs; the context is not scored."""
+    generated = ctx.of_format("dataset")
+    if generated:
+        from compress.stages.generate import read_generated
+
+        artifact = generated[-1]
+        rows = read_generated(artifact.path)
+
+        def pairs(split):
+            return [(r["prompt_text"], r["completion"] + ("<EOS>" if r["finish"] == "eos" else "")) for r in split]
+
+        return pairs(rows["train"]), pairs(rows["eval"]), f"generated:{artifact.name}"
+    from compress.data import load_dataset
+
+    data = load_dataset(ctx.recipe.data)
+    return [("", t) for t in data.train.texts], [("", t) for t in data.eval.texts], "data"
+
+
+def tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int, source: str) -> Tokenized:
+    eos = tokenizer.eos_token or ""
+    ids, scored = [], []
+    for context, continuation in pairs:
+        continuation = continuation.replace("<EOS>", eos)
+        head = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        if not context and tokenizer.bos_token_id is not None and _adds_bos(tokenizer):
+            head = [tokenizer.bos_token_id]
+        tail = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        row = (head + tail)[:max_length]
+        mask = ([0] * len(head) + [1] * len(tail))[:max_length]
+        if len(row) < 2 or sum(mask[1:]) == 0:
+            continue
+        mask[0] = 0  # the first token has no context to be predicted from
+        ids.append(row)
+        scored.append(mask)
+    return Tokenized(ids, scored, source)
+
+
+def _adds_bos(tokenizer) -> bool:
+    probe = tokenizer("a")["input_ids"]
+    return bool(probe) and probe[0] == tokenizer.bos_token_id
+
+
+def pad_batch(tok: Tokenized, index: list[int], pad_id: int) -> dict:
+    """Right-padded input_ids, attention_mask and the scored mask, as torch tensors."""
+    import torch
+
+    width = max(len(tok.ids[i]) for i in index)
+    out = {name: torch.zeros((len(index), width), dtype=torch.long) for name in ("input_ids", "attention_mask", "scored")}
+    out["input_ids"].fill_(pad_id or 0)
+    for r, i in enumerate(index):
+        n = len(tok.ids[i])
+        out["input_ids"][r, :n] = torch.tensor(tok.ids[i])
+        out["attention_mask"][r, :n] = 1
+        out["scored"][r, :n] = torch.tensor(tok.scored[i])
+    return out
+
+
+def model_stats(model, tok: Tokenized, pad_id: int, batch_size: int = 8):
+    """Per sequence (argmax, nll) arrays of a torch causal LM, aligned so position t is the prediction of
+    token t (from tokens before it); position 0 is never scored."""
+    import numpy as np
+    import torch
+
+    from compress.tasks.causal_lm import next_token_stats
+
+    argmaxes, nlls = [], []
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(tok.ids)), key=lambda i: len(tok.ids[i]))
+    results: dict[int, tuple] = {}
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = pad_batch(tok, index, pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            argmax, nll = next_token_stats(logits, batch["input_ids"])
+            for r, i in enumerate(index):
+                n = len(tok.ids[i])
+                results[i] = (shift(argmax[r, :n].numpy()), shift(nll[r, :n].numpy()))
+    model.train(was_training)
+    for i in range(len(tok.ids)):
+        argmaxes.append(results[i][0])
+        nlls.append(results[i][1])
+    return np.concatenate(argmaxes) if argmaxes else np.zeros(0), np.concatenate(nlls) if nlls else np.zeros(0)
+
+
+def shift(values):
+    """Move per-position predictions one step right: index t then describes token t (index 0 gets 0)."""
+    import numpy as np
+
+    out = np.zeros_like(values)
+    out[1:] = values[:-1]
+    return out
+
+
+def scored_mask(tok: Tokenized):
+    import numpy as np
+
+    return np.concatenate([np.asarray(m, dtype=bool) for m in tok.scored]) if tok.scored else np.zeros(0, bool)

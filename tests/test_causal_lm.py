@@ -1,0 +1,189 @@
+"""Task causal-lm: generate -> distill -> export with past key/values -> int4 -> generation bench, on a tiny Llama.
+
+The real teacher (SmolLM2 from its GGUF file) runs in tests/test_recipes.py; here the model is built in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.errors import CompressError, SourceError
+from compress.recipe import parse_recipe
+from compress.runner import run
+
+
+def lm_recipe(teacher: Path, data: Path, stages: str, name: str = "tiny-lm") -> object:
+    return parse_recipe(f"""
+version: 1
+name: {name}
+task: causal-lm
+teacher: {{source: {teacher}}}
+data: {{source: {data}, eval_size: 20, max_length: 48}}
+stages:
+{stages}
+""")
+
+
+GENERATE = ('  - {kind: generate, count: 40, eval_size: 8, max_new_tokens: 8, batch_size: 8, '
+            'prompt_template: "continue : {text}"}\n')
+FULL = GENERATE + """\
+  - {kind: distill, student: {from_teacher: {layers: [0, 3]}}, losses: {sequence: 1.0, token-kl: 1.0},
+     max_steps: 6, batch_size: 8, eval_every: 3}
+  - {kind: export}
+  - {kind: quantize, schemes: [int4-weight], int4: {block_size: 16}}
+  - {kind: bench, seq_lens: [8], new_tokens: 4, rounds: 2, min_iterations: 2, min_seconds: 0, warmup: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, tiny_llama):
+    from conftest import LM_WORDS
+
+    folder = tmp_path_factory.mktemp("lm-run")
+    words = LM_WORDS[2:]
+    data = folder / "lm.txt"
+    data.write_text("\n".join(" ".join(words[(i * 5 + j * 7) % len(words)] for j in range(4 + i % 6))
+                              for i in range(160)) + "\n")
+    from compress.report import write_reports
+
+    write_reports(folder / "run", run(lm_recipe(tiny_llama, data, FULL), folder / "run"))
+    return folder / "run"
+
+
+def manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def test_causal_lm_generate_writes_dataset_with_provenance(lm_run):
+    folder = lm_run / "artifacts" / "generated"
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and sum(r["split"] == "eval" for r in rows) == 8
+    assert all(r["prompt_text"].startswith("<|im_start|> user : continue : ") for r in rows)  # chat template
+    assert all(r["tokens"] <= 8 and r["finish"] in ("eos", "length") for r in rows)
+    assert sum(bool(r["completion"]) for r in rows) > 20
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["teacher"]["license"] == "apache-2.0" and provenance["teacher"]["sha256"]
+    assert provenance["settings"]["max_new_tokens"] == 8 and provenance["completions"] == 40
+
+
+def test_causal_lm_distill_builds_half_depth_student_and_scores_it(lm_run):
+    metrics = manifest(lm_run)["stages"]["distill"]["metrics"]
+    assert (metrics["teacher_layers"], metrics["student_layers"]) == (4, 2)
+    assert metrics["data"] == "generated:generated" and metrics["eval_sequences"] == 8
+    for key in ("quality_before", "quality_after", "teacher_quality"):
+        assert set(metrics[key]) >= {"perplexity", "agreement"}
+    config = json.loads((lm_run / "artifacts" / "student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    assert (lm_run / "artifacts" / "student" / "tokenizer_config.json").is_file()
+
+
+def test_causal_lm_export_has_cache_inputs_and_matches_torch(lm_run):
+    metrics = manifest(lm_run)["stages"]["export"]["metrics"]
+    for name in ("teacher.onnx", "student.onnx"):
+        assert metrics[name]["parity_max_abs"] < 1e-3 and metrics[name]["parity_decode_max_abs"] < 1e-3
+        info = json.loads((lm_run / "artifacts" / name / "compress.json").read_text())
+        assert info["task"] == "causal-lm" and "past_key_values.0.key" in info["inputs"]
+        assert "present.0.key" in info["outputs"]
+    assert metrics["student.onnx"]["past_inputs"] == 4  # 2 layers x key, value
+
+
+def test_causal_lm_int4_quantizes_the_tied_output_projection(lm_run):
+    import onnx
+
+    model = onnx.load(str(lm_run / "artifacts" / "teacher.int4-weight.onnx" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    # 4 layers x 7 projections + the output projection, whose weight was Transpose(embeddings) before folding
+    assert ops.count("MatMulNBits") == 4 * 7 + 1
+    initializers = {i.name for i in model.graph.initializer}
+    assert not [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
+
+
+def test_causal_lm_bench_reports_generation_speed_and_quality(lm_run):
+    report = json.loads((lm_run / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"teacher.onnx", "student.onnx", "teacher.int4-weight.onnx", "student.int4-weight.onnx"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 and row["size_mb"] > 0
+        assert set(row["quality"]) >= {"perplexity", "agreement"}
+    assert rows["teacher.onnx"]["quality"]["agreement"] == 1.0 and rows["teacher.onnx"]["is_baseline"]
+    markdown = (lm_run / "report.md").read_text()
+    assert "| TTFT ms | tokens/s |" in markdown and "perplexity" in markdown
+    assert "milliseconds per generated token" in markdown
+
+
+def test_causal_lm_harness_decodes_through_the_cache_like_a_full_forward(lm_run):
+    import onnxruntime as ort
+
+    from compress.targets.harness import LMSession
+
+    lm = LMSession(ort.InferenceSession(str(lm_run / "artifacts" / "student.onnx" / "model.onnx")))
+    ids = np.asarray([[1, 5, 9, 12, 7, 20, 8]], dtype=np.int64)
+    full, _ = lm.prefill(ids)
+    _, first_tokens_done = lm.prefill(ids[:, :4])
+    past, logits = first_tokens_done, None
+    for t in range(4, ids.shape[1]):
+        logits, past = lm.step(ids[:, t:t + 1], past, t)
+        np.testing.assert_allclose(logits[0, -1], full[0, t], atol=1e-4)
+    _, _, tokens = lm.generate(ids, 5)
+    assert len(tokens) == 5
+
+
+def test_generate_resumes_after_an_interruption_with_the_same_text(tmp_path, tiny_llama, lm_texts, monkeypatch):
+    from compress.stages import generate
+
+    recipe = lm_recipe(tiny_llama, lm_texts, GENERATE)
+    run(recipe, tmp_path / "whole")
+    whole = (tmp_path / "whole" / "artifacts" / "generated" / "data.jsonl").read_text()
+
+    real, calls = generate._generate, []
+
+    def dies_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "_generate", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, tmp_path / "cut")
+    assert not (tmp_path / "cut" / "artifacts" / "generated").exists()  # no half-written artifact
+    monkeypatch.setattr(generate, "_generate", real)
+    run(recipe, tmp_path / "cut")
+    assert (tmp_path / "cut" / "artifacts" / "generated" / "data.jsonl").read_text() == whole
+    assert manifest(tmp_path / "cut")["stages"]["generate"]["status"] == "done"
+
+
+@pytest.mark.parametrize("task, stages, error", [
+    ("sentence-embedding", "  - {kind: distill, student: {from_teacher: {layers: [0]}}, loss: sequence}\n",
+     "does not apply to task sentence-embedding"),
+    ("causal-lm", "  - {kind: distill, student: {from_teacher: {layers: [0]}}, loss: cosine}\n",
+     "does not apply to task causal-lm"),
+    ("sentence-embedding", GENERATE, "generate needs task causal-lm"),
+])
+def test_causal_lm_losses_and_stages_fit_their_task(tmp_path, tiny_llama, tiny_bert, lm_texts, task, stages, error):
+    teacher = tiny_llama if task == "causal-lm" else tiny_bert
+    recipe = parse_recipe(f"""
+version: 1
+name: wrong
+task: {task}
+teacher: {{source: {teacher}}}
+data: {{source: {lm_texts}, eval_size: 20}}
+stages:
+{stages}""")
+    with pytest.raises(CompressError, match=error):
+        run(recipe, tmp_path / "run")
+
+
+def test_convert_gguf_refuses_an_unreadable_file_in_one_line(tmp_path):
+    from compress.tasks.causal_lm import convert_gguf
+
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(SourceError) as caught:
+        convert_gguf(bad, tmp_path / "out")
+    assert "model.gguf" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
