@@ -209,9 +209,12 @@ def _metrics(name: str, report: dict) -> str:
         return "## Metrics\n\nThis model was not benchmarked in this run."
     headline = report.get("headline", "quality")
     header = [c.format(headline=headline) for c in METRIC_COLUMNS]
+    basis = report.get("quality_basis") or "held-out texts against the teacher's PyTorch fp32 outputs"
+    per = ("latency is per generated token (p50/p90/p99) at the batch size/prompt length/threads of the setting"
+           if any(r.get("tokens_per_s") is not None for r in rows)
+           else "latency is per call at the batch size/sequence length/threads of the setting")
     lines = ["## Metrics per provider", "",
-             (f"Quality ({headline} and others) is measured on held-out texts against the teacher's PyTorch "
-             "fp32 outputs; latency is per call at the batch size/sequence length/threads of the setting."), "",
+             f"Quality ({headline} and others) is measured on {basis}; {per}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         others = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("quality") or {}).items()
@@ -240,7 +243,8 @@ def _cost(name: str, report: dict) -> str:
             f"{_num(hours[0], '.2f')} vs {_num(hours[1], '.2f')} CPU-thread hours per million inputs")
     if not lines:
         return ""
-    return "\n".join([f"## Cost saved against {report.get('baseline', 'the baseline')}", "", *lines])
+    baseline = report.get("baseline", "the baseline").split(";")[0]  # the comparison, not its fine print
+    return "\n".join([f"## Cost saved against {baseline}", "", *lines])
 
 
 def _lineage(name: str, manifest: dict, prov: dict) -> str:
@@ -261,11 +265,28 @@ def _lineage(name: str, manifest: dict, prov: dict) -> str:
         + ", licence "
         f"{data.get('license') or 'not declared in the recipe'}; {data.get('eval_size', '?')} rows held out "
         f"for evaluation (seed {data.get('seed', 0)})"),
+        *_generated_lines(manifest),
         f"- recipe: `{manifest.get('recipe_file') or '?'}`, sha256 `{manifest.get('recipe_sha256', '?')}`",
         f"- software: compress {manifest.get('compress_version', '?')}; {versions}",
         "", "Each step, from the teacher to this model:", ""]
     lines += [_step(step, manifest) for step in reversed(lineage(name, manifest))]
     return "\n".join(lines)
+
+
+def _generated_lines(manifest: dict) -> list[str]:
+    """The teacher-written training text of a causal-lm run (the generate stage), when there is one."""
+    out = []
+    for name, stage in (manifest.get("stages") or {}).items():
+        if stage.get("kind") != "generate":
+            continue
+        metrics, config = stage.get("metrics") or {}, _stage_config(name, manifest)
+        artifact = (manifest.get("artifacts") or {}).get("generated") or {}
+        out.append(f"- training text: {metrics.get('completions', '?')} completions written by the teacher "
+                   f"(stage `{name}`: {metrics.get('train', '?')} trained on, {metrics.get('eval', '?')} held out for "
+                   f"evaluation; sampling {'on' if config.get('do_sample', True) else 'off'}, temperature "
+                   f"{config.get('temperature')}, top_p {config.get('top_p')}, at most {config.get('max_new_tokens')} "
+                   f"tokens), artifact `generated` sha256 `{artifact.get('sha256', '?')}`, with provenance.json")
+    return out
 
 
 def _step(step: str, manifest: dict) -> str:

@@ -47,3 +47,19 @@ def test_embed_example_matches_torch(tmp_path, tiny_bert, tiny_texts):
         ref = model(torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"])).numpy()
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     np.testing.assert_allclose(got, np.round(ref @ ref.T, 4), atol=2e-4)
+
+
+def test_export_of_a_classifier_without_head_weights_passes_parity(tmp_path, tiny_bert, tiny_texts):
+    """An encoder not yet fine-tuned gets a random head; it must be the same head in the parity check's fresh
+    process (it was not: seeded now), so that exporting it is not refused as an export error."""
+    recipe = parse_recipe(f"""
+version: 1
+name: head
+task: text-classification
+teacher: {{source: {tiny_bert}}}
+data: {{source: {tiny_texts}, label_field: category, eval_size: 20}}
+stages:
+  - {{kind: export}}
+""")
+    manifest = runner.run(recipe, tmp_path / "run", console=Console(quiet=True))
+    assert manifest["stages"]["export"]["metrics"]["teacher.onnx"]["parity_max_abs"] < 1e-3

@@ -28,45 +28,21 @@ def run(cfg, ctx) -> list:
         unavailable = B._check_providers(cfg, envs)
         cells = B._cells(cfg, variants, targets)
         inputs = _Inputs(cfg, ctx)
-        results: dict[str, list[dict]] = {c.id: [] for c in cells}
-        eval_out: dict[tuple, Path] = {}
         budget, work = B._Budget(cfg.time_budget_s), B._measure_dir(ctx.work_dir)
-        from compress.training import progress_bar
 
-        with progress_bar(ctx, "bench (generation)", cfg.rounds * len(cells)) as tick:
-            for round_ in range(cfg.rounds):
-                for cell in cells:
-                    tick()
-                    done = results[cell.id]
-                    if done and done[-1]["status"] != "ok":
-                        continue
-                    reason = unavailable.get((cell.target, cell.request))
-                    if reason or budget.spent():
-                        if not done:
-                            done.append({"status": "unavailable" if reason else "skipped",
-                                         "reason": reason or budget.reason("before this measurement")})
-                        continue
-                    want_eval = cell.key not in eval_out and round_ == 0
-                    result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", budget,
-                                           targets[cell.target])
-                    done.append(result)
-                    if want_eval and result["status"] == "ok":
-                        eval_out[cell.key] = out
+        def measure(cell, want_eval, round_):
+            return _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", budget, targets[cell.target])
+
+        results, eval_out = B.interleaved(cfg, ctx, cells, unavailable, budget, measure)
     finally:
         for target in targets.values():
             target.close()
     quality = _quality(variants, inputs, eval_out)
     rows = [_row(B, c, results[c.id], quality, targets[c.target].emulated) for c in cells]
     B._strict(cfg, rows)
-    samples = {c.id: [r.get("samples_ms", []) for r in results[c.id]] for c in cells}
     settings = {**cfg.model_dump(mode="json"), "eval_size": inputs.eval_sequences, "eval_text": inputs.source,
                 "unit": "ms per generated token"}
-    doc = {"environment": B._environment(),
-           "targets": {name: {**env, "emulated": targets[name].emulated} for name, env in envs.items()},
-           "settings": settings, "rows": rows}
-    artifact = ctx.save("bench", "bench", lambda tmp: B._write(tmp, doc, samples), {"rows": len(rows)})
-    B._summarize(ctx, rows)
-    return [artifact]
+    return [B.save_results(ctx, cells, results, rows, envs, targets, settings)]
 
 
 class _Inputs:

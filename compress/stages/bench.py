@@ -138,8 +138,6 @@ class Cell:
 
 
 def run(cfg: Config, ctx) -> list:
-    from rich.progress import Progress
-
     variants = _variants(cfg, ctx)
     targets = _open_targets(cfg, ctx)
     try:
@@ -150,34 +148,13 @@ def run(cfg: Config, ctx) -> list:
         examples = ctx.task.examples(data.eval)
         n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(examples))
         inputs = _Inputs(ctx.work_dir, examples[:n_eval], ctx.recipe.data.max_length, ctx.task)
-        results: dict[str, list[dict]] = {c.id: [] for c in cells}
-        eval_out: dict[tuple, Path] = {}
-        budget = _Budget(cfg.time_budget_s)
-        work = _measure_dir(ctx.work_dir)
-        with Progress(console=ctx.console, transient=True) as progress:
-            bar = progress.add_task("bench", total=cfg.rounds * len(cells))
-            for round_ in range(cfg.rounds):
-                for cell in cells:
-                    progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
-                    done = results[cell.id]
-                    if done and done[-1]["status"] != "ok":
-                        continue  # unavailable or broken: do not retry every round
-                    want_eval = cell.key not in eval_out and round_ == 0
-                    reason = unavailable.get((cell.target, cell.request)) if cell.variant.runtime != "torch" else None
-                    if reason:
-                        done.append({"status": "unavailable", "reason": reason})
-                        continue
-                    if budget.spent():
-                        if not done:
-                            done.append({"status": "skipped", "reason": budget.reason("before this measurement")})
-                        continue
-                    result, out = _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", ctx.recipe.task,
-                                           budget, targets[cell.target])
-                    if result["status"] == "skipped" and done:
-                        continue  # earlier rounds measured it: keep those
-                    done.append(result)
-                    if want_eval and result["status"] == "ok":
-                        eval_out[cell.key] = out
+        budget, work = _Budget(cfg.time_budget_s), _measure_dir(ctx.work_dir)
+
+        def measure(cell, want_eval, round_):
+            return _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", ctx.recipe.task, budget,
+                            targets[cell.target])
+
+        results, eval_out = interleaved(cfg, ctx, cells, unavailable, budget, measure)
     finally:
         for target in targets.values():
             target.close()
@@ -187,14 +164,53 @@ def run(cfg: Config, ctx) -> list:
                if any(v.name == k[0] for v in variants)}
     rows = [_row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
     _strict(cfg, rows)
+    settings = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length}
+    return [save_results(ctx, cells, results, rows, envs, targets, settings)]
+
+
+def interleaved(cfg: Config, ctx, cells: list, unavailable: dict, budget, measure) -> tuple[dict, dict]:
+    """Round 1 of every cell, then round 2 of every cell... (A B A B: a machine-wide slow spell hits every
+    variant alike). `measure(cell, want_eval, round)` -> (result, eval output path); quality is evaluated once
+    per variant, in round 1. Returns ({cell id: results}, {quality key: eval output path})."""
+    from rich.progress import Progress
+
+    results: dict[str, list[dict]] = {c.id: [] for c in cells}
+    eval_out: dict[tuple, Path] = {}
+    with Progress(console=ctx.console, transient=True) as progress:
+        bar = progress.add_task("bench", total=cfg.rounds * len(cells))
+        for round_ in range(cfg.rounds):
+            for cell in cells:
+                progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
+                done = results[cell.id]
+                if done and done[-1]["status"] != "ok":
+                    continue  # unavailable or broken: do not retry every round
+                want_eval = cell.key not in eval_out and round_ == 0
+                reason = unavailable.get((cell.target, cell.request)) if cell.variant.runtime != "torch" else None
+                if reason:
+                    done.append({"status": "unavailable", "reason": reason})
+                    continue
+                if budget.spent():
+                    if not done:
+                        done.append({"status": "skipped", "reason": budget.reason("before this measurement")})
+                    continue
+                result, out = measure(cell, want_eval, round_)
+                if result["status"] == "skipped" and done:
+                    continue  # earlier rounds measured it: keep those
+                done.append(result)
+                if want_eval and result["status"] == "ok":
+                    eval_out[cell.key] = out
+    return results, eval_out
+
+
+def save_results(ctx, cells: list, results: dict, rows: list[dict], envs: dict, targets: dict, settings: dict):
+    """The bench artifact (results.json: environment, targets, settings, rows; samples.json), and the summary."""
     samples = {c.id: [r.get("samples_ms", []) for r in results[c.id]] for c in cells}
-    settings_out = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length}
     doc = {"environment": _environment(), "targets": {name: {**env, "emulated": targets[name].emulated}
                                                       for name, env in envs.items()},
-           "settings": settings_out, "rows": rows}
+           "settings": settings, "rows": rows}
     artifact = ctx.save("bench", "bench", lambda tmp: _write(tmp, doc, samples), {"rows": len(rows)})
     _summarize(ctx, rows)
-    return [artifact]
+    return artifact
 
 
 def _open_targets(cfg: Config, ctx) -> dict:

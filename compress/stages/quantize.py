@@ -9,6 +9,7 @@ at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import shutil
 import time
@@ -357,6 +358,8 @@ def _int4(opts: Int4Options, src: Path, dst: Path, options: dict, exclude=None, 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     op_types, axes = (("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))) if opts.embeddings else (("MatMul",), None)
+    # The quantizer logs two INFO lines per node (thousands for an LLM) on the root handlers: keep warnings only.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     quantizer = MatMulNBitsQuantizer(_fold_constant_transposes(onnx.load(str(src))), bits=4,
                                      block_size=opts.block_size, is_symmetric=opts.symmetric,
                                      accuracy_level=opts.accuracy_level or None, op_types_to_quantize=op_types,

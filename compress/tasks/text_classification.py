@@ -25,11 +25,16 @@ load_data, examples, inputs = common.load_data, common.examples, common.TextInpu
 
 def load_backbone(path: Path, trust_remote_code: bool = False, **config_overrides):
     """The Hugging Face sequence-classification model; `config_overrides` (e.g. num_labels) reshape the head."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     from compress.tasks.common import model_load_errors
 
-    with model_load_errors(path):
+    # A folder without classification-head weights (an encoder not yet fine-tuned) gets a random head: seeded, so
+    # that every load (export's parity check runs in a fresh process) builds the same model; and the RNG state of
+    # the caller is left as it was.
+    with model_load_errors(path), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
         return AutoModelForSequenceClassification.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=bool(config_overrides),
             **config_overrides,
