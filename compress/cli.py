@@ -48,7 +48,7 @@ def run(
     if dry_run:
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return
-    from compress import report, runner
+    from compress import report, rundir, runner
 
     run_dir = out_dir or runner.default_run_dir(parsed)
     manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
@@ -97,9 +97,9 @@ def schema(
 @app.command("report")
 def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding manifest.json.")) -> None:
     """Re-render report.md and report.json of a finished run."""
-    from compress import report, runner
+    from compress import report, rundir, runner
 
-    manifest = runner.read_manifest(run_dir)
+    manifest = rundir.read_manifest(run_dir)
     if not manifest:
         raise CompressError(f"{run_dir}: no manifest.json (is this a run directory?)")
     result = report.write_reports(run_dir, manifest)

@@ -128,11 +128,12 @@ class _WorkerContext(RunContext):
 
 
 def _context(run_dir: Path, stage_name: str, rank: int):
+    from compress import teacher
     from compress.recipe import load_recipe
-    from compress.runner import MANIFEST, RESOLVED_RECIPE, _teacher_artifact
+    from compress.rundir import MANIFEST, RESOLVED_RECIPE
 
     recipe = load_recipe(run_dir / RESOLVED_RECIPE)
-    artifacts = {"teacher": _teacher_artifact(recipe, run_dir)}
+    artifacts = {"teacher": teacher.resolve(recipe, run_dir)}
     manifest_path = run_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
     # A manifest left by another recipe would hand us stale artifacts: use it only when it is this recipe's.

@@ -19,7 +19,8 @@ DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_a
 
 def write_reports(run_dir: Path, manifest: dict) -> dict:
     """Build the report of a run, write report.json and report.md atomically, return the report."""
-    from compress.runner import _lock, disk_errors
+    from compress.rundir import disk_errors
+    from compress.rundir import lock as _lock
 
     run_dir = Path(run_dir)
     if manifest.get("sweep"):

@@ -9,30 +9,23 @@ from the last finished stage.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
-import os
 import platform
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
 
-from compress import __version__
+from compress import __version__, teacher
 from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_text_atomic
 from compress.context import RunContext
-from compress.errors import CompressError, LockedError
 from compress.recipe import Recipe, dump_recipe
-from compress.sources import check_model_folder, resolve_local
+from compress.rundir import RESOLVED_RECIPE, disk_errors, lock, read_json, read_manifest, write_manifest
+from compress.sources import resolve_local
 from compress.stages import run_stage
 
-MANIFEST = "manifest.json"
-RESOLVED_RECIPE = "recipe.resolved.yaml"
 VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pydantic")
 
 
@@ -53,7 +46,7 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         return sweep.run_sweep(recipe, run_dir, console, nproc, recipe_file)
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
-    with disk_errors(run_dir), _lock(run_dir):
+    with disk_errors(run_dir), lock(run_dir):
         # The manifest and reports are written atomically too: a kill leaves their temporaries beside them.
         removed = clean_temporaries(run_dir / "artifacts") + clean_temporaries(run_dir)
         if removed:
@@ -61,12 +54,12 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         write_text_atomic(run_dir / RESOLVED_RECIPE, dump_recipe(recipe))
         previous = read_manifest(run_dir)
         manifest = _new_manifest(recipe, recipe_file)
-        artifacts = {"teacher": _teacher_artifact(recipe, run_dir)}
+        artifacts = {"teacher": teacher.resolve(recipe, run_dir)}
         manifest["artifacts"]["teacher"] = artifacts["teacher"].to_json(run_dir)
         manifest["provenance"] = _check_license(recipe, artifacts["teacher"])
-        data_hash = _data_hash(recipe)
+        digest = data_hash(recipe)
         for stage in recipe.stages:
-            key = _stage_key(recipe, stage, artifacts, data_hash)
+            key = _stage_key(recipe, stage, artifacts, digest)
             cached = _cached(previous, stage.name, key, run_dir)
             if cached is not None:
                 console.print(f"[green]✓[/] {stage.name}: cached (unchanged config and inputs)")
@@ -99,7 +92,7 @@ def _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc) -> tuple[
         from compress.distributed import launch
 
         produced = launch(stage.name, run_dir, nproc)
-        ctx.metrics.update(_read_json(run_dir / "work" / stage.name / "metrics.json"))
+        ctx.metrics.update(read_json(run_dir / "work" / stage.name / "metrics.json"))
     else:
         produced = run_stage(stage, ctx)
     entry = {
@@ -141,25 +134,6 @@ def _stage_key(recipe: Recipe, stage, artifacts: dict[str, Artifact], data_hash:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _teacher_artifact(recipe: Recipe, run_dir: Path) -> Artifact:
-    from compress.tasks import causal_lm
-    from compress.tasks.factory import resolve
-
-    # A python: factory is built into artifacts/teacher, so is a GGUF file (converted once); other sources are
-    # used where they are.
-    local = resolve_local(recipe.teacher.source) if not recipe.teacher.source.startswith("python:") else None
-    if local is not None and causal_lm.is_gguf(local):
-        path = causal_lm.convert_gguf(local, run_dir / "artifacts" / "teacher")
-    else:
-        path = resolve(recipe.teacher.source, run_dir / "artifacts" / "teacher",
-                       recipe.teacher.trust_remote_code, recipe.teacher.revision)
-    # Before any stage loads it: pickle-only weights are refused unless the recipe allows them.
-    checked = check_model_folder(path, recipe.teacher.trust_remote_code, recipe.teacher.allow_pickle)
-    meta = {"role": "teacher", "source": recipe.teacher.source, "revision": recipe.teacher.revision,
-            "license": recipe.teacher.license, **checked}
-    return Artifact(name="teacher", path=path, format="hf-model", sha256=sha256_path(path), metadata=meta)
-
-
 def _check_license(recipe: Recipe, teacher: Artifact) -> dict:
     """Stop before any stage when the teacher's licence forbids what the recipe does (unless acknowledged)."""
     from compress import licenses
@@ -171,7 +145,7 @@ def _check_license(recipe: Recipe, teacher: Artifact) -> dict:
     return decision.to_json()
 
 
-def _data_hash(recipe: Recipe) -> str:
+def data_hash(recipe: Recipe) -> str:
     digest = hashlib.sha256(json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode())
     path = resolve_local(recipe.data.source)  # None for an hf: dataset: its name and split stand for it
     if path is not None and path.exists():  # a file, a save_to_disk folder or a folder of class images
@@ -197,73 +171,3 @@ def _versions() -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
     return found
-
-
-def read_manifest(run_dir: Path) -> dict:
-    return _read_json(run_dir / MANIFEST)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def write_manifest(run_dir: Path, manifest: dict) -> None:
-    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
-
-
-@contextlib.contextmanager
-def _lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
-    """One compress process per run directory: a second one refuses instead of interleaving (or, with `wait`,
-    waits: writing the reports of a finished run waits for a run that started meanwhile)."""
-    handle = open(run_dir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
-        raise LockedError(f"{run_dir} is in use by another compress run; wait for it or use --out") from None
-    try:
-        handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
-
-
-@contextlib.contextmanager
-def disk_errors(run_dir: Path) -> Iterator[None]:
-    """Disk full, file too large (ulimit -f) and unwritable outputs as one-line messages, not tracebacks."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise CompressError(
-                f"disk full while writing to {run_dir} ({exc.strerror}): free some space and run again "
-                "(finished stages are kept)"
-            ) from None
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR):
-            raise CompressError(f"cannot write to {run_dir}: {exc.strerror} ({exc.filename})") from None
-        raise
-    except Exception as exc:
-        # Some writers (onnx shape inference, in C++) ignore a full disk and leave a truncated file that fails
-        # later as a parse error: with no space left, say so first.
-        if not isinstance(exc, CompressError) and _free_bytes(run_dir) < 1 << 20:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise CompressError(f"disk full while writing to {run_dir} (less than 1 MiB free; the stage failed "
-                                f"with {type(exc).__name__}: {first}): free some space and run again") from None
-        raise
-
-
-def _free_bytes(path: Path) -> int:
-    import shutil
-
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 1 << 40
-
-
-def with_metadata(artifact: Artifact, **extra) -> Artifact:
-    return replace(artifact, metadata={**artifact.metadata, **extra})

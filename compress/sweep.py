@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from compress import __version__, rundir
 from compress.artifacts import Artifact, sha256_path, write_text_atomic
 from compress.recipe import Recipe, dump_recipe, expand_matrix
 
@@ -63,15 +64,15 @@ def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, r
 
     variants = expand_matrix(recipe)
     run_dir = Path(run_dir)
-    with runner.disk_errors(run_dir):
+    with rundir.disk_errors(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
     shared = SharedCache()
     for name, _, _ in variants:
         folder = run_dir / VARIANTS / name
-        shared.load(folder, runner.read_manifest(folder))
-    with runner.disk_errors(run_dir), runner._lock(run_dir):
-        write_text_atomic(run_dir / runner.RESOLVED_RECIPE, dump_recipe(recipe))
-        manifest = {"compress_version": runner.__version__, "recipe_file": recipe_file,
+        shared.load(folder, rundir.read_manifest(folder))
+    with rundir.disk_errors(run_dir), rundir.lock(run_dir):
+        write_text_atomic(run_dir / rundir.RESOLVED_RECIPE, dump_recipe(recipe))
+        manifest = {"compress_version": __version__, "recipe_file": recipe_file,
                     "recipe_sha256": recipe.fingerprint(), "recipe": recipe.model_dump(mode="json"),
                     "sweep": {"matrix": recipe.matrix, "variants": []}}
         for index, (name, values, variant) in enumerate(variants):
@@ -84,7 +85,7 @@ def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, r
                                    "from": e.get("from"), "seconds": e.get("seconds")}
                            for stage, e in result["stages"].items()}})
             manifest["sweep"]["cache"] = _cache_counts(manifest["sweep"]["variants"])
-            runner.write_manifest(run_dir, manifest)
+            rundir.write_manifest(run_dir, manifest)
         return manifest
 
 
@@ -102,7 +103,8 @@ def _cache_counts(variants: list[dict]) -> dict:
 def write_reports(run_dir: Path, manifest: dict) -> dict:
     """Every variant's own reports, then the sweep's report.json and report.md at the top."""
     from compress import report as reports
-    from compress.runner import _lock, disk_errors, read_manifest
+    from compress.rundir import disk_errors, read_manifest
+    from compress.rundir import lock as _lock
 
     run_dir = Path(run_dir)
     per_variant = {}

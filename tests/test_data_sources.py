@@ -279,14 +279,14 @@ def test_resolve_local_leaves_hf_sources_to_the_hub():
 
 def test_data_hash_follows_a_saved_dataset_folder(tmp_path):
     from compress.recipe import Recipe
-    from compress.runner import _data_hash
+    from compress.runner import data_hash
 
     path = save_dataset(tmp_path / "ds", rows(10))
     recipe = Recipe.model_validate({"version": 1, "name": "x", "task": "text-classification",
                                     "teacher": {"source": str(tmp_path), "license": "apache-2.0"},
                                     "data": {"source": str(path)}, "stages": [{"kind": "export"}]})
-    before = _data_hash(recipe)
+    before = data_hash(recipe)
     save_dataset(tmp_path / "ds2", rows(12))
     for file in (tmp_path / "ds2").iterdir():
         file.replace(path / file.name)
-    assert _data_hash(recipe) != before
+    assert data_hash(recipe) != before

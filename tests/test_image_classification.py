@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from compress import runner
+from compress import teacher as teacher_source
 from compress.errors import SourceError, StageError
 from compress.recipe import DataConfig, parse_recipe
 from compress.tasks import factory
@@ -292,7 +293,7 @@ def test_runner_builds_a_python_teacher_into_the_run_dir(tmp_path, factory_file)
     recipe = parse_recipe(PIPELINE.format(factory=factory_file).split("stages:")[0]
                           + "stages:\n  - {kind: export}\n")
 
-    artifact = runner._teacher_artifact(recipe, tmp_path / "run")
+    artifact = teacher_source.resolve(recipe, tmp_path / "run")
 
     assert artifact.path == tmp_path / "run" / "artifacts" / "teacher"
     assert artifact.metadata["weights"] == "safetensors" and os.path.isfile(artifact.path / "factory.py")
@@ -302,8 +303,8 @@ def test_runner_data_hash_follows_the_images_of_a_folder(tmp_path, factory_file)
     _png(tmp_path / "imgs" / "a" / "0.png", (8, 8), value=10)
     _png(tmp_path / "imgs" / "b" / "1.png", (8, 8), value=20)
     recipe = parse_recipe(PIPELINE.format(factory=factory_file).replace("sklearn:digits", str(tmp_path / "imgs")))
-    before = runner._data_hash(recipe)
+    before = runner.data_hash(recipe)
 
     _png(tmp_path / "imgs" / "b" / "1.png", (8, 8), value=30)
 
-    assert runner._data_hash(recipe) != before
+    assert runner.data_hash(recipe) != before
