@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from compress.errors import CompressError
+from compress.errors import CompressError, InputError
 
-TMP_PREFIX = ".tmp-"
+# Temporaries compress makes start with this: cleaning a folder removes these and nothing else (never a user's .tmp-*).
+TMP_PREFIX = ".compress-tmp-"
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,24 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
+def check_target(final: Path) -> None:
+    """Refuse to replace what compress cannot have written there: a symbolic link, a device, a fifo."""
+    if final.is_symlink():
+        raise InputError(f"{final} is a symbolic link, not a file compress wrote; remove it (or choose another "
+                         "path) and run again")
+    if final.exists() and not (final.is_file() or final.is_dir()):
+        raise InputError(f"{final} exists and is not a regular file or folder; choose another path")
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it into place only on success.
 
     The caller writes a file or a directory at the yielded path. On any exception (including
-    KeyboardInterrupt) the temporary is removed and `final` is untouched.
+    KeyboardInterrupt) the temporary is removed and `final` is untouched. A folder is only ever replaced by a
+    folder (an artifact made again): a file never replaces a folder, and symbolic links and devices are refused.
     """
+    check_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{final.name}"
     try:
@@ -97,8 +109,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if not tmp.exists():
             raise CompressError(f"internal error: nothing was written for {final.name}")
         _fsync_tree(tmp)
+        check_target(final)
         if final.is_dir():
+            if not tmp.is_dir():
+                raise InputError(f"{final} is a folder; compress writes a file there only in place of a file it "
+                                 "wrote: choose a file path")
             shutil.rmtree(final)
+        elif final.exists() and tmp.is_dir():
+            raise InputError(f"{final} is a file, not a folder; choose another path")
         os.replace(tmp, final)
     except BaseException:
         remove(tmp)
@@ -110,6 +128,44 @@ def write_text_atomic(final: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def check_output(final: Path, option: str, ours=None, force: bool = False) -> None:
+    """Refuse a file path the user named (schema --out, gate --comment/--summary) that compress must not write to: a
+    folder, a link or a device, a missing folder, and (when `ours` is given) an existing file that `ours(its text)`
+    does not recognise as compress's, unless `force`."""
+    final = Path(final)
+    if final.is_dir():
+        raise InputError(f"{option} {final} is a folder; give a file path")
+    check_target(final)
+    if not final.parent.is_dir():
+        raise InputError(f"{option} {final}: the folder {final.parent} does not exist")
+    if ours is not None and final.is_file() and not force:
+        try:
+            existing = final.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            existing = ""
+        if not ours(existing):
+            raise InputError(f"{option} {final} exists and compress did not write it; choose another path, or add "
+                             "--force to replace it")
+
+
+def write_output(final: Path, text: str, ours, force: bool = False, option: str = "--out") -> None:
+    """Write a file the user named, after check_output: an existing file only when compress wrote it (or --force)."""
+    check_output(final, option, ours, force)
+    write_text_atomic(Path(final), text)
+
+
+def append_output(final: Path, text: str, option: str) -> None:
+    """Append to a file the user named ($GITHUB_STEP_SUMMARY, $GITHUB_OUTPUT): a folder there is one sentence."""
+    final = Path(final)
+    if final.is_dir():
+        raise InputError(f"{option} {final} is a folder; give a file path")
+    try:
+        with open(final, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise InputError(f"{option} {final}: cannot append ({exc.strerror})") from None
+
+
 def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -118,7 +174,7 @@ def remove(path: Path) -> None:
 
 
 def clean_temporaries(directory: Path) -> int:
-    """Remove what an interrupted run left under temporary names; return how many."""
+    """Remove what an interrupted run left under compress's temporary names (TMP_PREFIX); return how many."""
     if not directory.is_dir():
         return 0
     leftovers = [p for p in directory.iterdir() if p.name.startswith(TMP_PREFIX)]

@@ -5,6 +5,7 @@ Nothing here imports torch or onnxruntime: `compress --help` and `compress valid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 
 from compress.errors import CompressError
+from compress.procs import Stopped, stoppable
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +29,7 @@ SET_HELP = "Override a recipe value, e.g. --set stages.0.epochs=2 (value parsed 
 
 
 @app.command()
+@stoppable
 def run(
     recipe: Path = typer.Argument(..., help="The recipe YAML file."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -50,26 +53,33 @@ def run(
         return
     from compress import report, rundir, runner
 
+    from compress.procs import stopped_in
+
     run_dir = out_dir or runner.default_run_dir(parsed)
-    manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
-    result = report.write_reports(run_dir, manifest)
+    with stopped_in("start-up"):
+        manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+    with stopped_in("report"):
+        result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
     out.print(f"reports: {run_dir / 'report.md'}, {run_dir / 'report.json'}")
 
 
 @app.command()
+@stoppable
 def validate(
     recipes: list[Path] = typer.Argument(..., help="Recipe files to check."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
-    """Check recipes against the schema and the stage chain, without running anything."""
+    """Check recipes against the schema and the stage chain, and that their local paths (teacher, data) exist and
+    are what the recipe says, without running anything."""
     from compress.errors import RecipeError
+    from compress.inputs import check_paths
     from compress.recipe import load_recipe
 
     failed = False
     for path in recipes:
         try:
-            load_recipe(path, set_)
+            check_paths(load_recipe(path, set_), path)
             out.print(f"{path}: ok")
         except RecipeError as exc:
             print(exc, file=sys.stderr)
@@ -79,34 +89,52 @@ def validate(
 
 
 @app.command()
+@stoppable
 def schema(
-    output: Path | None = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    output: Path | None = typer.Option(None, "--out", help="Write to this file instead of stdout (an existing "
+                                       "file only when it is a schema compress wrote, or with --force)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file whatever it holds."),
 ) -> None:
     """Print the recipe's JSON schema (for editor completion and validation)."""
     from compress.recipe import Recipe
 
     text = json.dumps(Recipe.model_json_schema(), indent=2) + "\n"
     if output:
-        from compress.artifacts import write_text_atomic
+        from compress.artifacts import write_output
 
-        write_text_atomic(output, text)
+        write_output(output, text, ours=_is_schema, force=force)
     else:
         sys.stdout.write(text)
 
 
+def _is_schema(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("title") == "Recipe" and "properties" in data
+
+
 @app.command("report")
+@stoppable
 def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding manifest.json.")) -> None:
     """Re-render report.md and report.json of a finished run."""
-    from compress import report, rundir, runner
+    from compress import report, rundir
+    from compress.errors import InputError
 
+    if not run_dir.is_dir():
+        what = "does not exist" if not run_dir.exists() else "is a file"
+        raise InputError(f"{run_dir} {what}; give the run directory (the folder holding manifest.json)")
     manifest = rundir.read_manifest(run_dir)
     if not manifest:
-        raise CompressError(f"{run_dir}: no manifest.json (is this a run directory?)")
+        raise InputError(f"{run_dir}: no readable manifest.json (is this a run directory?)")
+    rundir.verify_artifacts(run_dir, manifest)
     result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
 
 
 @app.command("gate")
+@stoppable
 def gate_cmd(
     report_json: Path = typer.Argument(..., help="The run's report.json (or its run directory)."),
     baseline: Path | None = typer.Option(None, "--baseline", help="A previous report.json (or run directory, or "
@@ -121,13 +149,22 @@ def gate_cmd(
     comment: Path | None = typer.Option(None, help="Write the markdown for a PR comment to this file."),
     github_output: Path | None = typer.Option(None, help="Append report-json, passed and best-variant to this "
                                                  "file (e.g. $GITHUB_OUTPUT)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --comment file that compress did not "
+                                                      "write."),
 ) -> None:
-    """Pass or fail a finished run for CI: exit 0 passed, 1 a gate failed, 2 usage error."""
-    from compress.gate import run_gate
+    """Pass or fail a finished run for CI: exit 0 passed, 1 a gate failed, 2 usage error or bad input."""
+    from compress.artifacts import check_output
+    from compress.gate import COMMENT_MARKER, run_gate
 
-    result = run_gate(report_json, baseline, summary=summary, comment=comment, github_output=github_output,
-                      max_quality_drop=max_quality_drop, min_speedup=min_speedup,
-                      max_latency_regression=max_latency_regression)
+    for option, path in (("--summary", summary), ("--github-output", github_output)):
+        if path is not None:
+            check_output(path, option)
+    if comment is not None:
+        check_output(comment, "--comment", ours=lambda text: text.startswith(COMMENT_MARKER), force=force)
+    with bad_input("gate"):
+        result = run_gate(report_json, baseline, summary=summary, comment=comment, github_output=github_output,
+                          max_quality_drop=max_quality_drop, min_speedup=min_speedup,
+                          max_latency_regression=max_latency_regression)
     for check in result["checks"]:
         for line in check["message"].splitlines():
             (out if check["passed"] else err).print(f"{'pass' if check['passed'] else 'FAIL'}  {line}",
@@ -140,6 +177,7 @@ def gate_cmd(
 
 
 @app.command()
+@stoppable
 def compare(
     old: Path = typer.Argument(..., help="The earlier run: a run directory or its report.json."),
     new: Path = typer.Argument(..., help="The later run: a run directory or its report.json."),
@@ -151,13 +189,15 @@ def compare(
     from compress.gate import compare as compare_reports
     from compress.gate import load_report
 
-    _, before = load_report(old, "old run")
-    _, after = load_report(new, "new run")
+    with bad_input("compare"):
+        _, before = load_report(old, "old run")
+        _, after = load_report(new, "new run")
     table = Table(title=f"compress compare: {old} -> {new}")
     for column in ("variant", "p50 old ms", "p50 new ms", "change", "vs teacher", "noise", "quality change",
                    "verdict"):
         table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
-    entries = compare_reports(after, before, threshold)
+    with bad_input("compare"):
+        entries = compare_reports(after, before, threshold)
     for e in entries:
         old_p50 = (e["base"] or {}).get("p50_ms") if e["base"] is not e["row"] else e["row"].get("p50_ms")
         new_p50 = e["row"].get("p50_ms") if e["base"] is not e["row"] else None
@@ -170,11 +210,32 @@ def compare(
     out.print(f"regressions beyond {threshold:.0%} and the noise: {', '.join(slower) if slower else 'none'}")
 
 
+@contextlib.contextmanager
+def bad_input(command: str):
+    """A crash while reading reports (rows missing keys, values of the wrong type) is bad input, exit 2 with one
+    sentence: never exit 1, which means that a gate failed."""
+    from compress.errors import InputError
+
+    try:
+        yield
+    except CompressError as exc:
+        if exc.exit_code == 1 and type(exc) is CompressError:
+            raise InputError(str(exc)) from None
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as exc:
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc).strip() else ''}"
+        raise InputError(f"{command}: a report could not be read as compress writes it ({detail}); regenerate it "
+                         "with compress report") from None
+
+
 def _num(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
 def main() -> None:
+    from compress import procs
+
+    procs.raise_on_sigterm()
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit in this mode
         if isinstance(code, int) and code:
@@ -182,19 +243,31 @@ def main() -> None:
     except CompressError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted:[/] finished stages are kept; run the same command again to resume")
-        sys.exit(130)
+    except Stopped as exc:
+        _interrupted(exc.interrupt)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
+    except typer.Abort as exc:  # click turns KeyboardInterrupt into Abort: say where it stopped all the same
+        cause = exc.__cause__ or exc.__context__
+        _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
     except Exception as exc:
         # Usage errors from typer's bundled click: shown as click shows them, exit 2.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    """One line: which signal, where the run stopped, that a re-run resumes; exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    from compress import procs
+
+    where = getattr(exc, "stage", None)
+    print(f"interrupted ({procs.signal_name(exc)}){f' in {where}' if where else ''}: finished stages are kept; "
+          "run the same command again to resume", file=sys.stderr)
+    sys.exit(procs.exit_code(exc))
 
 
 if __name__ == "__main__":

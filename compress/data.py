@@ -29,6 +29,7 @@ def load_dataset(cfg) -> Dataset:
     import numpy as np
 
     texts, labels, names = _rows(cfg, cfg.split)
+    _check_classes(cfg, labels, names)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(texts))
     if cfg.eval_split:
@@ -54,11 +55,20 @@ def _rows(cfg, split: str | None, known: list[str] | None = None):
     frame, classes = _read_source(cfg, split, where)
     if cfg.text_field not in frame.columns:
         raise SourceError(f"{where}: no field {cfg.text_field!r} (have: {list(frame.columns)})")
+    if _typed(cfg.source):  # JSON and parquet say what type a value is: a text must be a string
+        # A missing text is an empty row (dropped) in a table; a JSON line that says null is a mistake.
+        json_lines = any(s.lower() in (".jsonl", ".json") for s in Path(cfg.source).suffixes)
+        wrong = frame[cfg.text_field].map(lambda v: not isinstance(v, str) and (json_lines or _kind(v) != "null"))
+        if wrong.any():
+            index = wrong.idxmax()
+            value = frame[cfg.text_field][index]
+            raise SourceError(f"{where}: {_row(cfg.source, frame, index)}: {cfg.text_field!r} is "
+                              f"{_kind(value)}, not a text; fix or remove that row")
     frame = frame[frame[cfg.text_field].notna()]
     frame = frame[frame[cfg.text_field].astype(str).str.strip() != ""]
     if frame.empty:
         raise SourceError(f"{where}: no row has a text in {cfg.text_field!r}")
-    frame, labels, names = _labels(frame, cfg, known or classes)
+    frame, labels, names = _labels(frame, cfg, known or classes, where, blank_ok=classes is not None)
     return frame[cfg.text_field].astype(str).tolist(), labels, names
 
 
@@ -122,13 +132,27 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _labels(frame, cfg, known: list[str] | None = None):
-    """Drop rows whose label is not listed; return the kept rows, their class ids and the class names."""
+def _labels(frame, cfg, known: list[str] | None = None, where: str = "", blank_ok: bool = False):
+    """Drop rows whose label is not listed; return the kept rows, their class ids and the class names.
+
+    A blank label is an error naming its row (a ClassLabel's -1, "no label", is dropped instead, as unlisted);
+    labels are compared as text, with 1.0 read as "1" (a numeric column pandas made float)."""
     if not cfg.label_field:
         return frame, None, None
     if cfg.label_field not in frame.columns:
         raise SourceError(f"data source {cfg.source!r}: no field {cfg.label_field!r} (have: {list(frame.columns)})")
-    raw = frame[cfg.label_field].astype(str)
+    column = frame[cfg.label_field]
+    blank = column.map(lambda v: v is None or (isinstance(v, float) and v != v) or
+                       (isinstance(v, str) and not v.strip()))
+    if blank.any() and not blank_ok:
+        raise SourceError(f"{where or f'data source {cfg.source!r}'}: {_row(cfg.source, frame, blank.idxmax())} has "
+                          f"no label in {cfg.label_field!r} (a blank cell); fill it in or remove the row")
+    if _typed(cfg.source) and not blank_ok:
+        wrong = column.map(lambda v: isinstance(v, (list, dict)))
+        if wrong.any():
+            raise SourceError(f"{where}: {_row(cfg.source, frame, wrong.idxmax())}: {cfg.label_field!r} is "
+                              f"{_kind(column[wrong.idxmax()])}, not a label; fix or remove that row")
+    raw = column.map(_label_text)
     names = list(cfg.labels) if cfg.labels else (list(known) if known else sorted(raw.unique()))
     keep = raw.isin(names)
     if not keep.any():
@@ -137,6 +161,52 @@ def _labels(frame, cfg, known: list[str] | None = None):
                           f"{cfg.label_field!r} (seen: {seen})")
     ids = {name: i for i, name in enumerate(names)}
     return frame[keep], [ids[v] for v in raw[keep]], names
+
+
+MAX_CLASSES = 1000
+
+
+def _check_classes(cfg, labels, names) -> None:
+    """A label column with one class, or more than MAX_CLASSES, is almost always the wrong column: one sentence."""
+    if labels is None or not names or cfg.labels:  # classes the recipe lists are the user's choice
+        return
+    if len(names) > MAX_CLASSES:
+        raise SourceError(f"data source {cfg.source!r}: {len(names)} different labels in {cfg.label_field!r} (more "
+                          f"than {MAX_CLASSES}); is label_field the right column? List the classes in data.labels")
+    present = sorted({names[i] for i in labels})
+    if len(present) < 2:
+        raise SourceError(f"data source {cfg.source!r}: every row has the label {present[0]!r} in "
+                          f"{cfg.label_field!r}; a classifier needs at least two classes")
+
+
+def _label_text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _typed(source: str) -> bool:
+    suffixes = [s.lower() for s in Path(source).suffixes]
+    return (source.startswith(HF_DATASET_PREFIX) or any(s in (".jsonl", ".json", ".parquet") for s in suffixes)
+            or (not suffixes and not source.startswith("package:")))
+
+
+def _row(source: str, frame, index) -> str:
+    """How a person finds the row: its line in a text file, else its position."""
+    position = list(frame.index).index(index) if index in frame.index else index
+    suffixes = [s.lower() for s in Path(source).suffixes]
+    if any(s in (".csv", ".tsv") for s in suffixes):
+        return f"line {int(index) + 2}"  # the header is line 1
+    if any(s in (".jsonl", ".json") for s in suffixes):
+        return f"line {int(index) + 1}"
+    return f"row {int(position) + 1}"
+
+
+def _kind(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "null"
+    return {list: "a list", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__)
 
 
 def _read_table(path: Path, source: str):
@@ -152,7 +222,7 @@ def _read_table(path: Path, source: str):
         if kind == ".tsv":
             return pd.read_csv(path, sep="\t")
         if kind in (".jsonl", ".json"):
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, dtype=False)  # keep each value's type: "123" stays a string
         if kind == ".txt":
             from pandas.io.common import get_handle
 

@@ -19,8 +19,15 @@ class RecipeError(CompressError):
     exit_code = 2
 
 
-class SourceError(CompressError):
-    """A model or data source cannot be found or loaded."""
+class InputError(CompressError):
+    """A path or value the user gave cannot be used as it is (exit 2, like a usage error): an output that exists
+    and is not compress's, a folder where a file is expected, a missing input."""
+
+    exit_code = 2
+
+
+class SourceError(InputError):
+    """A model or data source cannot be found, is incomplete, or holds values of the wrong type (exit 2)."""
 
 
 class StageError(CompressError):
@@ -29,3 +36,12 @@ class StageError(CompressError):
 
 class LockedError(CompressError):
     """Another compress process holds the run directory."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs (temporaries removed,
+    children ended); `signal` is the signal's number. `stage` is set by the runner to where it stopped."""
+
+    def __init__(self, signal: int):
+        super().__init__(signal)
+        self.signal = signal

@@ -15,11 +15,50 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from compress.artifacts import write_text_atomic
-from compress.errors import CompressError, LockedError
+from compress.artifacts import remove, write_text_atomic
+from compress.errors import CompressError, InputError, LockedError
 
 MANIFEST = "manifest.json"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
+MARKER = ".compress-run"  # written first: the folder is compress's from then on, before anything in it is replaced
+REPORT_FILES = ("report.json", "report.md", "report.html")  # what a failed or interrupted run must not leave behind
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder compress made: its marker, or (runs from before the marker) its manifest or resolved recipe."""
+    return any((path / name).is_file() for name in (MARKER, MANIFEST, RESOLVED_RECIPE))
+
+
+def claim(run_dir: Path) -> None:
+    """Make `run_dir` compress's before anything in it is written or replaced: a missing or empty folder is
+    created and marked; a folder of someone else's files (no marker, no manifest) is refused with one sentence."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
+    if run_dir.is_dir() and not is_run_dir(run_dir):
+        try:
+            used = any(True for _ in run_dir.iterdir())
+        except OSError as exc:
+            raise InputError(f"--out {run_dir}: cannot list the folder ({exc.strerror})") from None
+        if used:
+            raise InputError(f"--out {run_dir} holds files compress did not write (no {MANIFEST}); choose an empty "
+                             "or new folder so that none of them is replaced")
+    with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / MARKER).is_file():
+            write_text_atomic(run_dir / MARKER, "compress run directory: compress may replace what it wrote here\n")
+
+
+def invalidate_reports(run_dir: Path) -> list[str]:
+    """Remove the reports of an earlier run before its stages run again, so that a run that fails or is stopped
+    leaves no report older than its manifest for `compress gate` to pass; returns the names removed."""
+    removed = []
+    for name in REPORT_FILES:
+        path = Path(run_dir) / name
+        if path.is_file() and not path.is_symlink():
+            remove(path)
+            removed.append(name)
+    return removed
 
 
 def read_json(path: Path) -> dict:
@@ -85,3 +124,22 @@ def free_bytes(path: Path) -> int:
         return shutil.disk_usage(path).free
     except OSError:
         return 1 << 40
+
+
+def verify_artifacts(run_dir: Path, manifest: dict, formats: tuple[str, ...] = ("bench", "json")) -> None:
+    """Refuse to render from results edited or replaced since the run recorded them: each artifact of `formats`
+    must hash to the sha256 in the manifest (one sentence naming it otherwise)."""
+    from compress.artifacts import Artifact, sha256_path
+
+    for data in (manifest.get("artifacts") or {}).values():
+        if not isinstance(data, dict) or data.get("format") not in formats or not data.get("sha256"):
+            continue
+        artifact = Artifact.from_json(data, Path(run_dir))
+        if artifact.path.is_symlink():
+            raise InputError(f"{artifact.path} is a symbolic link, not the artifact compress wrote; run the recipe "
+                             "again")
+        if not artifact.path.exists():
+            raise InputError(f"{artifact.path} is missing (the manifest lists it); run the recipe again")
+        if sha256_path(artifact.path) != artifact.sha256:
+            raise InputError(f"{artifact.path} changed since the run wrote it (its sha256 differs from "
+                             f"{MANIFEST}); refusing to report edited results: run the recipe again")

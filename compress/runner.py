@@ -22,7 +22,10 @@ from compress import __version__, teacher
 from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_text_atomic
 from compress.context import RunContext
 from compress.recipe import Recipe, dump_recipe
-from compress.rundir import RESOLVED_RECIPE, disk_errors, lock, read_json, read_manifest, write_manifest
+from compress.inputs import check_paths
+from compress.procs import stopped_in
+from compress.rundir import (RESOLVED_RECIPE, claim, disk_errors, invalidate_reports, lock, read_json,
+                            read_manifest, write_manifest)
 from compress.sources import resolve_local
 from compress.stages import run_stage
 
@@ -40,17 +43,18 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
     A recipe with a `matrix` runs as a sweep (compress/sweep.py): each variant through this function, with
     `shared` (a sweep.SharedCache) finding stages another variant already computed."""
     console = console or Console(stderr=True)
+    check_paths(recipe, recipe_file if shared is None else None)  # missing inputs: file:line, exit 2, nothing written
+    claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
     if recipe.matrix:
         from compress import sweep
 
         return sweep.run_sweep(recipe, run_dir, console, nproc, recipe_file)
-    with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
-        run_dir.mkdir(parents=True, exist_ok=True)
     with disk_errors(run_dir), lock(run_dir):
         # The manifest and reports are written atomically too: a kill leaves their temporaries beside them.
         removed = clean_temporaries(run_dir / "artifacts") + clean_temporaries(run_dir)
         if removed:
             console.print(f"[yellow]removed {removed} half-written file(s) left by an interrupted run[/]")
+        invalidate_reports(run_dir)  # rewritten after a run that completes; a failed run leaves none to gate
         write_text_atomic(run_dir / RESOLVED_RECIPE, dump_recipe(recipe))
         previous = read_manifest(run_dir)
         manifest = _new_manifest(recipe, recipe_file)
@@ -59,28 +63,29 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         manifest["provenance"] = _check_license(recipe, artifacts["teacher"])
         digest = data_hash(recipe)
         for stage in recipe.stages:
-            key = _stage_key(recipe, stage, artifacts, digest)
-            cached = _cached(previous, stage.name, key, run_dir)
-            if cached is not None:
-                console.print(f"[green]✓[/] {stage.name}: cached (unchanged config and inputs)")
-                entry, produced = cached
-                entry = {k: v for k, v in entry.items() if k != "from"} | {"cache": "hit"}
-            elif shared is not None and (hit := shared.lookup(key)) is not None:
-                entry, produced, origin = hit
-                console.print(f"[green]✓[/] {stage.name}: shared with variant {origin} (same config and inputs)")
-                entry = {**entry, "cache": "shared", "from": origin}
-            else:
-                console.rule(f"[bold]{stage.name}[/] ({stage.kind})")
-                entry, produced = _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc)
-                entry["cache"] = "computed"
-                console.print(f"[green]✓[/] {stage.name}: done in {entry['seconds']:.1f} s")
-                if shared is not None:
-                    shared.add(key, entry, produced, run_dir)
-            for artifact in produced:
-                artifacts[artifact.name] = artifact
-                manifest["artifacts"][artifact.name] = artifact.to_json(run_dir)
-            manifest["stages"][stage.name] = entry
-            write_manifest(run_dir, manifest)
+            with stopped_in(stage.name):
+                key = _stage_key(recipe, stage, artifacts, digest)
+                cached = _cached(previous, stage.name, key, run_dir)
+                if cached is not None:
+                    console.print(f"[green]✓[/] {stage.name}: cached (unchanged config and inputs)")
+                    entry, produced = cached
+                    entry = {k: v for k, v in entry.items() if k != "from"} | {"cache": "hit"}
+                elif shared is not None and (hit := shared.lookup(key)) is not None:
+                    entry, produced, origin = hit
+                    console.print(f"[green]✓[/] {stage.name}: shared with variant {origin} (same config and inputs)")
+                    entry = {**entry, "cache": "shared", "from": origin}
+                else:
+                    console.rule(f"[bold]{stage.name}[/] ({stage.kind})")
+                    entry, produced = _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc)
+                    entry["cache"] = "computed"
+                    console.print(f"[green]✓[/] {stage.name}: done in {entry['seconds']:.1f} s")
+                    if shared is not None:
+                        shared.add(key, entry, produced, run_dir)
+                for artifact in produced:
+                    artifacts[artifact.name] = artifact
+                    manifest["artifacts"][artifact.name] = artifact.to_json(run_dir)
+                manifest["stages"][stage.name] = entry
+                write_manifest(run_dir, manifest)
         return manifest
 
 

@@ -164,14 +164,24 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
-    """What loading this model folder would execute; refuse pickle-only weights unless allowed.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
 
+
+def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle: bool = False,
+                       allow_external_links: bool = False, needs_tokenizer: bool = False) -> dict:
+    """What loading this model folder would execute; refuse what cannot load or must not be read.
+
+    Refused, each with one sentence: pickle-only weights (unless allowed), symbolic links that lead out of the
+    folder (unless allowed), and for a Hugging Face folder (config.json) an unreadable or unknown config, no weights,
+    a truncated .safetensors file, no tokenizer (when the task reads text).
     Returns {"remote_code": [...], "trust_remote_code": bool, "weights": "safetensors" | "pickle" | "none"}
     for the manifest and the report. Remote code itself is refused by transformers (we always pass
     trust_remote_code explicitly); the loaders turn its refusal into a SourceError.
     """
     path = Path(path)
+    if not allow_external_links:
+        check_links(path)
     config = _read_config(path)
     auto_map = config.get("auto_map") or {}
     remote = sorted({str(v).split(".")[0] + ".py" for v in _flatten(auto_map)} if auto_map else set())
@@ -185,8 +195,79 @@ def check_model_folder(path: Path, trust_remote_code: bool = False, allow_pickle
             "code. Convert them to safetensors, or set teacher.allow_pickle: true if you trust this file "
             "(it is then read with torch.load(weights_only=True))"
         )
+    if (path / "config.json").exists():
+        _check_hf_folder(path, config, safetensors, pickled, remote, needs_tokenizer)
     kind = "safetensors" if safetensors else ("pickle" if pickled else "none")
     return {"remote_code": remote, "trust_remote_code": bool(trust_remote_code), "weights": kind}
+
+
+def check_links(path: Path) -> None:
+    """Refuse a symbolic link inside the model folder that leads out of it (a tokenizer.json -> ~/.ssh/...): the
+    model would read a file the recipe never named. A hub snapshot's links into its own cache entry are fine."""
+    root = path.resolve()
+    if root.parent.name == "snapshots":  # huggingface_hub's cache: snapshots/<rev>/x -> ../../blobs/<hash>
+        root = root.parent.parent
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            entry = Path(folder) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                raise SourceError(
+                    f"{entry}: a symbolic link to {entry.resolve()}, outside the model folder; copy the file into "
+                    "the folder, or set teacher.allow_external_links: true if that is intended"
+                )
+
+
+def _check_hf_folder(path: Path, config: dict, safetensors: list, pickled: list, remote: list,
+                     needs_tokenizer: bool) -> None:
+    if not config:
+        raise SourceError(f"{path / 'config.json'}: not a readable JSON object; the model folder is damaged")
+    if not safetensors and not pickled:
+        raise SourceError(f"{path}: no weights (no .safetensors or pytorch_model.bin file beside config.json); "
+                          "copy the whole model folder")
+    for file in safetensors:
+        if (problem := safetensors_problem(file)) is not None:
+            raise SourceError(f"{file}: {problem}; download or copy the model again")
+    model_type = config.get("model_type")
+    if not remote and (not isinstance(model_type, str) or not known_model_type(model_type)):
+        raise SourceError(f"{path / 'config.json'}: model_type {model_type!r} is not one this version of "
+                          "transformers knows; check config.json (or set teacher.trust_remote_code for a model "
+                          "with its own code)")
+    if needs_tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise SourceError(f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES[:3])}...); copy the tokenizer files "
+                          "of the model into the folder")
+
+
+def known_model_type(model_type: str) -> bool:
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return True
+    return model_type in CONFIG_MAPPING_NAMES
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be whole (a header that does not parse, tensors past its end), or None."""
+    import json
+    import struct
+
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                return "truncated (shorter than a safetensors header)"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8 or length > 100 << 20:
+                return "truncated or not a safetensors file (its header runs past the end)"
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as exc:
+        return f"not a readable safetensors file ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if ends and 8 + length + max(ends) > size:
+        return f"truncated ({size} bytes; its tensors need {8 + length + max(ends)})"
+    return None
 
 
 def _read_config(path: Path) -> dict:

@@ -25,8 +25,11 @@ def resolve(recipe, run_dir: Path) -> Artifact:
     else:
         path = resolve_source(teacher.source, run_dir / "artifacts" / "teacher", teacher.trust_remote_code,
                               teacher.revision)
-    # Before any stage loads it: pickle-only weights are refused unless the recipe allows them.
-    checked = check_model_folder(path, teacher.trust_remote_code, teacher.allow_pickle)
+    # Before any stage loads it: pickle-only weights and links out of the folder are refused unless the recipe
+    # allows them; a damaged or incomplete folder is one sentence here instead of a traceback in a stage.
+    checked = check_model_folder(path, teacher.trust_remote_code, teacher.allow_pickle,
+                                 allow_external_links=getattr(teacher, "allow_external_links", False),
+                                 needs_tokenizer=recipe.task != "image-classification")
     meta = {"role": "teacher", "source": teacher.source, "revision": teacher.revision,
             "license": teacher.license, **checked}
     return Artifact(name="teacher", path=path, format="hf-model", sha256=sha256_path(path), metadata=meta)

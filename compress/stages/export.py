@@ -115,6 +115,8 @@ def _parity(ctx, model_dir: Path, bundle: Path, inputs: dict) -> dict:
     comparisons can mislead)."""
     import numpy as np
 
+    from compress.procs import die_with_parent
+
     inputs_file = bundle.parent / f"{bundle.name}.parity.npz"
     with open(inputs_file, "wb") as handle:
         np.savez(handle, **inputs)
@@ -122,8 +124,8 @@ def _parity(ctx, model_dir: Path, bundle: Path, inputs: dict) -> dict:
         proc = subprocess.run(
             [sys.executable, "-m", "compress.stages._parity", ctx.recipe.task, str(model_dir), str(bundle),
              str(inputs_file)],
-            capture_output=True, text=True, timeout=600,
-        )
+            capture_output=True, text=True, timeout=600, preexec_fn=die_with_parent,
+        )  # Ctrl-C or SIGTERM here: subprocess.run kills the child; SIGKILL of this process: the kernel does
     finally:
         inputs_file.unlink(missing_ok=True)
     if proc.returncode != 0:

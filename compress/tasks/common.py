@@ -49,6 +49,25 @@ def model_load_errors(path: Path) -> Iterator[None]:
         raise
 
 
+HEAD_KEYS = ("pooler", "classifier", "score", "lm_head", "position_ids")  # made fresh when missing, by design
+
+
+def loaded(path: Path, result):
+    """The model of from_pretrained(..., output_loading_info=True); weights missing from the checkpoint (layers
+    transformers would fill with random values, which then fail export parity in another process) are a
+    SourceError naming them. A missing pooler or classification head is expected and fine."""
+    from compress.errors import SourceError
+
+    model, info = result
+    missing = [k for k in info.get("missing_keys", []) if not any(part in k for part in HEAD_KEYS)]
+    if missing:
+        shown = ", ".join(sorted(missing)[:3])
+        raise SourceError(f"{path}: the checkpoint lacks {len(missing)} of the model's weights ({shown}"
+                          f"{', ...' if len(missing) > 3 else ''}); the weights file is incomplete or from another "
+                          "model: copy the whole model folder")
+    return model
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
     """Tokenize to int64 numpy arrays: padded to the longest text, or to `max_length` exactly."""
     encoded = tokenizer(

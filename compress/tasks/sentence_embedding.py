@@ -44,10 +44,11 @@ def pooling_config(path: Path) -> dict:
 def load_backbone(path: Path, trust_remote_code: bool = False):
     from transformers import AutoModel
 
-    from compress.tasks.common import model_load_errors
+    from compress.tasks.common import loaded, model_load_errors
 
     with model_load_errors(path):
-        return AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return loaded(path, AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code,
+                                                      output_loading_info=True))
 
 
 def wrap(backbone, path: Path):

@@ -28,17 +28,17 @@ def load_backbone(path: Path, trust_remote_code: bool = False, **config_override
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from compress.tasks.common import model_load_errors
+    from compress.tasks.common import loaded, model_load_errors
 
     # A folder without classification-head weights (an encoder not yet fine-tuned) gets a random head: seeded, so
     # that every load (export's parity check runs in a fresh process) builds the same model; and the RNG state of
     # the caller is left as it was.
     with model_load_errors(path), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return AutoModelForSequenceClassification.from_pretrained(
+        return loaded(path, AutoModelForSequenceClassification.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, ignore_mismatched_sizes=bool(config_overrides),
-            **config_overrides,
-        )
+            output_loading_info=True, **config_overrides,
+        ))
 
 
 def wrap(backbone, path: Path | None = None):

@@ -1,0 +1,112 @@
+"""The recipe's local paths checked before anything runs: the teacher and the data exist and are what the recipe
+says (a model folder or a .gguf file; a data file or folder), each problem one line with file:line (exit 2).
+
+Used by `compress validate` and by the runner before any stage. Ground floor: imports only sources and errors, and
+reads the recipe file's YAML itself for the lines (the recipe has been validated by then)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.errors import RecipeError, SourceError
+from compress.sources import HF_DATASET_PREFIX, PACKAGE_PREFIX, is_saved_dataset, looks_like_hub_id
+
+MODEL_FILES = ("config.json", "compress_model.json")
+DATA_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".json", ".parquet", ".npz")
+
+
+def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
+    """Raise one RecipeError listing every local path of `recipe` that is missing or not what the recipe says."""
+    problems = []
+    if (message := teacher_problem(recipe.teacher.source)) is not None:
+        problems.append((("teacher", "source"), message))
+    if (message := data_problem(recipe.data.source, recipe.task)) is not None:
+        problems.append((("data", "source"), message))
+    if problems:
+        lines = _lines(recipe_file)
+        raise RecipeError("\n".join(f"{_where(recipe_file, lines, key)}: {'.'.join(key)}: {message}"
+                                    for key, message in problems))
+
+
+def teacher_problem(source: str) -> str | None:
+    if source.startswith("python:"):
+        return None
+    path = _local(source)
+    if isinstance(path, str):
+        return path
+    if path is None:
+        if _looks_local(source):
+            return f"{source!r} does not exist (a model folder, a .gguf file, or a Hugging Face hub id)"
+        return None  # a hub id
+    if path.is_file():
+        return None if path.suffix.lower() == ".gguf" else (
+            f"{source!r} is a file; the teacher is a model folder (with config.json) or a .gguf file")
+    if not path.is_dir():
+        return f"{source!r} is not a file or folder"
+    if not any((path / name).is_file() for name in MODEL_FILES):
+        return f"{source!r} is a folder without config.json: not a model folder"
+    return None
+
+
+def data_problem(source: str, task: str) -> str | None:
+    if source.startswith((HF_DATASET_PREFIX, "sklearn:")):
+        return None
+    path = _local(source)
+    if isinstance(path, str):
+        return path
+    if path is None:
+        hint = f" (a hub dataset is written hf:{source})" if looks_like_hub_id(source) else ""
+        return f"{source!r} does not exist{hint}"
+    if path.is_dir():
+        if is_saved_dataset(path) or task == "image-classification":
+            return None
+        return (f"{source!r} is a folder, but not one written by datasets' save_to_disk; point at a data file "
+                f"({', '.join(DATA_SUFFIXES[:5])}, .parquet)")
+    if not path.is_file():
+        return f"{source!r} is not a file or folder"
+    if path.stat().st_size == 0:
+        return f"{source!r} is an empty file"
+    return None
+
+
+def _local(source: str) -> Path | None | str:
+    """The existing local path, None when nothing is there, or a message (a package: source that fails)."""
+    if source.startswith(PACKAGE_PREFIX):
+        from compress.sources import package_path
+
+        try:
+            return package_path(source)
+        except SourceError as exc:
+            return str(exc)
+    path = Path(source).expanduser()
+    return path if path.exists() or path.is_symlink() else None
+
+
+def _looks_local(source: str) -> bool:
+    return not looks_like_hub_id(source) or source.startswith(("/", ".", "~")) or Path(source).suffix != ""
+
+
+def _lines(recipe_file) -> dict:
+    """(key, subkey) -> line number, from the recipe file's YAML (empty when there is no file or it moved)."""
+    import yaml
+
+    if not recipe_file:
+        return {}
+    try:
+        root = yaml.compose(Path(recipe_file).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    found = {}
+    for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
+        found[(key.value,)] = key.start_mark.line + 1
+        if isinstance(value, yaml.MappingNode):
+            for sub, _ in value.value:
+                found[(key.value, sub.value)] = sub.start_mark.line + 1
+    return found
+
+
+def _where(recipe_file, lines: dict, key: tuple) -> str:
+    line = lines.get(key) or lines.get(key[:1])
+    if recipe_file and line:
+        return f"{recipe_file}:{line}"
+    return "--set" if recipe_file and lines else str(recipe_file or "<recipe>")

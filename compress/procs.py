@@ -1,0 +1,77 @@
+"""Signals and child processes: SIGTERM stops a run like Ctrl-C (the same clean-up runs), and children end with
+their parent. Ground floor: imports nothing of compress but its errors."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+from compress.errors import Interrupted
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises Interrupted (a KeyboardInterrupt) in the main thread: temporaries are removed and
+    subprocess.run kills its child before the process exits 143."""
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C, 143 for SIGTERM (128 + the signal's number)."""
+    return 128 + exc.signal if isinstance(exc, Interrupted) else 130
+
+
+def signal_name(exc: BaseException) -> str:
+    return signal.Signals(exc.signal).name if isinstance(exc, Interrupted) else "Ctrl-C"
+
+
+def die_with_parent() -> None:
+    """preexec_fn for subprocesses: Linux kills the child when the parent dies, even by SIGKILL (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def stopped_in(where: str):
+    """Ctrl-C or SIGTERM inside: the exception carries `where` (a stage name) for the CLI's one line."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "stage", None):
+            exc.stage = where
+        raise
+
+
+class Stopped(Exception):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM as Interrupted) carried out of a CLI command as an ordinary exception:
+    typer turns a KeyboardInterrupt into a bare exit code, losing the signal and where the run stopped."""
+
+    def __init__(self, interrupt: KeyboardInterrupt):
+        super().__init__(str(interrupt))
+        self.interrupt = interrupt
+
+
+def stoppable(command):
+    """Decorator for CLI commands: a KeyboardInterrupt inside leaves as Stopped (the CLI prints one line)."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Stopped(exc) from None
+
+    return wrapper
