@@ -29,9 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.reliability_inputs import FIXED as INPUTS_FIXED
+from bench.reliability_inputs import Inputs
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reliability.md"
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".compress-tmp-"  # compress.artifacts.TMP_PREFIX (compress is imported lazily here)
 RECIPE_SECONDS = 2.0  # the bound on reading one bad recipe in-process
 CLI_SECONDS = 20.0  # the bound on `compress validate` of one bad recipe, Python start-up included
 PHASES = ("start", "export", "quantize", "bench", "report")
@@ -86,6 +89,7 @@ FIXED = {
         "an edited manifest could point a cached artifact outside the run directory: refused (the stage re-runs)",
         "the report did not say whether remote code was allowed: report.md and report.json now do",
     ],
+    "inputs": INPUTS_FIXED,
     "bounds": ["bench had no total time budget: time_budget_s, with rows 'skipped' and the reason"],
     "concurrency": [
         "the reports were written after the run released the lock: a second run could start and the two "
@@ -397,7 +401,7 @@ def check_run_dir(run_dir: Path, final: bool) -> list[str]:
             except ValueError:
                 problems.append(f"{name} is truncated")
     for npz in (run_dir / "work" / "bench" / "inputs").glob("*.npz"):
-        if npz.name.startswith(TMP_PREFIX):
+        if npz.name.startswith((TMP_PREFIX, ".tmp-")):  # bench writes its inputs under .tmp-<pid>-
             continue
         try:
             with np.load(npz) as data:
@@ -819,6 +823,16 @@ def check_bounds(work: Path, run_dir: Path) -> Category:
     return cat
 
 
+def check_inputs_category(work: Path, inputs, full: bool) -> Category:
+    """Issue 20: nothing lost, nothing silently wrong (the cases are in bench/reliability_inputs.py)."""
+    from bench.reliability_inputs import check_inputs
+
+    cat = Category("inputs", "Lost files and broken inputs: outputs that are not ours, damaged models, bad data, "
+                   "signals")
+    check_inputs(cat, work, inputs, full)
+    return cat
+
+
 def _quiet():
     from rich.console import Console
 
@@ -907,6 +921,9 @@ def main(argv: list[str] | None = None) -> int:
         (work / "bounds").mkdir()
         categories.append(timed(check_bounds, work / "bounds", done_dir))
         categories.append(concurrency)
+        (work / "inputs").mkdir()
+        categories.append(timed(check_inputs_category, work / "inputs", Inputs(model, data, work / "faults" /
+                                                                               "pipeline.yaml", done_dir), full))
     seconds = time.monotonic() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(categories, "full" if full else "short", seconds, args.seed))

@@ -25,8 +25,8 @@ REPORT_FILES = ("report.json", "report.md", "report.html")  # what a failed or i
 
 
 def is_run_dir(path: Path) -> bool:
-    """A folder compress made: its marker, or (runs from before the marker) its manifest or resolved recipe."""
-    return any((path / name).is_file() for name in (MARKER, MANIFEST, RESOLVED_RECIPE))
+    """A folder compress made: its marker, or (runs from before the marker) its manifest, resolved recipe or lock."""
+    return any((path / name).is_file() for name in (MARKER, MANIFEST, RESOLVED_RECIPE, ".lock"))
 
 
 def claim(run_dir: Path) -> None:

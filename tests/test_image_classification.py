@@ -12,6 +12,7 @@ from rich.console import Console
 
 from compress import runner
 from compress import teacher as teacher_source
+from compress.artifacts import TMP_PREFIX
 from compress.errors import SourceError, StageError
 from compress.recipe import DataConfig, parse_recipe
 from compress.tasks import factory
@@ -120,7 +121,7 @@ def test_factory_materialize_is_seeded_and_leaves_an_unchanged_folder_alone(tmp_
     factory.materialize(f"python:{factory_file}:teacher", tmp_path / "teacher")
 
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TMP_PREFIX)]
 
 
 def test_factory_accepts_a_module_on_the_python_path(tmp_path, factory_file, monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from compress import licenses, model_card, report
-from compress.artifacts import sha256_path
+from compress.artifacts import TMP_PREFIX, sha256_path
 
 
 def row(variant, p50, cosine, *, precision="fp32", source=None, role="student", size=20.0, runtime="onnxruntime",
@@ -96,7 +96,7 @@ def test_write_model_cards_writes_one_card_per_model_and_main_card(tmp_path):
     # Bundles are hashed artifacts: writing cards must not touch them.
     assert before == {n: sha256_path(tmp_path / a["path"]) for n, a in manifest["artifacts"].items()
                       if n != "teacher"}
-    assert not list(tmp_path.rglob(".tmp-*"))
+    assert not list(tmp_path.rglob(TMP_PREFIX + "*"))
 
 
 def test_model_card_front_matter_is_hugging_face_metadata(tmp_path):

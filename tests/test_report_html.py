@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from compress import report, report_html
+from compress.artifacts import TMP_PREFIX
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +83,7 @@ def test_render_html_writes_self_contained_page_and_png(tmp_path):
     for variant in {r["variant"] for r in ROWS}:
         assert f'data-variant="{variant}"' in page
     assert "recipes/demo.yaml" in page and "ab" * 32 in page and "AMD EPYC" in page and "avx2" in page
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(TMP_PREFIX + "*"))
 
 
 def test_render_html_marks_recommendation_and_keeps_numbers_sortable(tmp_path):

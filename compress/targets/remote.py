@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from compress.artifacts import TMP_PREFIX
 from compress.errors import StageError
 
 MODEL_SUFFIXES = (".onnx", ".onnx_data", ".data")
@@ -174,7 +175,7 @@ class SshTarget:
                     if member.isfile() and name in (out.name, eval_out.name if eval_out else None):
                         data = tar.extractfile(member).read()
                         target = out.parent / name
-                        tmp = target.with_name(f".tmp-{os.getpid()}-{name}")
+                        tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{name}")
                         tmp.write_bytes(data)
                         os.replace(tmp, target)
         return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
