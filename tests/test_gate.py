@@ -119,6 +119,21 @@ def test_gate_latency_regression_names_the_row_and_the_numbers(tmp_path):
     assert gate.gate(current, baseline, max_latency_regression=0.15)["passed"]
 
 
+@pytest.mark.parametrize("label, p50", [
+    ("teacher.int8-dynamic.onnx onnxruntime/CPU b1/s128/t1", 25.1),
+    ("teacher.int8-dynamic.onnx onnxruntime/arm b1/s128/t1", 60.0),
+])
+def test_compare_matches_arm_and_local_rows_with_their_own_baseline(tmp_path, label, p50):
+    arm = {**row("teacher.int8-dynamic.onnx", 60.0, 0.99, precision="int8-dynamic"), "provider_request": "arm"}
+    current = make_report(tmp_path / "now", [*rows(), arm])
+    baseline = make_report(tmp_path / "then", [*rows(), arm])
+
+    entries = {c["label"]: c for c in compare.compare(current, baseline, 0.10)}
+
+    assert entries[label]["verdict"] == "same" and entries[label]["base"]["p50_ms"] == p50
+    assert len(entries) == len(rows()) + 1  # no row is "new" or "missing" for want of its own key
+
+
 def test_compare_marks_new_and_missing_rows(tmp_path):
     current = make_report(tmp_path / "now", rows()[:3])
     baseline = make_report(tmp_path / "then", [r for i, r in enumerate(rows()) if i != 2])

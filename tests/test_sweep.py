@@ -109,6 +109,23 @@ def test_sweep_report_ranks_rows_of_every_variant(tmp_path):
     assert "| 1 | threads-1/shared |" in sweep_report.render_markdown(result)
 
 
+@pytest.mark.parametrize("select, ranked", [
+    ({}, ["pi", "local"]),
+    ({"target": "local"}, ["local"]),
+    ({"target": "pi"}, ["pi"]),
+    ({"provider": "cuda"}, []),
+    ({"max_size_mb": 0.5}, []),
+])
+def test_sweep_rank_uses_the_reports_eligibility_rule(select, ranked):
+    rows = [{**_row("local", 5.0, 0.001), "target": "local"},
+            {**_row("pi", 3.0, 0.001, "b1/s128/t1@pi"), "target": "pi"}]
+
+    result = sweep_report.rank(rows, select, 0.02)
+
+    assert [r["variant"] for r in result if r["rank"] is not None] == ranked
+    assert all(reports.qualifies(r, select, 0.02) == (r["variant"] in ranked) for r in rows)
+
+
 @pytest.mark.slow
 def test_sweep_with_bench_ranks_every_variant_in_one_report(tmp_path, tiny_bert, tiny_texts):
     recipe_text = BASE.replace("  - kind: quantize\n    name: q2\n    models: [teacher.onnx]\n", (
