@@ -8,9 +8,10 @@ import pytest
 from rich.console import Console
 
 from compress import report as reports
-from compress import runner, sweep
+from compress import runner
 from compress.errors import RecipeError
 from compress.recipe import expand_matrix, parse_recipe
+from compress.report import sweep as sweep_report
 
 BASE = """\
 version: 1
@@ -99,13 +100,30 @@ def test_sweep_report_ranks_rows_of_every_variant(tmp_path):
                                                          _row("shared", 3.0, 0.0)]},
     }
 
-    result = sweep.build_report(manifest, per_variant)
+    result = sweep_report.build_report(manifest, per_variant)
 
     ranked = [(r["variant"], r["rank"]) for r in result["rows"]]
     assert ranked == [("threads-1/shared", 1), ("threads-2/a", 2), ("threads-1/a", 3), ("threads-1/lossy", None)]
     assert result["rows"][0]["also_in"] == ["threads-2"]  # one model measured the same way: listed once
     assert result["recommendation"]["variant"] == "threads-1/shared"
-    assert "| 1 | threads-1/shared |" in sweep.render_markdown(result)
+    assert "| 1 | threads-1/shared |" in sweep_report.render_markdown(result)
+
+
+@pytest.mark.parametrize("select, ranked", [
+    ({}, ["pi", "local"]),
+    ({"target": "local"}, ["local"]),
+    ({"target": "pi"}, ["pi"]),
+    ({"provider": "cuda"}, []),
+    ({"max_size_mb": 0.5}, []),
+])
+def test_sweep_rank_uses_the_reports_eligibility_rule(select, ranked):
+    rows = [{**_row("local", 5.0, 0.001), "target": "local"},
+            {**_row("pi", 3.0, 0.001, "b1/s128/t1@pi"), "target": "pi"}]
+
+    result = sweep_report.rank(rows, select, 0.02)
+
+    assert [r["variant"] for r in result if r["rank"] is not None] == ranked
+    assert all(reports.qualifies(r, select, 0.02) == (r["variant"] in ranked) for r in rows)
 
 
 @pytest.mark.slow
