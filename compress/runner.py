@@ -41,13 +41,13 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         recipe_file: str | None = None, shared=None) -> dict:
     """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged.
 
-    A recipe with a `matrix` runs as a sweep (compress/sweep.py): each variant through this function, with
-    `shared` (a sweep.SharedCache) finding stages another variant already computed."""
+    One recipe without a `matrix`: a sweep (compress/sweep.py, the layer above) runs each of its variants through
+    this function, with `shared` (its SharedCache: `lookup(key)`, `add(key, entry, produced, run_dir)`) finding
+    stages another variant already computed."""
     console = console or Console(stderr=True)
     if recipe.matrix:
-        from compress import sweep
-
-        return sweep.run_sweep(recipe, run_dir, console, nproc, recipe_file)
+        raise CompressError(f"internal error: recipe {recipe.name} has a matrix: it is a sweep, run by "
+                            "compress.sweep.run_any, not by the runner")
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
     with disk_errors(run_dir), lock(run_dir):
