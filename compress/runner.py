@@ -3,7 +3,8 @@
 A stage's cache key hashes its config, the task, the data (config and file content) and the hashes of every
 artifact that exists when it starts. The chain is linear, so this is exact: a stage re-runs when anything it could
 have read changed. The manifest is rewritten atomically after every stage, so a run killed at any point resumes
-from the last finished stage.
+from the last finished stage. A stage marked `distributed` runs on `nproc` processes: the runner hands its
+`rank_worker` to compress/launch.py (torchrun), and every rank runs the same stage function.
 """
 
 from __future__ import annotations
