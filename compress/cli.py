@@ -48,10 +48,10 @@ def run(
     if dry_run:
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return
-    from compress import report, runner
+    from compress import report, runner, sweep
 
     run_dir = out_dir or runner.default_run_dir(parsed)
-    manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+    manifest = sweep.run_any(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
     result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
     out.print(f"reports: {run_dir / 'report.md'}, {run_dir / 'report.json'}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from compress import __version__, rundir
+from compress import __version__, rundir, runner
 from compress.artifacts import Artifact, sha256_path, write_text_atomic
 from compress.recipe import Recipe, dump_recipe, expand_matrix
 
@@ -58,9 +58,17 @@ class SharedCache:
         return {k: v for k, v in entry.items() if k not in ("cache", "from")}, produced, origin
 
 
-def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, recipe_file: str | None = None) -> dict:
-    from compress import runner
+def run_any(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: int = 1,
+            recipe_file: str | None = None) -> dict:
+    """Run a recipe: as a sweep when it has a `matrix`, else as one run (compress/runner.py); the manifest."""
+    console = console or Console(stderr=True)
+    if recipe.matrix:
+        return run_sweep(recipe, run_dir, console, nproc, recipe_file)
+    return runner.run(recipe, run_dir, console=console, nproc=nproc, recipe_file=recipe_file)
 
+
+def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, recipe_file: str | None = None) -> dict:
+    """Run every variant of `recipe`'s matrix in <run_dir>/variants/<variant>; the sweep's manifest."""
     variants = expand_matrix(recipe)
     run_dir = Path(run_dir)
     with rundir.disk_errors(run_dir):
