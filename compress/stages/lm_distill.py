@@ -23,7 +23,7 @@ def run(cfg, ctx) -> list:
     import torch
 
     from compress import distributed as D
-    from compress.lm import text
+    from compress.stages import lm_text as text
     from compress.stages.distill import build_student
     from compress.tasks import causal_lm
 
