@@ -51,14 +51,6 @@ class TrainingConfig(StageBase):
 # ---------------------------------------------------------------- shared by the training stages
 
 
-def teacher_artifact(ctx):
-    """The latest hf-model with role teacher (the model both stages learn from)."""
-    teacher = ctx.teacher()
-    if teacher is None:
-        raise StageError(f"stage {ctx.stage_name}: no hf-model artifact with role 'teacher'")
-    return teacher
-
-
 def save_model(backbone, source_dir: Path, tmp: Path) -> None:
     """A complete HF folder: tokenizer and sentence-transformers files from `source_dir`, then the weights
     and config (written last, so the model's own config.json wins over the copied one)."""

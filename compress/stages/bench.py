@@ -193,7 +193,7 @@ def torch_worker(argv: list[str]) -> int:
 
 def _reference(cfg: Config, ctx, variants, inputs: engine.Inputs, eval_out: dict, work: Path):
     """The teacher's PyTorch fp32 outputs on the eval texts, in text order (None without a teacher)."""
-    teacher = ctx.teacher()  # the fine-tuned one when a finetune stage ran
+    teacher = ctx.teacher(required=False)  # the fine-tuned one when a finetune stage ran
     if ("teacher", "cpu", "local") not in eval_out and teacher is not None:
         # No timed baseline: run the worker once for its eval outputs only.
         quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})

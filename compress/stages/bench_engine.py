@@ -225,7 +225,7 @@ def variants(cfg, ctx) -> list[Variant]:
     from compress.sources import check_onnx
 
     out = []
-    teacher = ctx.teacher()  # the fine-tuned one when a finetune stage ran
+    teacher = ctx.teacher(required=False)  # the fine-tuned one when a finetune stage ran
     if cfg.baseline and teacher is not None:
         out.append(Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, size_mb(teacher.path, "torch")))
     for a in ctx.of_format("onnx", cfg.models):
