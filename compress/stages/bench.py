@@ -132,13 +132,15 @@ def _measure(cfg: Config, cell: engine.Cell, inputs: engine.Inputs, want_eval: b
     timeout = engine.JOB_TIMEOUT_S if left is None else max(0.1, min(engine.JOB_TIMEOUT_S, left))
     try:
         if cell.variant.runtime == "torch":
+            from compress.stages import bench_worker
+
             # Loaded by path: the worker must not depend on every stage of the registry importing cleanly.
             code = ("import sys, importlib.util as u; s = u.spec_from_file_location('bench_worker', sys.argv[1]); "
                     "m = sys.modules['bench_worker'] = u.module_from_spec(s); s.loader.exec_module(m); "
                     "sys.exit(m.torch_worker(sys.argv[2:]))")
             args = [a for flag, path in files.items() for a in (flag, str(path))] + ["--out", str(out)]
             args += ["--eval-out", str(eval_out)] if want_eval else []
-            command = [sys.executable, "-c", code, __file__, task, "--model", str(cell.variant.folder), *args, *timing]
+            command = [sys.executable, "-c", code, bench_worker.__file__, task, "--model", str(cell.variant.folder), *args, *timing]
             proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
         else:
             from compress.targets.remote import LocalTarget
@@ -156,39 +158,6 @@ def _measure(cfg: Config, cell: engine.Cell, inputs: engine.Inputs, want_eval: b
     if not out.is_file():
         return {"status": "error", "reason": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}, None
     return json.loads(out.read_text()), eval_out if want_eval else None
-
-
-def torch_worker(argv: list[str]) -> int:
-    """The PyTorch fp32 baseline, in its own process: same timing loop and result format as the harness."""
-    import os
-    import platform
-
-    import numpy as np
-    import torch
-
-    from compress.targets import harness
-    from compress.tasks import get_task
-
-    task, args = get_task(argv[0]), harness.parse_args(argv[1:])
-    model = task.load_model(Path(args.model)).eval()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    with np.load(args.inputs) as data:
-        feeds = [torch.from_numpy(data[n]) for n in task.INPUT_NAMES]  # built once, outside the loop
-    with torch.inference_mode():
-        samples = harness.time_loop(lambda: model(*feeds), args.warmup, args.min_iterations, args.min_seconds)
-        batch, seq = feeds[0].shape[:2]
-        result = {"status": "ok", "reason": None, "provider": "cpu", "providers_used": ["cpu"],
-                  "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(), "batch_size": int(batch),
-                  "seq_len": int(seq), **harness.summarize(samples, int(batch)), "samples_ms": samples,
-                  "peak_rss_mb": harness.peak_rss_mb()}
-        if args.eval:
-            torch.set_num_threads(os.cpu_count() or 1)  # the reference is not timed: use every core
-            outputs = {f"b{i}_{task.OUTPUT_NAME}": model(*(torch.from_numpy(b[n]) for n in task.INPUT_NAMES)).numpy()
-                       for i, b in enumerate(harness.eval_batches(args.eval))}
-            np.savez(args.eval_out, **outputs)
-    Path(args.out).write_text(json.dumps(harness.clean(result)))
-    return 0
 
 
 def _reference(cfg: Config, ctx, variants, inputs: engine.Inputs, eval_out: dict, work: Path):
