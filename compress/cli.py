@@ -51,13 +51,13 @@ def run(
     if dry_run:
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return
-    from compress import report, rundir, runner
+    from compress import report, runner, sweep
 
     from compress.procs import stopped_in
 
     run_dir = out_dir or runner.default_run_dir(parsed)
     with stopped_in("start-up"):
-        manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+        manifest = sweep.run_any(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
     with stopped_in("report"):
         result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
@@ -186,8 +186,8 @@ def compare(
     """Latency and quality of each variant in NEW against OLD; a change inside the noise is not a regression."""
     from rich.table import Table
 
-    from compress.gate import compare as compare_reports
-    from compress.gate import load_report
+    from compress.compare import compare as compare_reports
+    from compress.compare import load_report
 
     with bad_input("compare"):
         _, before = load_report(old, "old run")
