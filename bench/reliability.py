@@ -401,7 +401,7 @@ def check_run_dir(run_dir: Path, final: bool) -> list[str]:
             except ValueError:
                 problems.append(f"{name} is truncated")
     for npz in (run_dir / "work" / "bench" / "inputs").glob("*.npz"):
-        if npz.name.startswith((TMP_PREFIX, ".tmp-")):  # bench writes its inputs under .tmp-<pid>-
+        if npz.name.startswith(TMP_PREFIX):
             continue
         try:
             with np.load(npz) as data:

@@ -3,16 +3,15 @@ on a folder prepared for it, and checks: the documented exit code, exactly one r
 `interrupted` line, no traceback), and every file the command did not create left as it was (a snapshot of the
 folder's files, links and hashes before and after).
 
-Used by bench/reliability.py (category "inputs") and, case by case, by tests/test_reliability_inputs.py.
+The cases are in bench/reliability_cases.py. Used by bench/reliability.py (category "inputs") and, case by case, by
+tests/test_reliability_inputs.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +48,8 @@ class Case:
     signal: str | None = None  # send this signal once `wait_for` shows in stderr (or a child process appears)
     wait_for: str = ""
     short: bool = True  # part of the CI (short) version
-    messages: int = 1  # one line per problem: `error:` or `interrupted`, then file:line lines of the same error
+    messages: int = 1  # one line per problem: `error:`, `interrupted` or a gate's `FAIL  `, or file:line lines
+    gone: tuple[str, ...] = ()  # paths the command must remove (what compress wrote and no longer holds)
 
 
 def env() -> dict:
@@ -95,11 +95,12 @@ def run_case(case: Case, work: Path, inputs: Inputs) -> tuple[list[str], str]:
     command = [sys.executable, "-m", "compress.cli", *args]
     if case.signal:
         code, stderr = _run_signalled(command, work, case)
+        stdout = ""
     else:
         proc = subprocess.run(command, cwd=work, env=env(), capture_output=True, text=True, timeout=TIMEOUT)
-        code, stderr = proc.returncode, proc.stderr
+        code, stderr, stdout = proc.returncode, proc.stderr, proc.stdout
     problems = []
-    messages = [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted"))
+    messages = [line for line in stderr.splitlines() if line.startswith(("error:", "interrupted", "FAIL  "))
                 or LOCATED.match(line)]
     message = messages[0] if messages else ""
     if code != case.code:
@@ -108,8 +109,12 @@ def run_case(case: Case, work: Path, inputs: Inputs) -> tuple[list[str], str]:
         problems.append("a traceback: " + stderr.strip().splitlines()[-1][:200])
     if case.code and len(messages) != case.messages:
         problems.append(f"{len(messages)} message lines, expected {case.messages}: {stderr.strip()[-300:]!r}")
-    if case.message not in stderr:
+    if case.message not in stderr + stdout:
         problems.append(f"the message does not say {case.message!r}: {(message or stderr.strip()[-300:])!r}")
+        message = message or stdout.strip()[-200:]
+    if not message and case.message:
+        message = next((line for line in (stdout + stderr).splitlines() if case.message in line), "")
+    problems += [f"{rel} is still there" for rel in case.gone if (work / rel).exists()]
     problems += changed(before, snapshot(work, case.ours, case.keep))
     now = os.stat("/dev/null")
     if (now.st_mode, now.st_rdev) != (dev_null.st_mode, dev_null.st_rdev):
@@ -159,202 +164,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-# ---------------------------------------------------------------- preparing the cases
-
-
-def _recipe(work: Path, inputs: Inputs, name: str = "r.yaml", **swap: str) -> Path:
-    """The finished run's recipe, with paths swapped (e.g. the model folder for a damaged copy)."""
-    text = inputs.recipe.read_text()
-    for old, new in swap.items():
-        text = text.replace(str(getattr(inputs, old)), new)
-    path = work / name
-    path.write_text(text)
-    return path
-
-
-def _model_copy(work: Path, inputs: Inputs, damage: Callable[[Path], None]) -> list[str]:
-    model = work / "model"
-    shutil.copytree(inputs.model, model)
-    damage(model)
-    return ["run", str(_recipe(work, inputs, model=str(model))), "--out", str(work / "run")]
-
-
-def _data_copy(work: Path, inputs: Inputs, name: str, text: str, label: bool = True) -> list[str]:
-    data = work / name
-    data.write_text(text)
-    recipe = _recipe(work, inputs, texts=str(data))
-    if label:
-        recipe.write_text(recipe.read_text().replace("eval_size: 16}", "eval_size: 16, label_field: label}"))
-    return ["run", str(recipe), "--out", str(work / "run")]
-
-
-def _folder_with(work: Path, name: str, files: dict[str, str]) -> Path:
-    folder = work / name
-    folder.mkdir()
-    for rel, text in files.items():
-        (folder / rel).write_text(text)
-    return folder
-
-
-def _done_copy(work: Path, inputs: Inputs) -> Path:
-    run = work / "run"
-    shutil.copytree(inputs.done, run, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
-    return run
-
-
-def _no_weights(model: Path) -> None:
-    (model / "model.safetensors").unlink()
-
-
-def _truncate(model: Path) -> None:
-    with open(model / "model.safetensors", "r+b") as handle:
-        handle.truncate(10_000)
-
-
-def _no_tokenizer(model: Path) -> None:
-    for name in ("tokenizer.json", "vocab.txt"):
-        (model / name).unlink()
-
-
-def _model_type(model: Path) -> None:
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "model_type": "bert-of-my-own"}))
-
-
-def _link_out(model: Path) -> None:
-    outside = model.parent / "outside-secret.json"
-    outside.write_text((model / "tokenizer.json").read_text())
-    (model / "tokenizer.json").unlink()
-    (model / "tokenizer.json").symlink_to(outside)
-
-
-def _missing_layer(model: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    tensors = load_file(model / "model.safetensors")
-    save_file({k: v for k, v in tensors.items() if ".layer.1." not in k}, model / "model.safetensors",
-              metadata={"format": "pt"})
-
-
-def _labelled(rows: list[tuple[str, str]]) -> str:
-    return "text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)
-
-
-TEXTS = [f"the movie was {w} and {v}" for w in ("good", "bad", "fine", "dull", "great", "flat") for v in
-         ("long", "short", "loud", "quiet", "slow", "fast")]
-
-
-def _symlinked_artifact(work: Path, inputs: Inputs) -> list[str]:
-    run = _done_copy(work, inputs)
-    elsewhere = work / "elsewhere-bench"
-    shutil.move(run / "artifacts" / "bench", elsewhere)
-    (run / "artifacts" / "bench").symlink_to(elsewhere, target_is_directory=True)
-    return ["report", str(run)]
-
-
-def _user_tmp(work: Path, inputs: Inputs) -> list[str]:
-    run = _done_copy(work, inputs)
-    (run / ".tmp-notes.txt").write_text("the user's own notes\n")
-    (run / "artifacts" / ".tmp-mine").write_text("also the user's\n")
-    return ["run", str(_recipe(work, inputs)), "--out", str(run)]
-
-
-CASES: list[Case] = [
-    # --- nothing lost
-    Case("schema_out_folder", "`compress schema --out DIR` of an existing folder",
-         lambda w, i: ["schema", "--out", str(_folder_with(w, "mine", {"keep.txt": "precious"}))],
-         2, "is a folder"),
-    Case("schema_out_foreign_file", "`compress schema --out FILE` of a file compress did not write",
-         lambda w, i: ["schema", "--out", str(_folder_with(w, "d", {"notes.json": "{}"}) / "notes.json")],
-         2, "compress did not write it"),
-    Case("schema_out_dev_null", "`compress schema --out /dev/null`",
-         lambda w, i: ["schema", "--out", "/dev/null"], 2, "not a regular file"),
-    Case("gate_comment_folder", "`compress gate REPORT --comment DIR` of an existing folder",
-         lambda w, i: ["gate", str(i.done / "report.json"), "--comment",
-                       str(_folder_with(w, "mine", {"keep.txt": "precious"}))], 2, "is a folder"),
-    Case("gate_summary_folder", "`compress gate REPORT --summary DIR`",
-         lambda w, i: ["gate", str(i.done / "report.json"), "--summary",
-                       str(_folder_with(w, "mine", {"keep.txt": "precious"}))], 2, "is a folder"),
-    Case("run_out_foreign_folder", "`compress run --out DIR` of a folder of the user's files (report.md, .tmp-*)",
-         lambda w, i: ["run", str(_recipe(w, i)), "--out",
-                       str(_folder_with(w, "mine", {"report.md": "my report", ".tmp-draft": "my draft"}))],
-         2, "holds files compress did not write"),
-    Case("run_out_file", "`compress run --out FILE` of an existing file",
-         lambda w, i: ["run", str(_recipe(w, i)), "--out", str(_folder_with(w, "d", {"f.txt": "x"}) / "f.txt")],
-         2, "is a file, not a folder"),
-    Case("run_out_dev_null", "`compress run --out /dev/null`",
-         lambda w, i: ["run", str(_recipe(w, i)), "--out", "/dev/null"], 2, "is a file, not a folder"),
-    Case("run_keeps_user_tmp", "a re-run keeps a user's `.tmp-*` files in its run directory (only compress's "
-         "own temporaries are cleaned)", _user_tmp, 0, "", ours=("run",),
-         keep=("run/.tmp-notes.txt", "run/artifacts/.tmp-mine"), short=False),
-    # --- one sentence instead of a traceback
-    Case("teacher_config_only", "a teacher folder with config.json only",
-         lambda w, i: _model_copy(w, i, _no_weights), 2, "no weights", ours=("run",)),
-    Case("teacher_bad_config", "a teacher whose config.json is not JSON",
-         lambda w, i: _model_copy(w, i, lambda m: (m / "config.json").write_text("{not json")), 2,
-         "not a readable JSON object", ours=("run",)),
-    Case("teacher_truncated_weights", "a truncated model.safetensors",
-         lambda w, i: _model_copy(w, i, _truncate), 2, "truncated", ours=("run",)),
-    Case("teacher_no_tokenizer", "a text model without tokenizer files",
-         lambda w, i: _model_copy(w, i, _no_tokenizer), 2, "no tokenizer", ours=("run",)),
-    Case("teacher_unknown_model_type", "a config.json with a model_type transformers does not know",
-         lambda w, i: _model_copy(w, i, _model_type), 2, "model_type 'bert-of-my-own'", ours=("run",)),
-    Case("teacher_link_outside", "tokenizer.json a symbolic link to a file outside the model folder",
-         lambda w, i: _model_copy(w, i, _link_out), 2, "outside the model folder", ours=("run",)),
-    Case("teacher_missing_layer", "a teacher whose second layer's weights are missing (not a parity failure)",
-         lambda w, i: _model_copy(w, i, _missing_layer), 2, "lacks 16 of the model's weights", ours=("run",),
-         short=False),
-    Case("report_of_a_file", "`compress report FILE`",
-         lambda w, i: ["report", str(_folder_with(w, "d", {"r.json": "{}"}) / "r.json")], 2, "is a file"),
-    Case("report_symlinked_artifact", "`compress report` of a run whose bench artifact was replaced by a link",
-         _symlinked_artifact, 2, "symbolic link"),
-    # --- data
-    Case("data_blank_label", "a CSV with a blank label cell",
-         lambda w, i: _data_copy(w, i, "d.csv", _labelled([(t, str(n % 2)) for n, t in enumerate(TEXTS)])
-                                 .replace(f"{TEXTS[3]},1\n", f"{TEXTS[3]},\n")),
-         2, "line 5 has no label in 'label'", ours=("run",)),
-    Case("data_jsonl_list", "a .jsonl whose text is a list",
-         lambda w, i: _data_copy(w, i, "d.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:20])
-                                 + json.dumps({"text": ["a", "list"]}) + "\n", label=False),
-         2, "line 21: 'text' is a list, not a text", ours=("run",)),
-    Case("data_jsonl_null", "a .jsonl whose text is null",
-         lambda w, i: _data_copy(w, i, "d.jsonl", json.dumps({"text": None}) + "\n"
-                                 + "".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:20]), label=False),
-         2, "line 1: 'text' is null", ours=("run",), short=False),
-    Case("data_jsonl_number", "a .jsonl whose text is a number",
-         lambda w, i: _data_copy(w, i, "d.jsonl", "".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:20])
-                                 + json.dumps({"text": 12}) + "\n", label=False),
-         2, "'text' is a number", ours=("run",), short=False),
-    Case("data_one_class", "a label column with a single class",
-         lambda w, i: _data_copy(w, i, "d.csv", _labelled([(t, "pos") for t in TEXTS])), 2,
-         "needs at least two classes", ours=("run",), short=False),
-    Case("data_too_many_classes", "a label column with 1,200 classes (the wrong column)",
-         lambda w, i: _data_copy(w, i, "d.csv", _labelled([(f"text {n}", str(n)) for n in range(1200)])), 2,
-         "1200 different labels", ours=("run",), short=False),
-    # --- paths checked before anything runs
-    Case("validate_missing_paths", "`compress validate` of a recipe whose teacher and data do not exist",
-         lambda w, i: ["validate", str(_recipe(w, i, model=str(w / "no-model"), texts=str(w / "no.csv")))], 2,
-         "r.yaml:4: teacher.source", messages=2),
-    Case("run_missing_data", "`compress run` of a recipe whose data file does not exist",
-         lambda w, i: ["run", str(_recipe(w, i, texts=str(w / "no.csv"))), "--out", str(w / "run")], 2,
-         "r.yaml:5: data.source"),
-    # --- signals
-    Case("sigterm_in_export", "SIGTERM while export's parity subprocess runs",
-         lambda w, i: ["run", str(_recipe(w, i)), "--out", str(w / "run")], 143,
-         "interrupted (SIGTERM) in export", ours=("run",), signal="SIGTERM", wait_for="compress.stages._parity"),
-    Case("sigint_in_export", "Ctrl-C (SIGINT) while export's parity subprocess runs",
-         lambda w, i: ["run", str(_recipe(w, i)), "--out", str(w / "run")], 130,
-         "interrupted (Ctrl-C) in export", ours=("run",), signal="SIGINT", wait_for="compress.stages._parity",
-         short=False),
-]
-
-
-def case_named(name: str) -> Case:
-    return next(c for c in CASES if c.name == name)
-
-
 def check_inputs(cat, work: Path, inputs: Inputs, full: bool) -> None:
     """Run the cases (the short version: those marked short) into `cat` (bench.reliability.Category)."""
+    from bench.reliability_cases import CASES
+
     seconds = []
     for case in CASES:
         if not full and not case.short:
@@ -405,4 +218,15 @@ FIXED = [
     "the parent (and die with it on SIGKILL)",
     "`compress validate` said ok for a recipe whose teacher and data did not exist, and a missing data file "
     "exited 1 without file:line: both are file:line messages, exit 2",
+    "`compress gate --baseline` and `compress compare` passed an int8 row whose quality fell from 0.99 to 0.50 "
+    "(\"same\", exit 0): a drop beyond the budget (max_quality_drop, or --max-quality-regression) is a regression, "
+    "exit 1",
+    "`compress gate` passed a report with `rows: []` and a run without a bench stage: both fail with the reason",
+    "a crash inside gate or compare (rows missing keys) exited 1, like a failed gate: now one sentence, exit 2",
+    "after a re-run that failed in bench, `compress gate` passed the old report.json: a run removes its reports "
+    "before its stages run",
+    "`compress report` rendered an edited results.json (p50 0.00 ms, \"13989x\"): refused unless it matches the "
+    "manifest's sha256",
+    "a changed quantize scheme left the old variant's model card in model_cards/: cards compress wrote for models "
+    "no longer in the run are removed (other files there are kept)",
 ]

@@ -128,16 +128,16 @@ def write_text_atomic(final: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def check_output(final: Path, option: str, ours=None, force: bool = False) -> None:
+def check_output(final: Path, option: str, ours=None, force: bool = False, append: bool = False) -> None:
     """Refuse a file path the user named (schema --out, gate --comment/--summary) that compress must not write to: a
-    folder, a link or a device, a missing folder, and (when `ours` is given) an existing file that `ours(its text)`
-    does not recognise as compress's, unless `force`."""
+    folder, a link or a device, and (when `ours` is given) an existing file that `ours(its text)`
+    does not recognise as compress's, unless `force`. A file to `append` to is only refused when it is a folder."""
     final = Path(final)
     if final.is_dir():
         raise InputError(f"{option} {final} is a folder; give a file path")
+    if append:  # appending changes nothing already there: /dev/stdout and links to files are fine
+        return
     check_target(final)
-    if not final.parent.is_dir():
-        raise InputError(f"{option} {final}: the folder {final.parent} does not exist")
     if ours is not None and final.is_file() and not force:
         try:
             existing = final.read_text(encoding="utf-8", errors="replace")

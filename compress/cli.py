@@ -145,6 +145,9 @@ def gate_cmd(
                                                 "than the teacher in PyTorch (default: the recipe's gate)."),
     max_latency_regression: float = typer.Option(0.10, help="With --baseline: fail when a variant's p50 is slower "
                                                  "by more than this fraction and beyond the noise."),
+    max_quality_regression: float | None = typer.Option(None, help="With --baseline: fail when a variant's "
+                                                        "headline quality fell by more than this (default: the "
+                                                        "recipe's max_quality_drop, else 0.02)."),
     summary: Path | None = typer.Option(None, help="Append the markdown to this file (e.g. $GITHUB_STEP_SUMMARY)."),
     comment: Path | None = typer.Option(None, help="Write the markdown for a PR comment to this file."),
     github_output: Path | None = typer.Option(None, help="Append report-json, passed and best-variant to this "
@@ -158,13 +161,14 @@ def gate_cmd(
 
     for option, path in (("--summary", summary), ("--github-output", github_output)):
         if path is not None:
-            check_output(path, option)
+            check_output(path, option, append=True)
     if comment is not None:
         check_output(comment, "--comment", ours=lambda text: text.startswith(COMMENT_MARKER), force=force)
     with bad_input("gate"):
         result = run_gate(report_json, baseline, summary=summary, comment=comment, github_output=github_output,
                           max_quality_drop=max_quality_drop, min_speedup=min_speedup,
-                          max_latency_regression=max_latency_regression)
+                          max_latency_regression=max_latency_regression,
+                          max_quality_regression=max_quality_regression)
     for check in result["checks"]:
         for line in check["message"].splitlines():
             (out if check["passed"] else err).print(f"{'pass' if check['passed'] else 'FAIL'}  {line}",
@@ -182,12 +186,15 @@ def compare(
     old: Path = typer.Argument(..., help="The earlier run: a run directory or its report.json."),
     new: Path = typer.Argument(..., help="The later run: a run directory or its report.json."),
     threshold: float = typer.Option(0.10, "--threshold", min=0, help="Latency change that counts (0.10 = 10%)."),
+    max_quality_regression: float | None = typer.Option(
+        None, min=0, help="Headline-quality loss that counts (default: NEW's recipe max_quality_drop, else 0.02)."),
 ) -> None:
-    """Latency and quality of each variant in NEW against OLD; a change inside the noise is not a regression."""
+    """Latency and quality of each variant in NEW against OLD: exit 0 no regression, 1 a variant is slower beyond
+    the threshold and the noise or lost quality beyond the budget, 2 unreadable reports."""
     from rich.table import Table
 
     from compress.compare import compare as compare_reports
-    from compress.compare import load_report
+    from compress.compare import load_report, quality_budget
 
     with bad_input("compare"):
         _, before = load_report(old, "old run")
@@ -197,17 +204,24 @@ def compare(
                    "verdict"):
         table.add_column(column, justify="left" if column in ("variant", "verdict") else "right")
     with bad_input("compare"):
-        entries = compare_reports(after, before, threshold)
+        entries = compare_reports(after, before, threshold, max_quality_regression)
+        budget = quality_budget(after, max_quality_regression)
     for e in entries:
         old_p50 = (e["base"] or {}).get("p50_ms") if e["base"] is not e["row"] else e["row"].get("p50_ms")
         new_p50 = e["row"].get("p50_ms") if e["base"] is not e["row"] else None
         table.add_row(e["label"], _num(old_p50), _num(new_p50), _num(e["delta"], "+.1%"), _num(e.get("relative_delta"), "+.1%"),
                       _num(e["noise"], ".0%"),
-                      _num(e["quality_delta"], "+.4f"), e["verdict"],
-                      style="bold red" if e["verdict"] == "slower" else None)
+                      _num(e["quality_delta"], "+.4f"),
+                      e["verdict"] + ("; quality regression" if e.get("quality_regression") else ""),
+                      style="bold red" if e["verdict"] == "slower" or e.get("quality_regression") else None)
     out.print(table)
+    worse = [e["label"] for e in entries if e.get("quality_regression")]
     slower = [e["label"] for e in entries if e["verdict"] == "slower"]
+    out.print(f"quality regressions beyond {budget:g} {after.get('headline', 'quality')}: "
+              f"{', '.join(worse) if worse else 'none'}")
     out.print(f"regressions beyond {threshold:.0%} and the noise: {', '.join(slower) if slower else 'none'}")
+    if worse or slower:
+        raise typer.Exit(1)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,9 @@ from compress.errors import CompressError
 from compress.report import row_key, row_label
 
 
+DEFAULT_QUALITY_BUDGET = 0.02  # as the report's default max_quality_drop
+
+
 class GateUsageError(CompressError):
     """A gate cannot be evaluated as asked: missing or unreadable report, bad threshold (exit 2)."""
 
@@ -69,8 +72,12 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
+def compare(report: dict, baseline: dict, threshold: float, max_quality_regression: float | None = None) -> list[dict]:
     """Per variant+provider+setting: latency and quality now vs the baseline, and a verdict.
+
+    Quality: a row whose headline fell by more than the budget (`max_quality_regression`, else the recipe's
+    max_quality_drop recorded in the report) against the same row of the baseline is a quality regression
+    (`quality_regression`), whatever its latency did.
 
     A latency change counts only when it is beyond the threshold AND beyond the noise: the per-round
     medians of the two runs must not overlap (every round of one run slower than every round of the other).
@@ -81,6 +88,7 @@ def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
     """
     before = {row_key(r): r for r in baseline["rows"]}
     refs = (_references(report), _references(baseline))
+    budget = quality_budget(report, max_quality_regression)
     out = []
     for row in report["rows"]:
         base = before.pop(row_key(row), None)
@@ -90,10 +98,43 @@ def compare(report: dict, baseline: dict, threshold: float) -> list[dict]:
             entry["verdict"] = "emulated: not compared"
         elif base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
             _judge(entry, row, base, refs, threshold)
+        _judge_quality(entry, row, base, budget)
         out.append(entry)
     out += [{"row": base, "base": base, "label": row_label(base), "delta": None, "quality_delta": None,
-             "noise": None, "verdict": "missing in this run"} for base in before.values()]
+             "noise": None, "verdict": "missing in this run", "quality_regression": False}
+            for base in before.values()]
     return out
+
+
+def quality_budget(report: dict, explicit: float | None = None) -> float:
+    """How much headline quality a row may lose against the baseline run: `explicit` (--max-quality-regression),
+    else the recipe's max_quality_drop recorded in the report (its default 0.02 otherwise)."""
+    if explicit is not None:
+        return explicit
+    value = finite(report.get("max_quality_drop"))
+    return value if value is not None and value >= 0 else DEFAULT_QUALITY_BUDGET
+
+
+def _judge_quality(entry: dict, row: dict, base: dict | None, budget: float) -> None:
+    """The headline change of a row present in both runs; beyond `budget` down it is a quality regression, and so
+    is a row that had a quality in the baseline and has none now while it ran (NaN outputs)."""
+    entry["quality_regression"] = False
+    if base is None or row.get("emulated") or base.get("emulated"):
+        return
+    then, now = finite(base.get("headline")), finite(row.get("headline"))
+    if then is None:
+        return
+    if now is None:
+        entry["quality_regression"] = row.get("status") in ("ok", "nan")
+        return
+    entry["quality_delta"] = now - then
+    entry["quality_regression"] = now - then < -budget - 1e-12
+
+
+def finite(value) -> float | None:
+    """A finite number as float, else None (a hand-edited report may hold strings, booleans or NaN)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _judge(entry: dict, row: dict, base: dict, refs: tuple[dict, dict], threshold: float) -> None:
@@ -113,5 +154,4 @@ def _judge(entry: dict, row: dict, base: dict, refs: tuple[dict, dict], threshol
         entry["verdict"] = "same (the teacher slowed alike: machine load)"
     else:
         entry["verdict"] = "same"
-    if row.get("headline") is not None and base.get("headline") is not None:
-        entry["quality_delta"] = row["headline"] - base["headline"]
+    # The headline change (and whether it is a regression) is _judge_quality's, for every row in both runs.

@@ -3,7 +3,8 @@
 `compress gate` (and the GitHub Action in action.yml) calls `run_gate()`: it checks the quality budget, the
 speed-up and the latency against a previous run (compress/compare.py), and writes markdown for a CI summary
 or a PR comment. Only report.json files are read, never a model, so this runs in a blink on any CI machine.
-Exit codes follow the CLI convention: 0 passed, 1 a gate failed, 2 usage error (GateUsageError).
+Exit codes follow the CLI convention: 0 passed, 1 a gate failed, 2 usage error or bad input (GateUsageError, and
+any report the CLI cannot read: never 1, which CI takes for a failed gate).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from compress.compare import GateUsageError, compare, load_report, round_medians
+from compress.compare import GateUsageError, compare, load_report, quality_budget, round_medians
 from compress.report import COLUMNS, CONSOLE_COLUMNS, recommend, row_label, table_cells
 
 __all__ = ["GateUsageError", "gate", "load_report", "render_markdown", "run_gate", "write_github_output"]
@@ -34,17 +35,23 @@ def _recipe_gate(report: dict, name: str) -> float | None:
 
 def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float | None = None,
          min_speedup: float | None = None,
-         max_latency_regression: float | None = DEFAULT_MAX_LATENCY_REGRESSION) -> dict:
-    """Evaluate the gates; thresholds left None fall back to the recipe's gates recorded in the report."""
+         max_latency_regression: float | None = DEFAULT_MAX_LATENCY_REGRESSION,
+         max_quality_regression: float | None = None) -> dict:
+    """Evaluate the gates; thresholds left None fall back to the recipe's gates recorded in the report.
+
+    A report with no measured row (`rows: []`, a run without a bench stage, every row failed or skipped) fails
+    with its reason: there is nothing to pass. With a baseline, latency and quality are both compared: a row whose
+    headline fell by more than `max_quality_regression` (default: the recipe's max_quality_drop) fails."""
     max_drop = _threshold("max-quality-drop", max_quality_drop)
     speedup = _threshold("min-speedup", min_speedup)
     regression = _threshold("max-latency-regression", max_latency_regression)
+    quality_regression = _threshold("max-quality-regression", max_quality_regression)
     max_drop = max_drop if max_drop is not None else _recipe_gate(report, "max_quality_drop")
     speedup = speedup if speedup is not None else _recipe_gate(report, "min_speedup")
     budget = max_drop if max_drop is not None else report.get("max_quality_drop", 0.02)
     best, _ = recommend(report["rows"], report.get("select") or {}, budget)
     headline = report.get("headline", "cosine")
-    checks = []
+    checks = [] if _measured(report) else [_nothing_measured_check(report)]
     if max_drop is not None:
         checks.append(_quality_check(report["rows"], best, max_drop, headline))
     if speedup is not None:
@@ -52,7 +59,8 @@ def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float 
     comparison = None
     if baseline is not None:
         regression = DEFAULT_MAX_LATENCY_REGRESSION if regression is None else regression
-        comparison = compare(report, baseline, regression)
+        comparison = compare(report, baseline, regression, quality_regression)
+        checks.append(_quality_regression_check(comparison, quality_budget(report, quality_regression), headline))
         checks.append(_latency_check(comparison, regression))
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "best": best, "budget": budget,
             "comparison": comparison, "headline": headline}
@@ -71,6 +79,47 @@ def _quality_check(rows: list[dict], best: dict | None, threshold: float, headli
     tail = f"; the closest is {row_label(closest)} with {closest['quality_drop']:.4f}" if closest else ""
     check["message"] = f"max-quality-drop: no variant keeps its {headline} drop within {threshold:g}{tail}"
     return check
+
+
+def _measured(report: dict) -> bool:
+    return any(isinstance(r, dict) and r.get("status") == "ok" for r in report["rows"])
+
+
+def _nothing_measured_check(report: dict) -> dict:
+    rows = report["rows"]
+    if not rows:
+        why = "the report has no rows (rows: []): the run had no bench stage, or its bench measured nothing"
+    else:
+        statuses = sorted({str(r.get("status")) for r in rows if isinstance(r, dict)})
+        why = f"no row of the report was measured (status: {', '.join(statuses) or 'none'})"
+    return {"gate": "measured", "threshold": "a bench row", "passed": False, "value": f"{len(rows)} rows",
+            "message": f"measured: {why}; nothing to gate"}
+
+
+def _quality_regression_check(comparison: list[dict], budget: float, headline: str) -> dict:
+    worse = [c for c in comparison if c.get("quality_regression")]
+    compared = [c for c in comparison if c.get("quality_delta") is not None]
+    check = {"gate": "max-quality-regression", "threshold": f"{budget:g}", "passed": not worse}
+    if worse:
+        check["value"] = ", ".join(f"{c['quality_delta']:+.4f} ({c['row']['variant']})" if c.get("quality_delta")
+                                   is not None else f"not measured ({c['row']['variant']})" for c in worse[:3])
+        check["message"] = "\n".join(
+            f"max-quality-regression: {c['label']}: {headline} {_fmt(c['row'].get('headline'))} vs "
+            f"{_fmt(c['base'].get('headline'))} baseline, "
+            + (f"{c['quality_delta']:+.4f} beyond -{budget:g}" if c.get("quality_delta") is not None
+               else "no quality measured now")
+            for c in worse)
+        return check
+    worst = min(compared, key=lambda c: c["quality_delta"], default=None)
+    check["value"] = ("nothing to compare" if worst is None
+                      else f"{worst['quality_delta']:+.4f} ({worst['row']['variant']})")
+    check["message"] = (f"max-quality-regression: no variant lost more than {budget:g} {headline} against the "
+                        f"baseline ({len(compared)} compared)")
+    return check
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 def _speedup_check(best: dict | None, threshold: float) -> dict:
@@ -157,7 +206,8 @@ def _comparison_line(c: dict) -> str:
     cells = [variant, where, setting, f(now_row.get("p50_ms"), ".2f"), f(base.get("p50_ms"), ".2f"),
              f(c["delta"], "+.1%"), f(c["noise"], ".1%"), f(now_row.get("headline"), ".4f"),
              f(base.get("headline"), ".4f"), f(c["quality_delta"], "+.4f"),
-             f"**{c['verdict']}**" if c["verdict"] == "slower" else c["verdict"]]
+             (f"**{c['verdict']}**" if c["verdict"] == "slower" else c["verdict"])
+             + ("; **quality regression**" if c.get("quality_regression") else "")]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -14,22 +14,22 @@ import sys
 from collections.abc import Callable, Sequence
 
 from compress.errors import CompressError
+from compress.procs import run_child
 
 
 def launch(worker: Callable[..., int], args: Sequence[str], nproc: int) -> int:
     """Run `worker(*args)` on `nproc` processes under torchrun; return torchrun's exit code.
 
     `worker` must be a module-level function (each rank imports it); it returns its rank's exit code."""
-    import subprocess
-
     module, qualname = reference(worker)
     env = dict(os.environ)
     # torchrun would force 1 thread per process; share the cores out instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", __name__, module, qualname, *map(str, args)]
-    # Children print progress on stderr; their stdout goes there too, keeping ours clean for results.
-    return subprocess.run(cmd, env=env, stdout=2, check=False).returncode
+    # Children print progress on stderr; their stdout goes there too, keeping ours clean for results. Ctrl-C or
+    # SIGTERM here: torchrun gets SIGTERM and ends its ranks; SIGKILL of this process: the kernel ends torchrun.
+    return run_child(cmd, env=env, stdout=2)
 
 
 def reference(worker: Callable) -> tuple[str, str]:

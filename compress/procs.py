@@ -30,6 +30,25 @@ def signal_name(exc: BaseException) -> str:
     return signal.Signals(exc.signal).name if isinstance(exc, Interrupted) else "Ctrl-C"
 
 
+def run_child(command: list[str], grace: float = 30.0, **popen) -> int:
+    """Run `command` to its end and return its exit code; if this process is interrupted meanwhile (Ctrl-C,
+    SIGTERM), the child gets SIGTERM (a launcher such as torchrun passes it on to its workers), then SIGKILL after
+    `grace` seconds. The child also dies with this process on SIGKILL (die_with_parent)."""
+    import subprocess
+
+    proc = subprocess.Popen(command, preexec_fn=die_with_parent, **popen)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def die_with_parent() -> None:
     """preexec_fn for subprocesses: Linux kills the child when the parent dies, even by SIGKILL (no-op elsewhere)."""
     if not sys.platform.startswith("linux"):

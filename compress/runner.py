@@ -49,11 +49,11 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
     this function, with `shared` (its SharedCache: `lookup(key)`, `add(key, entry, produced, run_dir)`) finding
     stages another variant already computed."""
     console = console or Console(stderr=True)
-    check_paths(recipe, recipe_file if shared is None else None)  # missing inputs: file:line, exit 2, nothing written
-    claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
     if recipe.matrix:
         raise CompressError(f"internal error: recipe {recipe.name} has a matrix: it is a sweep, run by "
                             "compress.sweep.run_any, not by the runner")
+    check_paths(recipe, recipe_file if shared is None else None)  # missing inputs: file:line, exit 2, nothing written
+    claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
     with disk_errors(run_dir), lock(run_dir):
         # The manifest and reports are written atomically too: a kill leaves their temporaries beside them.
         removed = clean_temporaries(run_dir / "artifacts") + clean_temporaries(run_dir)

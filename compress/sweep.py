@@ -15,6 +15,7 @@ from rich.console import Console
 
 from compress import __version__, rundir, runner
 from compress.artifacts import Artifact, sha256_path, write_text_atomic
+from compress.inputs import check_paths
 from compress.recipe import Recipe, dump_recipe, expand_matrix
 
 VARIANTS = "variants"
@@ -71,13 +72,14 @@ def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, r
     """Run every variant of `recipe`'s matrix in <run_dir>/variants/<variant>; the sweep's manifest."""
     variants = expand_matrix(recipe)
     run_dir = Path(run_dir)
-    with rundir.disk_errors(run_dir):
-        run_dir.mkdir(parents=True, exist_ok=True)
+    check_paths(recipe, recipe_file)  # missing inputs: file:line, exit 2, before anything is written
+    rundir.claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
     shared = SharedCache()
     for name, _, _ in variants:
         folder = run_dir / VARIANTS / name
         shared.load(folder, rundir.read_manifest(folder))
     with rundir.disk_errors(run_dir), rundir.lock(run_dir):
+        rundir.invalidate_reports(run_dir)  # a sweep that fails or is stopped leaves no report older than its run
         write_text_atomic(run_dir / rundir.RESOLVED_RECIPE, dump_recipe(recipe))
         manifest = {"compress_version": __version__, "recipe_file": recipe_file,
                     "recipe_sha256": recipe.fingerprint(), "recipe": recipe.model_dump(mode="json"),

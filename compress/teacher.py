@@ -28,7 +28,7 @@ def resolve(recipe, run_dir: Path) -> Artifact:
     # Before any stage loads it: pickle-only weights and links out of the folder are refused unless the recipe
     # allows them; a damaged or incomplete folder is one sentence here instead of a traceback in a stage.
     checked = check_model_folder(path, teacher.trust_remote_code, teacher.allow_pickle,
-                                 allow_external_links=getattr(teacher, "allow_external_links", False),
+                                 allow_external_links=teacher.allow_external_links,
                                  needs_tokenizer=recipe.task != "image-classification")
     meta = {"role": "teacher", "source": teacher.source, "revision": teacher.revision,
             "license": teacher.license, **checked}

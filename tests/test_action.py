@@ -197,6 +197,8 @@ def faster_baseline(report: dict, variant: str) -> dict:
         ("min-speedup", {"min-speedup": "1000"}, 1, ["| min-speedup | 1000x |", "**FAIL**", "- min-speedup: "]),
         ("latency-regression", {"baseline": "baseline-fast.json", "max-latency-regression": "0.10"}, 1,
          ["- max-latency-regression: teacher.int8-dynamic.onnx onnxruntime/CPU b1/s16/t1: p50 ", "% > 10% (rounds "]),
+        ("quality-regression", {"baseline": "baseline-better.json"}, 1,
+         ["- max-quality-regression: teacher.int8-dynamic.onnx onnxruntime/CPU b1/s16/t1: ", "beyond -0.02"]),
         ("bad-threshold", {"max-quality-drop": "-1"}, 2, []),
     ],
 )
@@ -204,6 +206,11 @@ def test_action_gate_exit_code_follows_the_gates(workspace, first_run, tmp_path,
     report = json.loads((workspace / first_run["steps"]["gate"]["report-json"]).read_text())
     (workspace / "baseline-same.json").write_text(json.dumps(report))
     (workspace / "baseline-fast.json").write_text(json.dumps(faster_baseline(report, "teacher.int8-dynamic.onnx")))
+    better = json.loads(json.dumps(report))  # the int8 row had a much better quality then: now it dropped 0.5
+    for row in better["rows"]:
+        if row["variant"] == "teacher.int8-dynamic.onnx":
+            row["headline"] = row["headline"] + 0.5
+    (workspace / "baseline-better.json").write_text(json.dumps(better))
     base_inputs = {"recipe": "recipes/ci.yaml", "set": "stages.2.seq_lens=[16] stages.2.batch_sizes=[1]"}
 
     result = run_action(workspace, {**base_inputs, **inputs}, tmp_path / case)
@@ -238,7 +245,8 @@ def test_action_structure_declares_what_it_uses():
     used_inputs = {m for e in expressions(action) for m in re.findall(r"\binputs\.([\w-]+)", e)}
 
     assert {"name", "description", "inputs", "outputs", "runs"} <= set(action) and action["runs"]["using"] == "composite"
-    assert {"recipe", "set", "baseline", "max-quality-drop", "max-latency-regression", "min-speedup", "providers",
+    assert {"recipe", "set", "baseline", "max-quality-drop", "max-latency-regression", "max-quality-regression",
+            "min-speedup", "providers",
             "python-version", "cache"} <= set(action["inputs"])
     assert used_inputs == set(action["inputs"])  # every input is used, every used input is declared
     assert all(spec.get("description") for spec in [*action["inputs"].values(), *action["outputs"].values()])

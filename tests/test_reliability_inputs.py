@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.reliability import make_texts, make_tiny_model, pipeline_recipe
-from bench.reliability_inputs import CASES, Inputs, env, run_case
+from bench.reliability_cases import CASES
+from bench.reliability_inputs import Inputs, env, run_case
 
 ROOT = Path(__file__).resolve().parent.parent
 

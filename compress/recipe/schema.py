@@ -47,6 +47,11 @@ class ModelSource(StrictModel):
         description="Load pickle-based weights (.bin, .pt, .pkl, .ckpt) when the model has no .safetensors. "
         "Off because unpickling can run code; PyTorch files are still read with weights_only=True.",
     )
+    allow_external_links: bool = Field(
+        default=False,
+        description="Read files of the model folder that are symbolic links to places outside it (e.g. a "
+        "tokenizer.json linked from elsewhere). Off so that a model folder cannot make compress read other files.",
+    )
 
 
 class DataConfig(StrictModel):

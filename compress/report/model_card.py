@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from compress import licenses
-from compress.artifacts import write_text_atomic
+from compress.artifacts import remove, write_text_atomic
 from compress.report.decision import where
 
 CARD_FORMATS = ("onnx", "hf-model")
@@ -33,7 +33,9 @@ def write_model_cards(run_dir: Path, report: dict, manifest: dict) -> list[Path]
     """Write model_cards/<artifact>.md for every exported model and MODEL_CARD.md; return the paths."""
     run_dir = Path(run_dir)
     written = []
-    for name in card_artifacts(manifest):
+    names = card_artifacts(manifest)
+    remove_stale_cards(run_dir / "model_cards", names)
+    for name in names:
         path = run_dir / "model_cards" / f"{name}.md"
         write_text_atomic(path, build_card(name, report, manifest))
         written.append(path)
@@ -42,6 +44,26 @@ def write_model_cards(run_dir: Path, report: dict, manifest: dict) -> list[Path]
         write_text_atomic(run_dir / "MODEL_CARD.md", build_card(main, report, manifest))
         written.append(run_dir / "MODEL_CARD.md")
     return written
+
+
+CARD_SIGNATURE = "made by `compress` run"  # in every card's first paragraph (see _intro)
+
+
+def remove_stale_cards(folder: Path, names: list[str]) -> list[str]:
+    """Remove the cards compress wrote for models no longer in the run (a changed quantize scheme): a card of
+    another name that compress did not write (no front matter and signature) is left alone. Returns the names."""
+    removed = []
+    for path in sorted(folder.glob("*.md")) if folder.is_dir() else []:
+        if path.stem in names or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")[:4000]
+        except OSError:
+            continue
+        if text.startswith("---\n") and CARD_SIGNATURE in text:
+            remove(path)
+            removed.append(path.stem)
+    return removed
 
 
 def card_artifacts(manifest: dict) -> list[str]:

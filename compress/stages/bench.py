@@ -23,6 +23,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from compress.procs import die_with_parent
 from compress.schema_base import StageBase
 from compress.stages import bench_engine as engine
 from compress.targets import providers as registry
@@ -141,7 +142,8 @@ def _measure(cfg: Config, cell: engine.Cell, inputs: engine.Inputs, want_eval: b
             args = [a for flag, path in files.items() for a in (flag, str(path))] + ["--out", str(out)]
             args += ["--eval-out", str(eval_out)] if want_eval else []
             command = [sys.executable, "-c", code, bench_worker.__file__, task, "--model", str(cell.variant.folder), *args, *timing]
-            proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=die_with_parent)
         else:
             from compress.targets.remote import LocalTarget
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.artifacts import TMP_PREFIX
 from compress.targets import providers as registry
 
 EVAL_BATCH = 32
@@ -215,7 +216,7 @@ def savez(path: Path, arrays: dict) -> None:
     """np.savez under a temporary name, renamed when complete: a killed run leaves no truncated input file."""
     import numpy as np
 
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     os.replace(tmp, path)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from compress.errors import StageError
+from compress.procs import die_with_parent
 
 MIN_OPSET = 18  # optimum's minimum for Llama; also what int4 embedding quantization (opset 21) upgrades from
 
@@ -79,7 +80,7 @@ def _parity(ctx, model_dir: Path, bundle: Path) -> dict:
     texts_file.write_text(json.dumps(texts))
     try:
         proc = subprocess.run([sys.executable, "-m", "compress.stages.lm_export", str(model_dir), str(bundle), str(texts_file)],
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=900, preexec_fn=die_with_parent)
     finally:
         texts_file.unlink(missing_ok=True)
     if proc.returncode != 0:
