@@ -52,7 +52,6 @@ def run(
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return
     from compress import report, runner, sweep
-
     from compress.procs import stopped_in
 
     run_dir = out_dir or runner.default_run_dir(parsed)
