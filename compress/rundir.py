@@ -45,7 +45,7 @@ def claim(run_dir: Path) -> None:
                              "or new folder so that none of them is replaced")
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / MARKER).is_file():
+        if not is_run_dir(run_dir):  # new or empty: mark it (a folder already ours is left as it is)
             write_text_atomic(run_dir / MARKER, "compress run directory: compress may replace what it wrote here\n")
 
 
