@@ -57,6 +57,11 @@ class RunContext:
         teachers = [a for a in self.of_format("hf-model") if a.metadata.get("role") == "teacher"]
         return teachers[-1] if teachers else None
 
+    def onnx_teacher(self) -> Artifact | None:
+        """The teacher given as an fp32 ONNX model (teacher.onnx, compress/tasks/onnx_input.py); None otherwise."""
+        found = [a for a in self.of_format("onnx") if a.metadata.get("input") == "onnx"]
+        return found[0] if found else None
+
     def save(
         self, name: str, fmt: str, write: Callable[[Path], None], metadata: dict | None = None
     ) -> Artifact:
