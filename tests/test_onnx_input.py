@@ -185,3 +185,55 @@ stages: [{{kind: quantize}}]
     proc = _run(recipe, tmp_path / "run")
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
     assert "not an ONNX model" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_fixed_axes_bench_at_the_models_length_and_batch(tmp_path, tiny_texts):
+    """A graph exported with a fixed [1, 16] input benches at b1/s16 whatever the recipe asks, and evaluates one
+    example at a time, padded to 16 tokens."""
+    source = export_tiny_bert(tmp_path / "fixed", token_type_ids=False, fixed=(1, 16))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""version: 1
+name: fixed
+task: sentence-embedding
+teacher: {{source: {source}, license: apache-2.0}}
+data: {{source: {tiny_texts}, eval_size: 12, max_length: 64}}
+stages:
+  - {{kind: quantize, schemes: [int8-dynamic]}}
+  - {{kind: bench, batch_sizes: [1, 4], seq_lens: [128], warmup: 1, min_iterations: 3, min_seconds: 0, rounds: 1}}
+""")
+    proc = _run(recipe, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the model's axes are fixed (batch 1, sequence 16)" in proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {r["setting"] for r in report["rows"]} == {"b1/s16/t1"}
+    assert all(r["quality"].get("cosine") is not None for r in report["rows"])
+
+
+def test_hub_repo_shipping_onnx_is_taken_from_the_local_cache(tmp_path, onnx_bert, monkeypatch):
+    """A hub id whose cached snapshot holds onnx/model.onnx (and no PyTorch weights) is an ONNX teacher, offline."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from compress import teacher
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-onnx" / "snapshots" / "abc123"
+    (snapshot / "onnx").mkdir(parents=True)
+    (tmp_path / "hub" / "models--acme--tiny-onnx" / "refs").mkdir()
+    (tmp_path / "hub" / "models--acme--tiny-onnx" / "refs" / "main").write_text("abc123")
+    for file in onnx_bert.iterdir():
+        if file.is_file():
+            shutil.copy2(file, snapshot / ("onnx" if file.name == "model.onnx" else "") / file.name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = parse_recipe(f"""version: 1
+name: hub
+task: sentence-embedding
+teacher: {{source: acme/tiny-onnx}}
+data: {{source: {tmp_path}}}
+stages: [{{kind: quantize}}]
+""")
+    artifact = teacher.resolve(recipe, tmp_path / "run")
+    assert artifact.format == "onnx" and artifact.name == "teacher.onnx"
+    assert artifact.metadata["onnx_input"]["output"] == "last_hidden_state"
+    assert (artifact.path / "tokenizer.json").is_file() and (artifact.path / "README.md").is_file()
