@@ -1,8 +1,9 @@
 """Progress of long work (teacher outputs, training, generation, calibration, the accuracy search, bench).
 
 On a terminal: a rich bar. When the output is a file or a pipe (CI, the GitHub Action's log), a bar draws
-nothing until it ends, so a plain line is printed instead, at least every `interval` seconds (30 by default,
-$COMPRESS_PROGRESS_INTERVAL to change it) by a heartbeat thread, also while one slow step is running:
+nothing until it ends, so a plain line is printed instead, every `interval` seconds (30 by default,
+$COMPRESS_PROGRESS_INTERVAL to change it) by a heartbeat thread, also while one slow step is running, and once at
+the end (work shorter than one interval prints none):
 
     [progress] distill: training: step 120/1000 (12%), 4.10 steps/s, elapsed 0:00:30, left ~0:03:34 | loss 0.41
 
@@ -112,16 +113,18 @@ class _Heartbeat:
     def _loop(self) -> None:
         while not self.stopped.wait(self.interval):
             self.emit(self.tracker.line())
+            self.printed = True
 
     def __enter__(self) -> _Heartbeat:
-        self.emit(self.tracker.line())
+        self.printed = False  # work shorter than one interval prints nothing: the stage's own lines suffice
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stopped.set()
         self.thread.join(timeout=5)
-        self.emit(self.tracker.line())
+        if self.printed:
+            self.emit(self.tracker.line())
 
 
 def is_terminal(console) -> bool:

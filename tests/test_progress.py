@@ -29,7 +29,7 @@ def test_track_plain_lines_every_interval():
             time.sleep(0.02)
             tick()
     lines = [line for line in buffer.getvalue().splitlines() if line.startswith("[progress] work")]
-    assert len(lines) >= 4  # first, several heartbeats (0.4 s at 0.05 s), last
+    assert len(lines) >= 4  # several heartbeats (0.4 s at 0.05 s), and the last
     assert lines[-1].startswith("[progress] work: step 20/20 100%") and "steps/s" in lines[-1]
     assert any("left ~" in line for line in lines[1:])
 
@@ -40,7 +40,7 @@ def test_track_heartbeat_prints_while_one_step_is_slow():
         tick.update(completed=1, text="loss 0.5")
         time.sleep(0.4)  # no update for 8 intervals: the heartbeat still reports
     lines = buffer.getvalue().splitlines()
-    assert len(lines) >= 5 and all("| loss 0.5" in line for line in lines[1:])
+    assert len(lines) >= 5 and all("| loss 0.5" in line for line in lines)
 
 
 @pytest.mark.parametrize("terminal, enabled, expect_plain", [
@@ -50,10 +50,18 @@ def test_track_heartbeat_prints_while_one_step_is_slow():
 ])
 def test_track_modes(terminal, enabled, expect_plain):
     console, buffer = _console()
-    with track(console, "mode", total=2, interval=10, terminal=terminal, enabled=enabled) as tick:
+    with track(console, "mode", total=2, interval=0.02, terminal=terminal, enabled=enabled) as tick:
         tick()
+        time.sleep(0.1)
         tick()
     assert ("[progress] mode" in buffer.getvalue()) == expect_plain
+
+
+def test_track_short_work_prints_nothing():
+    console, buffer = _console()
+    with track(console, "quick", total=2, interval=10) as tick:
+        tick()
+    assert buffer.getvalue() == ""
 
 
 @pytest.mark.parametrize("fraction, completed, total, expected", [

@@ -97,6 +97,13 @@ class ImageInputs:
     def encode(self, images, max_length: int | None = None, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """{"pixel_values": float32 [N, C, H, W]}; max_length and padding mean nothing for images."""
         array = np.stack(images) if isinstance(images, (list, tuple)) else images
+        want = tuple(self.fixed.get(k, n) for k, n in zip(("channels", "height", "width"), array.shape[1:]))
+        if tuple(array.shape[1:]) != want:  # an ONNX input with a fixed image size
+            from compress.errors import SourceError
+
+            raise SourceError(f"the model takes images of {list(want)} (channels, height, width), the data's are "
+                              f"{list(array.shape[1:])}; set data.image_size: [{want[1]}, {want[2]}] (channels must "
+                              "match the model's)")
         return {"pixel_values": np.ascontiguousarray(array, dtype=np.float32)}
 
     def batches(self, images, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
