@@ -237,3 +237,22 @@ stages: [{{kind: quantize}}]
     assert artifact.format == "onnx" and artifact.name == "teacher.onnx"
     assert artifact.metadata["onnx_input"]["output"] == "last_hidden_state"
     assert (artifact.path / "tokenizer.json").is_file() and (artifact.path / "README.md").is_file()
+
+
+def test_accuracy_search_scores_against_the_onnx_input(tmp_path, onnx_bert, tiny_texts):
+    """With no PyTorch teacher the accuracy search measures quality against the fp32 ONNX input (drop budget 0:
+    it must search, not stop at 'quality cannot be scored')."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""version: 1
+name: search
+task: sentence-embedding
+teacher: {{source: {onnx_bert}, license: apache-2.0}}
+data: {{source: {tiny_texts}, eval_size: 30, max_length: 16}}
+stages:
+  - {{kind: quantize, schemes: [int8-dynamic], accuracy: {{max_quality_drop: 0.0, time_budget: 30, eval_size: 30}}}}
+""")
+    proc = _run(recipe, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["quantize"]["metrics"]
+    accuracy = metrics["teacher.int8-dynamic.onnx"]["accuracy"]
+    assert accuracy["quality"] is not None and "cannot be scored" not in accuracy["reason"]
