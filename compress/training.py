@@ -2,7 +2,7 @@
 
 `train(cfg, ctx, job)` runs AdamW with warm-up and decay, gradient accumulation, length-bucketed batches,
 periodic evaluation keeping the best weights, and checkpoints for resumption after an interruption; it runs
-under DDP when launched with `compress run --nproc N` (compress/distributed.py). A stage describes its work
+under DDP when launched with `compress run --nproc N` (compress/launch.py). A stage describes its work
 as a `Job` (the module to train, how to batch, how to evaluate). Also here: the helpers both stages need
 (the teacher artifact, saving a model folder, padding, held-out evaluation, checkpoint keys).
 """
@@ -78,7 +78,7 @@ def evaluate_outputs(task, model, inputs, split, max_length: int, reference) -> 
     input hook for the model (task.inputs(model_dir))."""
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
     from compress.tasks.common import unbatch
 
     todo = inputs.batches(task.examples(split), max_length, 64)
@@ -111,7 +111,7 @@ def param_count(model) -> int:
 
 def checkpoint_key(cfg, teacher, data_cfg, **extra) -> str:
     """Identifies a checkpoint this run may resume from: same settings (bar length), teacher, data, world size."""
-    from compress import distributed as D
+    from compress import ranks as D
 
     payload = {"cfg": cfg.model_dump(mode="json", exclude=_LENGTH_FIELDS), "teacher": teacher.sha256,
                "data": data_cfg.model_dump(mode="json"), "world": D.rank_world()[1], **extra}
@@ -138,7 +138,7 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
     import torch
     from torch.utils.data import DistributedSampler
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     rank, world = D.rank_world()
     job.module.to(D.device()).train()
@@ -202,7 +202,7 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
 def _step(model, optimizer, chunk: list[list[int]], collate, lr: float) -> float:
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -22,7 +22,7 @@ EVAL_LIMIT = 400  # held-out sequences scored at each evaluation: enough for a s
 def run(cfg, ctx) -> list:
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
     from compress.lm import text
     from compress.stages.distill import build_student
     from compress.tasks import causal_lm

@@ -92,7 +92,7 @@ class Config(TrainingConfig):
 def run(cfg: Config, ctx) -> list:
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
     teacher = teacher_artifact(ctx)
@@ -299,7 +299,7 @@ def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tu
     """The teacher's outputs on the train and eval texts, from the work dir when computed before."""
     import numpy as np
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     key = hashlib.sha256(json.dumps({"teacher": teacher.sha256, "task": task.NAME, "max_length": max_length,
                                      "data": ctx.recipe.data.model_dump(mode="json")}, sort_keys=True).encode())
@@ -324,7 +324,7 @@ def teacher_outputs(model, inputs, texts, max_length: int, ctx, batch_size: int 
     import numpy as np
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     rank, world = D.rank_world()
     todo = inputs.batches(texts, max_length, batch_size)
