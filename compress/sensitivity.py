@@ -71,7 +71,7 @@ class Evaluator:
         self.inputs = task.inputs(source.path)
         self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
         self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
-        teacher, onnx_teacher = ctx.teacher(), ctx.onnx_teacher()
+        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
         self.reference = None
         if teacher is not None:
             self.reference = self._teacher_outputs(teacher.path)

@@ -4,7 +4,7 @@
 periodic evaluation keeping the best weights, and checkpoints for resumption after an interruption; it runs
 under DDP when launched with `compress run --nproc N` (compress/launch.py). A stage describes its work
 as a `Job` (the module to train, how to batch, how to evaluate). Also here: the helpers both stages need
-(the teacher artifact, saving a model folder, padding, held-out evaluation, checkpoint keys).
+(saving a model folder, held-out evaluation, checkpoint keys).
 """
 
 from __future__ import annotations
@@ -51,14 +51,6 @@ class TrainingConfig(StageBase):
 # ---------------------------------------------------------------- shared by the training stages
 
 
-def teacher_artifact(ctx):
-    """The latest hf-model with role teacher (the model both stages learn from)."""
-    teacher = ctx.teacher()
-    if teacher is None:
-        raise StageError(f"stage {ctx.stage_name}: no hf-model artifact with role 'teacher'")
-    return teacher
-
-
 def save_model(backbone, source_dir: Path, tmp: Path) -> None:
     """A complete HF folder: tokenizer and sentence-transformers files from `source_dir`, then the weights
     and config (written last, so the model's own config.json wins over the copied one)."""
@@ -90,19 +82,6 @@ def evaluate_outputs(task, model, inputs, split, max_length: int, reference) -> 
             outs.append(model(*args).float().cpu().numpy())
     model.train(was_training)
     return task.quality(reference, unbatch(outs, todo), split.labels)
-
-
-def pad(ids: list[list[int]], index: list[int], pad_id: int) -> dict:
-    import torch
-
-    rows = [ids[i] for i in index]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def param_count(model) -> int:
