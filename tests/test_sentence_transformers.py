@@ -21,7 +21,12 @@ TEXTS = ["the movie was good", "a much longer sentence about a brilliant film an
 def _st_model(dest: Path, pooling: str, dense: bool, normalize: bool) -> Path:
     pytest.importorskip("sentence_transformers")
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 5.x; `sentence_transformers.models` before (deprecated since)
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:
+        from sentence_transformers import models
 
     base = make_tiny_bert(dest.parent / f"{dest.name}-base")
     shutil.rmtree(base / "1_Pooling")
