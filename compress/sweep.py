@@ -3,8 +3,8 @@
 <run dir>/variants/<variant>/ is an ordinary run (manifest, artifacts, reports) of one combination. A stage
 whose cache key (config + inputs, compress/runner.py) another variant already computed is not run again: its
 entry says `cache: shared` and `from: <variant>`, and its artifacts stay where they were made. The sweep's own
-manifest.json lists the variants, the values of each and how every stage was obtained; report.json/report.md
-rank every measured row of every variant by the recipe's `select` objective.
+manifest.json lists the variants, the values of each and how every stage was obtained; compress/report/sweep.py
+ranks every measured row of every variant by the recipe's `select` objective into one report.json/report.md.
 """
 
 from __future__ import annotations
