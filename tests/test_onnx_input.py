@@ -256,3 +256,16 @@ stages:
     metrics = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["quantize"]["metrics"]
     accuracy = metrics["teacher.int8-dynamic.onnx"]["accuracy"]
     assert accuracy["quality"] is not None and "cannot be scored" not in accuracy["reason"]
+
+
+def test_plan_refuses_token_states_when_the_config_beside_has_a_dense_layer(tmp_path):
+    """sentence-transformers with a Dense layer: pooling last_hidden_state alone would not be the model's embedding."""
+    (tmp_path / "2_Dense").mkdir()
+    (tmp_path / "2_Dense" / "config.json").write_text(json.dumps({"activation_function": "torch.nn.modules.activation.Tanh"}))
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    info = onnx_input.inspect(_graph(tmp_path / "m.onnx", TEXT, [("last_hidden_state", 1, ["b", "s", 4])]))
+    with pytest.raises(SourceError, match="Dense layer"):
+        onnx_input.plan(info, "sentence-embedding", config_dir=tmp_path)
