@@ -241,6 +241,49 @@ def bad_input(command: str):
                          "with compress report") from None
 
 
+@app.command("bench")
+def bench_cmd(
+    model: str = typer.Argument(..., help="An .onnx file, a folder holding model.onnx (a compress bundle too), a "
+                                "model folder, package:<pkg>/<path> or a hub id."),
+    task: str | None = typer.Option(None, "--task", help="sentence-embedding, text-classification or "
+                                    "image-classification (default: guessed from the model)."),
+    data: str | None = typer.Option(None, "--data", help="Held-out examples for quality and calibration (default: "
+                                    "the run's data for a compress bundle, else the packaged texts or sklearn:digits)."),
+    providers: list[str] = typer.Option([], "--providers", help="Execution providers, e.g. cpu,cuda (default: cpu)."),
+    schemes: list[str] = typer.Option([], "--schemes", help="Quantization schemes, e.g. int8-dynamic,fp16 (default: "
+                                      "int8-dynamic, int8-static, int4-weight, fp16)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/bench-<model name>)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Benchmark a model and its quantized variants in one command; the run directory keeps the recipe it used."""
+    from compress import quick, report
+
+    run_dir, result = quick.run_bench(model, out_dir, set_, err, task=task, data=data, providers=providers,
+                                      schemes=schemes)
+    out.print(report.decision_table(result))
+    out.print(f"reports: {run_dir / 'report.md'}; recipe: {run_dir / quick.RECIPE_FILE} (repeat: compress run "
+              f"{run_dir / quick.RECIPE_FILE} --out {run_dir})", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def init(
+    task: str = typer.Option("sentence-embedding", "--task", help="sentence-embedding, text-classification, "
+                             "image-classification or causal-lm."),
+    teacher: str | None = typer.Option(None, "--teacher", help="The model to compress (default: the packaged one "
+                                       "of the task)."),
+    data: str | None = typer.Option(None, "--data", help="Training and evaluation data (default: the packaged one)."),
+    name: str | None = typer.Option(None, "--name", help="Run name (default: my-<task>)."),
+    output: Path = typer.Option(Path("recipe.yaml"), "--out", help="Where to write the recipe."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write a commented starter recipe for a teacher, task and data (it validates as written)."""
+    from compress import quick
+
+    quick.write_init(output, force, task=task, teacher=teacher, data=data, name=name)
+    out.print(f"wrote {output} (task {task}); check it: compress validate {output}; run it: compress run {output}",
+              markup=False, highlight=False, soft_wrap=True)
+
+
 def _num(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 

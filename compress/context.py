@@ -64,6 +64,11 @@ class RunContext:
             raise StageError(f"stage {self.stage_name}: no hf-model artifact with role 'teacher'")
         return None
 
+    def onnx_teacher(self) -> Artifact | None:
+        """The teacher given as an fp32 ONNX model (teacher.onnx, compress/tasks/onnx_input.py); None otherwise."""
+        found = [a for a in self.of_format("onnx") if a.metadata.get("input") == "onnx"]
+        return found[0] if found else None
+
     def save(
         self, name: str, fmt: str, write: Callable[[Path], None], metadata: dict | None = None
     ) -> Artifact:

@@ -55,7 +55,8 @@ def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float 
     if max_drop is not None:
         checks.append(_quality_check(report["rows"], best, max_drop, headline))
     if speedup is not None:
-        checks.append(_speedup_check(best, speedup))
+        against = "the fp32 ONNX input" if report.get("teacher_input") == "onnx" else "the teacher in PyTorch fp32"
+        checks.append(_speedup_check(best, speedup, against))
     comparison = None
     if baseline is not None:
         regression = DEFAULT_MAX_LATENCY_REGRESSION if regression is None else regression
@@ -122,7 +123,7 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
-def _speedup_check(best: dict | None, threshold: float) -> dict:
+def _speedup_check(best: dict | None, threshold: float, against: str = "the teacher in PyTorch fp32") -> dict:
     check = {"gate": "min-speedup", "threshold": f"{threshold:g}x"}
     value = best.get("speedup") if best else None
     check["passed"] = value is not None and value >= threshold
@@ -132,7 +133,7 @@ def _speedup_check(best: dict | None, threshold: float) -> dict:
     elif value is None:
         check["message"] = f"min-speedup: {row_label(best)}: no speed-up measured (bench the teacher: baseline: true)"
     else:
-        check["message"] = (f"min-speedup: {row_label(best)}: {value:.2f}x the teacher in PyTorch fp32 "
+        check["message"] = (f"min-speedup: {row_label(best)}: {value:.2f}x {against} "
                             f"{'>=' if check['passed'] else '<'} {threshold:g}x")
     return check
 

@@ -71,8 +71,12 @@ class Evaluator:
         self.inputs = task.inputs(source.path)
         self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
         self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
-        teacher = ctx.teacher(required=False)
-        self.reference = self._teacher_outputs(teacher.path) if teacher is not None else None
+        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
+        self.reference = None
+        if teacher is not None:
+            self.reference = self._teacher_outputs(teacher.path)
+        elif onnx_teacher is not None:  # no PyTorch teacher: the ONNX model given as the teacher is the reference
+            self.reference = self._onnx_outputs(onnx_teacher.path / "model.onnx")
 
     def _teacher_outputs(self, path: Path):
         import torch
@@ -83,6 +87,13 @@ class Evaluator:
         with torch.inference_mode():
             out = [model(*(torch.from_numpy(b[n]) for n in self.inputs.names)).numpy() for b in self.batches]
         return unbatch(out, self.batches)
+
+    def _onnx_outputs(self, model_path: Path):
+        from compress.tasks.common import unbatch
+
+        session = self._session(model_path)
+        return unbatch([session.run(None, {n: b[n] for n in self.inputs.names})[0] for b in self.batches],
+                       self.batches)
 
     def _session(self, model_path: Path, threads: int = 0):
         import onnxruntime as ort

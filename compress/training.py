@@ -158,8 +158,8 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
                     _evaluate(job, state, best_path, ctx)
                 if ctx.is_main_process and (progress >= 1 or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0)):
                     _save_checkpoint(ckpt, job, optimizer, state)
-                tick(progress, f"step {state['step']} loss {loss_avg:.4f} "
-                     f"{state['samples'] / max(state['train_seconds'], 1e-9):.0f} samples/s")
+                tick.update(completed=state["step"], fraction=progress, text=f"loss {loss_avg:.4f}, "
+                            f"{state['samples'] / max(state['train_seconds'], 1e-9):.0f} samples/s")
                 if progress >= 1:
                     break
             else:
@@ -272,19 +272,10 @@ def _weights_hash(model) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(ctx, label: str, total: int | None):
-    """A rich progress bar on the main process; `tick(fraction, text)` or `tick()` for one more item."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def progress_bar(ctx, label: str, total: int | None, unit: str = "step"):
+    """Progress of long work on the main process (compress/progress.py: a rich bar on a terminal, a plain line at
+    least every 30 s in a log); yields a Tracker: `tick()` for one more item, `tick(fraction, text)`, `tick.update()`."""
+    from compress.progress import track
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=ctx.console, disable=not ctx.is_main_process, transient=False) as bar:
-        task = bar.add_task(label, total=total or 1000)
-
-        def tick(fraction: float | None = None, text: str | None = None) -> None:
-            if fraction is None:
-                bar.advance(task)
-            else:
-                bar.update(task, completed=min(fraction, 1.0) * 1000, description=f"{label} {text or ''}")
-
-        yield tick
+    with track(ctx.console, label, total, unit=unit, enabled=ctx.is_main_process) as tracker:
+        yield tracker

@@ -32,8 +32,10 @@ MAX_VARIANTS = 256
 
 class ModelSource(StrictModel):
     source: str = Field(
-        description="Where the model comes from: a local folder, a Hugging Face hub id (online only), "
-        "or package:<python package>/<subpath> for a folder shipped inside an installed package."
+        description="Where the model comes from: a local folder, a Hugging Face hub id (online, or from the local "
+        "cache offline), or package:<python package>/<subpath> for a folder shipped inside an installed package. An "
+        ".onnx file, or a folder holding model.onnx (and tokenizer files), is an ONNX teacher: quantize and bench "
+        "take it as it is."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
     license: str | None = Field(
@@ -52,6 +54,12 @@ class ModelSource(StrictModel):
         description="Read files of the model folder that are symbolic links to places outside it (e.g. a "
         "tokenizer.json linked from elsewhere). Off so that a model folder cannot make compress read other files.",
     )
+    output: str | None = Field(
+        default=None, description="An ONNX teacher: the graph output to use (default: the one whose name fits the "
+        "task: sentence_embedding or last_hidden_state, logits).")
+    pooling: Literal["mean", "cls", "max"] | None = Field(
+        default=None, description="An ONNX teacher whose output is token states (sentence-embedding): how to pool "
+        "them (default: its sentence-transformers 1_Pooling/config.json, else mean).")
 
 
 class DataConfig(StrictModel):
@@ -212,9 +220,14 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _check_chain(self) -> Recipe:
-        available = {"hf-model"}  # the teacher
+        from compress.tasks.onnx_input import PYTORCH_ONLY, onnx_teacher
+
+        onnx = onnx_teacher(self.teacher.source, self.teacher.revision) is not None
+        available = {"onnx"} if onnx else {"hf-model"}  # the teacher: an ONNX model is an onnx bundle
         for index, stage in enumerate(self.stages):
             missing = [fmt for fmt in stage.consumes if fmt not in available]
+            if missing and onnx and "hf-model" in missing:
+                raise ValueError(PYTORCH_ONLY.format(index=index, kind=stage.kind))
             if missing:
                 raise ValueError(
                     f"stages[{index}] ({stage.kind}) needs a {missing[0]} artifact, but no earlier stage "

@@ -8,6 +8,7 @@ from pathlib import Path
 from compress.report.decision import (
     BASELINES,
     DEFAULT_MAX_DROP,
+    ONNX_INPUT,
     QUALITY_BASIS,
     check_gates,
     decision_rows,
@@ -30,10 +31,14 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     prices = {name: (t or {}).get("price_per_hour") for name, t in (recipe.get("targets") or {}).items()}
     rows = decision_rows([row for doc in docs for row in doc["rows"]], headline, max_drop, prices)
     best, why = recommend(rows, select, max_drop)
+    onnx_in = teacher_input(manifest) == "onnx"
+    basis = "onnx-input" if onnx_in else recipe.get("task")
+    text = recommendation_text(best, why, headline)
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
-        "baseline": BASELINES.get(recipe.get("task"), BASELINES[None]),
-        "quality_basis": QUALITY_BASIS.get(recipe.get("task"), QUALITY_BASIS[None]),
+        "baseline": BASELINES.get(basis, BASELINES[None]),
+        "quality_basis": QUALITY_BASIS.get(basis, QUALITY_BASIS[None]),
+        "teacher_input": teacher_input(manifest),
         "max_quality_drop": max_drop,
         "select": {**select, "max_quality_drop": max_drop},
         "environment": docs[0]["environment"] if docs else {},
@@ -41,7 +46,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "settings": docs[0]["settings"] if docs else {},
         "rows": rows,
         "recommendation": best,
-        "recommendation_text": recommendation_text(best, why, headline),
+        "recommendation_text": text.replace("the teacher in PyTorch fp32", ONNX_INPUT) if onnx_in else text,
         "gates": check_gates(gates, best),
         "distillation": distillation(manifest, headline),
         "accuracy": accuracy_searches(manifest),
@@ -49,6 +54,12 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": trust(recipe, manifest),
     }
+
+
+def teacher_input(manifest: dict) -> str:
+    """"onnx" when the recipe's teacher is an ONNX model (the teacher artifact is an onnx bundle), else "pytorch"."""
+    teacher = (manifest.get("artifacts") or {}).get("teacher") or {}
+    return "onnx" if teacher.get("format") == "onnx" else "pytorch"
 
 
 def trust(recipe: dict, manifest: dict) -> dict:

@@ -18,7 +18,11 @@ BASELINES = {
     "causal-lm": "the teacher's fp32 ONNX export at the same batch size, prompt length (s) and threads; p50/p90 "
                  "are milliseconds per generated token (greedy decoding through the key/value cache)",
 }
+# An ONNX model given as the teacher (no PyTorch): its fp32 self is the baseline row and the quality reference.
+ONNX_INPUT = "the fp32 ONNX input (teacher.onnx, no PyTorch teacher)"
+BASELINES["onnx-input"] = f"{ONNX_INPUT} at the same batch size, sequence length and threads"
 QUALITY_BASIS = {
+    "onnx-input": f"held-out examples against the outputs of {ONNX_INPUT}",
     None: "held-out texts against the teacher's PyTorch fp32 outputs",
     "causal-lm": "held-out teacher-style text: agreement is the share of next tokens where the variant's greedy "
                  "choice is the fp32 teacher's; perplexity (lower is better) is under the variant itself",

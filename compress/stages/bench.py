@@ -90,6 +90,7 @@ class Config(StageBase):
 
 def run(cfg: Config, ctx) -> list:
     variants = engine.variants(cfg, ctx)
+    cfg = engine.fixed_settings(cfg, ctx, variants)
     targets = engine.open_targets(cfg, ctx)
     try:
         envs = {name: t.environment() for name, t in targets.items()}
@@ -175,10 +176,23 @@ def _reference(cfg: Config, ctx, variants, inputs: engine.Inputs, eval_out: dict
             eval_out[cell.key] = out
         variants = [*variants, variant]
     key = ("teacher", "cpu", "local")
+    onnx_teacher = ctx.onnx_teacher() if teacher is None else None
+    if onnx_teacher is not None:  # no PyTorch teacher: the fp32 ONNX model given as the teacher is the reference
+        key = next((k for k in eval_out if k[0] == onnx_teacher.name and k[2] == "local"
+                    and k[1] in ("CPUExecutionProvider", "arm")), None)
+        if key is None:
+            quick = cfg.model_copy(update={"warmup": 0, "min_iterations": 1, "min_seconds": 0.0})
+            variant = engine.Variant(onnx_teacher.name, "onnxruntime", onnx_teacher.path, "teacher", "fp32", None, 0.0)
+            cell = engine.Cell(variant, "CPUExecutionProvider", cfg.batch_sizes[0], cfg.seq_lens[0], 0)
+            result, out = _measure(quick, cell, inputs, True, work / "reference", ctx.recipe.task)
+            key = cell.key
+            if result["status"] == "ok":
+                eval_out[key] = out
+            variants = [*variants, variant]
     if key not in eval_out:
-        ctx.console.print("  [yellow]no reference outputs from the teacher in PyTorch: quality not scored[/yellow]")
+        ctx.console.print("  [yellow]no reference outputs from the teacher: quality not scored[/yellow]")
         return None
-    return _outputs(ctx.task, inputs, variants, "teacher", eval_out[key])
+    return _outputs(ctx.task, inputs, variants, key[0], eval_out[key])
 
 
 def _outputs(task, inputs: engine.Inputs, variants, name: str, path: Path):

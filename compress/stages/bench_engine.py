@@ -67,19 +67,37 @@ class Cell:
         return (self.variant.name, self.label, self.target)
 
 
+def fixed_settings(cfg, ctx, variants: list):
+    """An ONNX input with a fixed sequence length (or batch size) benches at that length (that size) only."""
+    from compress.tasks.common import fixed_axes
+
+    fixed: dict = {}
+    for v in variants:
+        if v.runtime == "onnxruntime":
+            fixed.update(fixed_axes(v.folder))
+    update = {}
+    if "sequence" in fixed and cfg.seq_lens != [fixed["sequence"]]:
+        update["seq_lens"] = [fixed["sequence"]]
+    if "batch" in fixed and cfg.batch_sizes != [fixed["batch"]]:
+        update["batch_sizes"] = [fixed["batch"]]
+    if update:
+        ctx.console.print(f"  the model's axes are fixed ({', '.join(f'{k} {v}' for k, v in fixed.items())}): "
+                          "benched at " + ", ".join(f"{k} {v}" for k, v in update.items()), highlight=False)
+    return cfg.model_copy(update=update) if update else cfg
+
+
 def interleaved(cfg, ctx, cells: list, unavailable: dict, budget, measure) -> tuple[dict, dict]:
     """Round 1 of every cell, then round 2 of every cell... (A B A B: a machine-wide slow spell hits every
     variant alike). `measure(cell, want_eval, round)` -> (result, eval output path); quality is evaluated once
     per variant, in round 1. Returns ({cell id: results}, {quality key: eval output path})."""
-    from rich.progress import Progress
+    from compress.progress import track
 
     results: dict[str, list[dict]] = {c.id: [] for c in cells}
     eval_out: dict[tuple, Path] = {}
-    with Progress(console=ctx.console, transient=True) as progress:
-        bar = progress.add_task("bench", total=cfg.rounds * len(cells))
+    with track(ctx.console, "bench", cfg.rounds * len(cells), unit="measurement", transient=True) as progress:
         for round_ in range(cfg.rounds):
             for cell in cells:
-                progress.update(bar, advance=1, description=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
+                progress.advance(1, text=f"round {round_ + 1}/{cfg.rounds} {cell.id}")
                 done = results[cell.id]
                 if done and done[-1]["status"] != "ok":
                     continue  # unavailable or broken: do not retry every round

@@ -328,7 +328,7 @@ def teacher_outputs(model, inputs, texts, max_length: int, ctx, batch_size: int 
     rank, world = D.rank_world()
     todo = inputs.batches(texts, max_length, batch_size)
     mine, outs = todo[rank::world], []
-    with torch.inference_mode(), progress_bar(ctx, f"teacher outputs ({len(texts)} texts)", len(mine)) as tick:
+    with torch.inference_mode(), progress_bar(ctx, f"teacher outputs ({len(texts)} texts)", len(mine), unit="batch") as tick:
         for batch in mine:
             args = (torch.from_numpy(batch[k]).to(D.device()) for k in inputs.names)
             outs.append((batch["_index"], model(*args).float().cpu().numpy()))

@@ -71,7 +71,7 @@ def run(cfg: Config, ctx) -> list:
         ctx.console.print(f"  {source.name} writes {len(prompts)} completions ({len(done)} batches already done)")
         from compress.training import progress_bar
 
-        with progress_bar(ctx, "generate", len(todo)) as tick, open(progress, "a", encoding="utf-8") as out:
+        with progress_bar(ctx, "generate", len(todo), unit="batch") as tick, open(progress, "a", encoding="utf-8") as out:
             for index, rows in todo:
                 torch.manual_seed(cfg.seed * 100_003 + index)  # per batch: a resumed run writes the same text
                 records = _generate(model, tokenizer, rows, cfg)

