@@ -64,13 +64,16 @@ def validate(
 ) -> None:
     """Check recipes against the schema and the stage chain, without running anything."""
     from compress.errors import RecipeError
+    from compress.quant_tools import recipe_notes
     from compress.recipe import load_recipe
 
     failed = False
     for path in recipes:
         try:
-            load_recipe(path, set_)
+            recipe = load_recipe(path, set_)
             out.print(f"{path}: ok")
+            for note in recipe_notes(recipe):
+                out.print(f"{path}: note: {note}")
         except RecipeError as exc:
             print(exc, file=sys.stderr)
             failed = True

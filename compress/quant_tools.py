@@ -203,3 +203,16 @@ def captured(log_path: Path, title: str) -> Iterator[dict]:
         with open(log_path, encoding="utf-8", errors="replace") as read:
             read.seek(start)
             result["lines"] = sum(1 for line in read if line.strip())
+
+
+def recipe_notes(recipe) -> list[str]:
+    """What `compress validate` says about a recipe's quantization choices, one sentence each (no imports)."""
+    notes = []
+    for index, stage in enumerate(recipe.stages):
+        schemes = getattr(stage, "schemes", None) or []
+        if getattr(stage, "kind", None) == "quantize" and recipe.task == "image-classification" \
+                and "int8-dynamic" in schemes:
+            notes.append(f"stages[{index}]: int8-dynamic turns a CNN's convolutions into ConvInteger, which "
+                         "onnxruntime's CPU kernels run about 5-11x slower than fp32; int8-static is the scheme "
+                         "for convolutional models (the default when schemes is not set).")
+    return notes

@@ -24,6 +24,8 @@ from compress.artifacts import write_text_atomic
 # Operators each scheme quantizes (with a constant weight): the candidates for exclusion.
 SCHEME_OPS = {"int8-dynamic": ("MatMul", "Attention", "Gemm"), "int8-static": ("MatMul",),
               "int4-weight": ("MatMul",)}
+# Operators whose constant input is a weight: a scheme's activation-only operators (Clip, Pad) are no candidates.
+WEIGHTED_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Gather"}
 KEPT_PRECISION = {"int8-dynamic": "fp32", "int8-static": "fp32", "int4-weight": "int8"}
 LAYER = re.compile(r"layers?[._/](\d+)(?:[./]|$)|^Attention_(\d+)$")
 # A CNN's block, from torch's module path in the node name: /features/features.3/depthwise/.../Conv -> features.3
@@ -38,7 +40,7 @@ def candidates(model_path: Path, scheme: str, op_types: list[str] | None = None,
 
     model = onnx.load(str(model_path), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
-    ops = set(op_types or SCHEME_OPS[scheme])
+    ops = set(op_types or SCHEME_OPS[scheme]) & WEIGHTED_OPS
     return [n.name for n in model.graph.node
             if n.op_type in ops and n.name not in skip and any(i in weights for i in n.input[1:])]
 

@@ -152,3 +152,28 @@ def test_summary_line_points_to_the_log_only_when_it_has_warnings(tmp_path):
 
     assert quiet == "  m.int8-static.onnx: 0.4 MB (27% of fp32), agreement 0.9944 with fp32 on 360 held-out"
     assert noisy.endswith("7 warning line(s) in work/q.log")
+
+
+@pytest.mark.parametrize("task, schemes, noted", [
+    ("image-classification", "[int8-dynamic, int8-static]", True),
+    ("image-classification", "[int8-static, fp16]", False),
+    ("text-classification", "[int8-dynamic]", False),
+])
+def test_recipe_notes_say_int8_dynamic_is_slow_for_cnns(task, schemes, noted):
+    from compress.recipe import parse_recipe
+
+    recipe = parse_recipe(f"""
+version: 1
+name: n
+task: {task}
+teacher: {{source: 'python:m.py:f'}}
+data: {{source: sklearn:digits}}
+stages:
+  - {{kind: export}}
+  - {{kind: quantize, schemes: {schemes}}}
+""")
+
+    notes = quant_tools.recipe_notes(recipe)
+
+    assert len(notes) == int(noted)
+    assert not noted or ("stages[1]: int8-dynamic" in notes[0] and "ConvInteger" in notes[0])
