@@ -33,8 +33,9 @@ def test_chance_is_the_majority_share(labels, expected):
 
 
 @pytest.mark.parametrize("quality, max_drop, ok", [
-    ({"agreement": 0.66}, 0.02, False), ({"agreement": 0.98}, 0.02, True), ({"agreement": 0.979}, 0.02, False),
-    ({"cosine": 0.9}, 0.02, True),
+    ({"accuracy": 0.0, "agreement": 0.66}, 0.02, False), ({"accuracy": 0.9, "agreement": 0.98}, 0.02, True),
+    ({"accuracy": 0.9, "agreement": 0.979}, 0.02, False),
+    ({"cosine": 0.9}, 0.02, True), ({"perplexity": 15.0, "agreement": 0.52}, 0.02, True),
 ])
 def test_agreement_qualifies_within_the_budget_of_changed_answers(quality, max_drop, ok):
     assert quality_basis.agreement_qualifies(quality, max_drop) is ok

@@ -23,7 +23,7 @@ DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_a
 def build_report(run_dir: Path, manifest: dict) -> dict:
     recipe = manifest.get("recipe") or {}
     docs = bench_results(Path(run_dir), manifest)
-    headline = headline_of(recipe.get("task"))
+    headline, headline_reason = quality_headline(headline_of(recipe.get("task")), docs)
     gates, select = recipe.get("gates") or {}, recipe.get("select") or {}
     max_drop = next((v for v in (select.get("max_quality_drop"), gates.get("max_quality_drop")) if v is not None),
                     DEFAULT_MAX_DROP)
@@ -32,6 +32,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     best, why = recommend(rows, select, max_drop)
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
+        "headline_reason": headline_reason,
         "baseline": BASELINES.get(recipe.get("task"), BASELINES[None]),
         "quality_basis": QUALITY_BASIS.get(recipe.get("task"), QUALITY_BASIS[None]),
         "max_quality_drop": max_drop,
@@ -49,6 +50,21 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": trust(recipe, manifest),
     }
+
+
+def quality_headline(headline: str, docs: list[dict]) -> tuple[str, str | None]:
+    """Classification: agreement with the fp32 teacher instead of accuracy when the labels do not fit the model
+    (compress/tasks/quality_basis.py), judged on the teacher's fp32 row and the bench's label facts."""
+    if headline != "accuracy" or not docs:
+        return headline, None
+    from compress.tasks.quality_basis import decide
+
+    rows = [r for doc in docs for r in doc["rows"] if r.get("role") == "teacher" and r.get("precision") == "fp32"
+            and r.get("status") == "ok" and r.get("quality")]
+    rows.sort(key=lambda r: r.get("runtime") != "torch")
+    labels = (docs[0].get("settings") or {}).get("labels") or {}
+    return decide(headline, rows[0]["quality"] if rows else None, has_labels=labels.get("has_labels", True),
+                  data_labels=labels.get("data"), model_labels=labels.get("model"))
 
 
 def trust(recipe: dict, manifest: dict) -> dict:

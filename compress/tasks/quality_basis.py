@@ -53,6 +53,10 @@ def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = Tr
 
 
 def agreement_qualifies(quality: dict | None, max_drop: float) -> bool:
-    """A variant that changes more than the budget of the teacher's answers never qualifies."""
-    value = (quality or {}).get(AGREEMENT)
-    return not isinstance(value, (int, float)) or value >= 1 - max_drop - 1e-12
+    """A classifier (its quality has accuracy) that changes more than the budget of the teacher's answers never
+    qualifies. Other tasks' agreement (a causal LM's next tokens) is judged by their own headline."""
+    quality = quality or {}
+    value = quality.get(AGREEMENT)
+    if "accuracy" not in quality or not isinstance(value, (int, float)):
+        return True
+    return value >= 1 - max_drop - 1e-12
