@@ -60,9 +60,9 @@ def render(d: dict) -> str:
              f"images. Latency: onnxruntime CPU, batch 1, 1 thread, {ROUNDS} interleaved rounds; speed-up = median "
              "of per-round fp32/variant p50 ratios. The machine was shared with other sessions (noisy timings; "
              "quality figures are not affected).", "",
-             "| variant | size MB | accuracy | agreement with fp32 (held-out) | p50 ms b1 | speed-up vs fp32 | "
+             "| variant | size MB | accuracy | agreement with the fp32 teacher | p50 ms b1 | speed-up vs fp32 ONNX | "
              "notes |", "|---|---|---|---|---|---|---|"]
-    notes = {"fp32": "export of the fine-tuned model",
+    notes = {"fp32": "ONNX export of the fine-tuned model",
              "int8-static": "quant_pre_process + static QDQ, per-channel weights",
              "fp16": "IO kept fp32, shape subgraph kept fp32, graph sorted",
              "int8-dynamic": "ConvInteger: not offered by default for CNNs"}

@@ -54,3 +54,21 @@ def test_load_images_upsamples_and_normalises_sklearn_digits():
 
     assert data.train.images.shape == (100, 1, 16, 16) and data.eval.images.shape == (50, 1, 16, 16)
     assert data.train.images.min() >= -1.01 and data.train.images.max() <= 1.01 and data.train.images.min() < -0.9
+
+
+@pytest.mark.parametrize("extra, error", [
+    ({"image_fit": "center-crop", "mean": [0.5], "std": 0.5}, None),
+    ({"image_fit": "squash"}, "image_fit"),
+    ({"std": 0}, "std"),
+])
+def test_data_config_image_keys(extra, error):
+    from pydantic import ValidationError
+
+    from compress.recipe import DataConfig
+
+    if error:
+        with pytest.raises(ValidationError, match=error):
+            DataConfig(source="sklearn:digits", **extra)
+    else:
+        data = load_images(DataConfig(source="sklearn:digits", image_size=12, eval_size=20, train_limit=10, **extra))
+        assert data.eval.images.shape == (20, 1, 12, 12) and data.eval.images.min() < 0
