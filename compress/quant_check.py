@@ -76,7 +76,31 @@ def verify(path: Path, source: Path, feeds: list[dict], scheme: str) -> dict:
                   cosine=round(_cosine(got, want), 6))
     if got.ndim == 2 and got.shape[1] > 1:
         result["agreement"] = round(float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))), 6)
+    one = {n: feeds[0][n][:1] for n in names}
+    result["speedup_b1"] = quick_speedup(reference, candidate, one)
     return result
+
+
+def quick_speedup(reference, candidate, feed: dict, rounds: int = 3, seconds: float = 0.1) -> float | None:
+    """fp32 p50 / candidate p50 at batch 1, median of interleaved rounds (A B A B); a quick look on the
+    quantizing machine (its sessions use every core), not the bench."""
+    import statistics
+    import time
+
+    ratios = []
+    for _ in range(rounds):
+        p50 = []
+        for sess in (reference, candidate):
+            sess.run(None, feed)
+            samples, end = [], time.perf_counter() + seconds
+            while time.perf_counter() < end or len(samples) < 3:
+                start = time.perf_counter()
+                sess.run(None, feed)
+                samples.append(time.perf_counter() - start)
+            p50.append(statistics.median(samples))
+        ratios.append(p50[0] / p50[1] if p50[1] > 0 else None)
+    ratios = [r for r in ratios if r]
+    return round(statistics.median(ratios), 3) if ratios else None
 
 
 def _cosine(a, b) -> float:
@@ -109,6 +133,9 @@ def summary_line(name: str, size_bytes: int, ratio: float, check: dict, log_line
         parts.append(f"agreement {check['agreement']:.4f} with fp32 on {check['examples']} held-out")
     elif "cosine" in check:
         parts.append(f"cosine {check['cosine']:.4f} to fp32 on {check['examples']} held-out")
+    speed = check.get("speedup_b1")
+    if speed is not None:
+        parts.append(f"{speed:.2f}x fp32's speed at batch 1" + (" (slower: see the bench)" if speed < 0.95 else ""))
     if log_lines and log is not None:
         shown = log.relative_to(base) if base is not None and log.is_relative_to(base) else log
         parts.append(f"{log_lines} warning line(s) in {shown}")

@@ -57,6 +57,7 @@ def test_to_fp16_keeps_valid_a_graph_the_plain_converter_leaves_unsorted(cnn, tm
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert check["checker"] == "ok" and check["examples"] == 40 and check["agreement"] >= 0.99
+    assert check["speedup_b1"] > 0
 
 
 @pytest.mark.parametrize("broken, reason", [
@@ -150,7 +151,10 @@ def test_summary_line_points_to_the_log_only_when_it_has_warnings(tmp_path):
     noisy = quant_check.summary_line("m.int8-static.onnx", 420_000, 0.27, check, 7,
                                      tmp_path / "work" / "q.log", tmp_path)
 
+    slow = quant_check.summary_line("m.fp16.onnx", 420_000, 0.5, {**check, "speedup_b1": 0.7}, 0, None, tmp_path)
+
     assert quiet == "  m.int8-static.onnx: 0.4 MB (27% of fp32), agreement 0.9944 with fp32 on 360 held-out"
+    assert slow.endswith("0.70x fp32's speed at batch 1 (slower: see the bench)")
     assert noisy.endswith("7 warning line(s) in work/q.log")
 
 
