@@ -38,10 +38,11 @@ def check_graph(path: Path, scheme: str) -> None:
         raise ArtifactCheckError(reason(scheme, str(exc))) from None
 
 
-def session(path: Path, provider: str = "CPUExecutionProvider"):
+def session(path: Path, provider: str = "CPUExecutionProvider", threads: int = 0):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=[provider])
 
@@ -77,13 +78,13 @@ def verify(path: Path, source: Path, feeds: list[dict], scheme: str) -> dict:
     if got.ndim == 2 and got.shape[1] > 1:
         result["agreement"] = round(float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))), 6)
     one = {n: feeds[0][n][:1] for n in names}
-    result["speedup_b1"] = quick_speedup(reference, candidate, one)
+    result["speedup_b1"] = quick_speedup(session(source, threads=1), session(path, threads=1), one)
     return result
 
 
 def quick_speedup(reference, candidate, feed: dict, rounds: int = 3, seconds: float = 0.1) -> float | None:
-    """fp32 p50 / candidate p50 at batch 1, median of interleaved rounds (A B A B); a quick look on the
-    quantizing machine (its sessions use every core), not the bench."""
+    """fp32 p50 / candidate p50 at batch 1 (sessions of 1 thread), median of interleaved rounds (A B A B): a
+    quick look on the quantizing machine, not the bench."""
     import statistics
     import time
 
