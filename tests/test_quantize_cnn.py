@@ -45,7 +45,7 @@ def run_quantize(exported: Path, tmp_path: Path, stage: str, console: Console | 
 
 def test_quantize_cnn_console_gets_one_line_per_artifact_and_no_protobuf_dump(exported, tmp_path, capfd):
     buffer = io.StringIO()
-    console = Console(file=buffer, width=200)
+    console = Console(file=buffer, width=1000)
 
     manifest = run_quantize(exported, tmp_path, "{kind: quantize, schemes: [int8-dynamic, int8-static, fp16], "
                             "int8: {calibration_size: 32}}", console)
