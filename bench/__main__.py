@@ -1,4 +1,5 @@
-"""`python -m bench [distill | lm | gpu [--cpu] ... | peers [--setup] ...]`: compress's own benchmarks, written to bench/results/.
+"""`python -m bench [distill | lm | cnn | gpu [--cpu] ... | peers [--setup] ...]`: compress's own benchmarks, written to
+bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
 <date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import distill, gpu, lm, peers
+from bench import cnn, distill, gpu, lm, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
     "distill-embedding": lambda: distill.main(("embedding",)),
     "lm": lm.main,  # SmolLM2: generate 2,000 completions, distill, export, int4, bench; and a control student
+    "cnn": cnn.main,  # edge CNN with TF "same" padding: fp32 vs int8-static vs fp16 (and int8-dynamic) at b1
     "gpu": lambda: gpu.main([]),  # distill on the accelerator, CUDA EP rows; `--cpu` rehearses it
     "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
 }

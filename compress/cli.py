@@ -73,13 +73,17 @@ def validate(
     are what the recipe says, without running anything."""
     from compress.errors import RecipeError
     from compress.inputs import check_paths
+    from compress.quant_tools import recipe_notes
     from compress.recipe import load_recipe
 
     failed = False
     for path in recipes:
         try:
-            check_paths(load_recipe(path, set_), path)
+            recipe = load_recipe(path, set_)
+            check_paths(recipe, path)
             out.print(f"{path}: ok")
+            for note in recipe_notes(recipe):
+                out.print(f"{path}: note: {note}")
         except RecipeError as exc:
             print(exc, file=sys.stderr)
             failed = True

@@ -24,8 +24,12 @@ from compress.artifacts import write_text_atomic
 # Operators each scheme quantizes (with a constant weight): the candidates for exclusion.
 SCHEME_OPS = {"int8-dynamic": ("MatMul", "Attention", "Gemm"), "int8-static": ("MatMul",),
               "int4-weight": ("MatMul",)}
+# Operators whose constant input is a weight: a scheme's activation-only operators (Clip, Pad) are no candidates.
+WEIGHTED_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Gather"}
 KEPT_PRECISION = {"int8-dynamic": "fp32", "int8-static": "fp32", "int4-weight": "int8"}
 LAYER = re.compile(r"layers?[._/](\d+)(?:[./]|$)|^Attention_(\d+)$")
+# A CNN's block, from torch's module path in the node name: /features/features.3/depthwise/.../Conv -> features.3
+BLOCK = re.compile(r"([A-Za-z_]\w*)[._](\d+)(?:[./]|$)")
 LATENCY_SECONDS = 0.3
 
 
@@ -36,23 +40,27 @@ def candidates(model_path: Path, scheme: str, op_types: list[str] | None = None,
 
     model = onnx.load(str(model_path), load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
-    ops = set(op_types or SCHEME_OPS[scheme])
+    ops = set(op_types or SCHEME_OPS[scheme]) & WEIGHTED_OPS
     return [n.name for n in model.graph.node
             if n.op_type in ops and n.name not in skip and any(i in weights for i in n.input[1:])]
 
 
 def group_nodes(nodes: list[str], granularity: str) -> dict[str, list[str]]:
     """Groups in graph order: `layer.N` (from the node name; fused Attention_N is layer N), `embeddings`,
-    `other`; or one group per node."""
+    a CNN's numbered block (`features.3`: its depthwise and pointwise Convs together), `other`; or one group
+    per node."""
     if granularity == "node":
         return {n: [n] for n in nodes}
     groups: dict[str, list[str]] = {}
     for node in nodes:
         match = LAYER.search(node)
+        block = None if match else BLOCK.search(node)
         if match:
             key = f"layer.{match.group(1) or match.group(2)}"
+        elif "embed" in node.lower():
+            key = "embeddings"
         else:
-            key = "embeddings" if "embed" in node.lower() else "other"
+            key = f"{block.group(1)}.{block.group(2)}" if block else "other"
         groups.setdefault(key, []).append(node)
     return groups
 
@@ -77,6 +85,22 @@ class Evaluator:
             self.reference = self._teacher_outputs(teacher.path)
         elif onnx_teacher is not None:  # no PyTorch teacher: the ONNX model given as the teacher is the reference
             self.reference = self._onnx_outputs(onnx_teacher.path / "model.onnx")
+        self.headline, self.basis_reason = self._basis(data, getattr(task, "HEADLINE", None), teacher or onnx_teacher)
+
+    def _basis(self, data, headline, teacher):
+        """Classification: agreement with the fp32 teacher when the labels do not fit the model (see
+        compress/tasks/quality_basis.py); the task's headline otherwise."""
+        if self.reference is None or headline != "accuracy":
+            return headline, None
+        from compress.tasks.quality_basis import decide
+
+        try:
+            model_labels = self.task.bundle_info(teacher.path).get("labels")
+        except (OSError, ValueError, KeyError):  # a folder without the file that names its classes
+            model_labels = None
+        scores = self.task.quality(self.reference, self.reference, self.labels)
+        return decide(headline, scores, has_labels=self.labels is not None,
+                      data_labels=getattr(data, "label_names", None), model_labels=model_labels)
 
     def _teacher_outputs(self, path: Path):
         import torch
@@ -113,7 +137,7 @@ class Evaluator:
             return None
         session = self._session(model_path)
         out = [session.run(None, {n: b[n] for n in self.inputs.names})[0] for b in self.batches]
-        score = self.task.quality(self.reference, unbatch(out, self.batches), self.labels).get(self.task.HEADLINE)
+        score = self.task.quality(self.reference, unbatch(out, self.batches), self.labels).get(self.headline)
         return score if score is not None and math.isfinite(score) else None
 
     def latency_ms(self, model_path: Path) -> float:
@@ -171,6 +195,8 @@ class Search:
             save: Callable[[Path, dict], None]) -> dict:
         base = evaluator.quality(source_path / "model.onnx")
         self.state.update(source_quality=base, eval_texts=evaluator.count, groups=len(groups),
+                          headline=getattr(evaluator, "headline", None),
+                          quality_basis=getattr(evaluator, "basis_reason", None),
                           candidates=sum(len(v) for v in groups.values()))
         try:
             best = self._step(build, evaluator, [], [], save)
@@ -250,6 +276,7 @@ def summary(state: dict) -> dict:
         "max_quality_drop": state["max_quality_drop"], "time_budget_s": state["time_budget_s"],
         "status": state["status"], "reason": state.get("reason"), "within_budget": state.get("within_budget"),
         "source_quality": state.get("source_quality"), "quality": best.get("quality"), "drop": best.get("drop"),
+        "headline": state.get("headline"), "quality_basis": state.get("quality_basis"),
         "best_step": state.get("best_step"), "kept_precision": state["kept_precision"],
         "excluded_groups": best.get("excluded_groups", []), "excluded_nodes": best.get("excluded_nodes", []),
         "seconds": state.get("seconds"), "eval_texts": state.get("eval_texts"),

@@ -199,9 +199,9 @@ def test_distill_picks_latest_teacher_role(tmp_path, tiny3, tiny_bert, tiny_text
 
 @pytest.mark.parametrize("reference, outputs, labels, expected", [
     ([[2, 0], [0, 2], [2, 0], [0, 2]], [[2, 0], [0, 2], [2, 0], [0, 2]], [0, 1, 0, 1],
-     {"accuracy": 1.0, "macro_f1": 1.0, "agreement": 1.0}),
+     {"accuracy": 1.0, "macro_f1": 1.0, "agreement": 1.0, "chance_accuracy": 0.5}),
     ([[2, 0], [0, 2], [2, 0], [0, 2]], [[2, 0], [2, 0], [2, 0], [2, 0]], [0, 1, 0, 1],
-     {"accuracy": 0.5, "macro_f1": (2 / 3 + 0) / 2, "agreement": 0.5}),
+     {"accuracy": 0.5, "macro_f1": (2 / 3 + 0) / 2, "agreement": 0.5, "chance_accuracy": 0.5}),
     ([[2, 0], [2, 0], [0, 2], [0, 2]], [[2, 0], [0, 2], [0, 2], [0, 2]], None,
      {"accuracy": 0.75, "macro_f1": (2 / 3 + 0.8) / 2, "agreement": 0.75}),
 ])

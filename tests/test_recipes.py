@@ -29,6 +29,10 @@ SHRINK = {
         "stages.1.max_minutes=null", "stages.1.eval_every=0", "stages.1.batch_size=8",
         "stages.4.seq_lens=[16]", "stages.4.new_tokens=4", "stages.4.rounds=1", "stages.4.min_iterations=1",
     ],
+    "edge-cnn.yaml": [
+        "data.train_limit=300", "data.eval_size=60", "stages.0.max_steps=30", "stages.0.eval_every=0",
+        "stages.3.rounds=1", "stages.3.warmup=1", "stages.3.min_iterations=3", "stages.3.min_seconds=0",
+    ],
     "digits-cnn.yaml": [
         "data.train_limit=400", "data.eval_size=100", "stages.0.max_steps=40", "stages.0.eval_every=0",
         "stages.1.max_steps=40", "stages.1.eval_every=0",
@@ -105,3 +109,17 @@ def test_digits_cnn_trains_a_factory_teacher_distills_and_reports_accuracy(tmp_p
     assert rows["teacher"]["headline"] > 0.5  # the factory's random teacher, trained by the finetune stage
     assert all(0.0 <= r["headline"] <= 1.0 for r in rows.values())  # top-1 accuracy on the held-out digits
 
+
+
+def test_edge_cnn_quantizes_checked_int8_static_and_fp16_quietly(tmp_path):
+    run_dir = tmp_path / "edge"
+    sets = [a for s in SHRINK["edge-cnn.yaml"] for a in ("--set", s)]
+    result = compress("run", "recipes/edge-cnn.yaml", "--out", str(run_dir), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    quantized = manifest["stages"]["quantize"]["metrics"]
+    assert sorted(quantized) == ["teacher-finetuned.fp16.onnx", "teacher-finetuned.int8-static.onnx"]
+    assert all(m["check"]["checker"] == "ok" and m["check"]["examples"] == 60 for m in quantized.values())
+    assert quantized["teacher-finetuned.int8-static.onnx"]["options"]["preprocess"] == "quant_pre_process"
+    console = result.stdout + result.stderr
+    assert "tensor_type {" not in console and "Please consider" not in console

@@ -143,3 +143,16 @@ def test_accuracy_search_keeps_int4_nodes_in_8_bits(fragile, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids = np.array([[101, 2204, 102]], dtype=np.int64)
     assert np.isfinite(session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]).all()
+
+
+@pytest.mark.parametrize("nodes, expected", [
+    (["/features/features.0/features.0.0/Conv", "/features/features.1/depthwise/depthwise.0/Conv",
+      "/features/features.1/pointwise/pointwise.0/Conv", "/head/Gemm"],
+     {"features.0": 1, "features.1": 2, "other": 1}),
+    (["/encoder/layer.0/attention/MatMul", "/encoder/layer.1/output/MatMul", "/pooler/dense/MatMul"],
+     {"layer.0": 1, "layer.1": 1, "other": 1}),
+])
+def test_group_nodes_groups_a_cnn_by_block(nodes, expected):
+    from compress.sensitivity import group_nodes
+
+    assert {k: len(v) for k, v in group_nodes(nodes, "layer").items()} == expected

@@ -88,8 +88,17 @@ class DataConfig(StrictModel):
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per text for training and eval.")
     image_size: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=1)]], Field(
         min_length=2, max_length=2)] | None = Field(
-        default=None, description="image-classification: resize the images of a folder to this size, N or "
-        "[height, width] (default: their own size, which must then be the same for all).")
+        default=None, description="image-classification: bring every image to this size, N or [height, width] "
+        "(default: their own size, which must then be the same for all).")
+    image_fit: Literal["resize", "center-crop"] = Field(
+        default="resize", description="image-classification: how images reach image_size: resize stretches them, "
+        "center-crop scales the shorter side to fit and crops the middle.")
+    mean: float | list[float] | None = Field(
+        default=None, description="image-classification: per-channel mean (one value, or one per channel, on the "
+        "[0, 1] scale) subtracted from the pixels, so a factory's model need not normalise its inputs.")
+    std: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, description="image-classification: per-channel standard deviation the pixels are divided by "
+        "(after mean).")
 
 
 class Gates(StrictModel):

@@ -24,7 +24,7 @@ DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_a
 def build_report(run_dir: Path, manifest: dict) -> dict:
     recipe = manifest.get("recipe") or {}
     docs = bench_results(Path(run_dir), manifest)
-    headline = headline_of(recipe.get("task"))
+    headline, headline_reason = quality_headline(headline_of(recipe.get("task")), docs)
     gates, select = recipe.get("gates") or {}, recipe.get("select") or {}
     max_drop = next((v for v in (select.get("max_quality_drop"), gates.get("max_quality_drop")) if v is not None),
                     DEFAULT_MAX_DROP)
@@ -36,6 +36,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     text = recommendation_text(best, why, headline)
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
+        "headline_reason": headline_reason,
         "baseline": BASELINES.get(basis, BASELINES[None]),
         "quality_basis": QUALITY_BASIS.get(basis, QUALITY_BASIS[None]),
         "teacher_input": teacher_input(manifest),
@@ -60,6 +61,21 @@ def teacher_input(manifest: dict) -> str:
     """"onnx" when the recipe's teacher is an ONNX model (the teacher artifact is an onnx bundle), else "pytorch"."""
     teacher = (manifest.get("artifacts") or {}).get("teacher") or {}
     return "onnx" if teacher.get("format") == "onnx" else "pytorch"
+
+
+def quality_headline(headline: str, docs: list[dict]) -> tuple[str, str | None]:
+    """Classification: agreement with the fp32 teacher instead of accuracy when the labels do not fit the model
+    (compress/tasks/quality_basis.py), judged on the teacher's fp32 row and the bench's label facts."""
+    if headline != "accuracy" or not docs:
+        return headline, None
+    from compress.tasks.quality_basis import decide
+
+    rows = [r for doc in docs for r in doc["rows"] if r.get("role") == "teacher" and r.get("precision") == "fp32"
+            and r.get("status") == "ok" and r.get("quality")]
+    rows.sort(key=lambda r: r.get("runtime") != "torch")
+    labels = (docs[0].get("settings") or {}).get("labels") or {}
+    return decide(headline, rows[0]["quality"] if rows else None, has_labels=labels.get("has_labels", True),
+                  data_labels=labels.get("data"), model_labels=labels.get("model"))
 
 
 def trust(recipe: dict, manifest: dict) -> dict:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from compress.tasks.quality_basis import agreement_qualifies
+
 DEFAULT_MAX_DROP = 0.02  # the recommendation's quality budget when the recipe sets no gate
 NOISY_SPREAD = 0.15  # per-round medians further apart than this (relative) make a row "noisy"
 SLOWER_MARGIN = 0.05  # a quantized row is "slower than its source" only beyond this: re-runs differ that much
@@ -189,6 +191,8 @@ def _flags(row: dict, entry: dict, ok: list[dict], max_drop: float) -> list[str]
         flags.append(f"slower than its fp32 source ({source['variant']}, {source['latency_ms']['p50']:.2f} ms)")
     if entry["quality_drop"] is not None and entry["quality_drop"] > max_drop:
         flags.append(f"quality drop over {max_drop:g}")
+    elif not agreement_qualifies(quality, max_drop):
+        flags.append(f"agreement below {1 - max_drop:g}")
     elif not quality:
         flags.append("quality not measured")
     rounds = [v for v in entry["rounds_p50_ms"] if num(v)]
@@ -236,6 +240,8 @@ def eligibility(select: dict, max_drop: float, setting: str | None = None) -> li
         ("NaN outputs", lambda r: "NaN" not in r.get("flags", [])),
         ("quality not measured", lambda r: r.get("quality_drop") is not None),
         (f"quality drop over {max_drop:g}", lambda r: r["quality_drop"] <= max_drop),
+        # Whatever the headline, a classifier that changes more than the budget of the teacher's answers.
+        (f"agreement below {1 - max_drop:g}", lambda r: agreement_qualifies(r.get("quality"), max_drop)),
         (f"larger than {select.get('max_size_mb')} MB",
          lambda r: not select.get("max_size_mb") or (r.get("size_mb") or 0) <= select["max_size_mb"]),
         (f"no {objective}", lambda r: r.get(key) is not None),

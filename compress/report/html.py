@@ -164,6 +164,9 @@ def recipe_section(manifest: dict) -> str:
 def _summary(report: dict, manifest: dict) -> str:
     gates = report.get("gates") or {"checks": []}
     parts = [f"<p class=rec><b>Recommendation.</b> {esc(report.get('recommendation_text'))}</p>"]
+    if report.get("headline_reason"):
+        parts.append(f"<p><b>Quality basis.</b> The headline is {esc(report.get('headline'))}: "
+                     f"{esc(report['headline_reason'])}.</p>")
     if gates["checks"]:
         items = "".join(f"<li>{esc(c['gate'])}: {esc(c['value'] if c['value'] is None else round(c['value'], 4))}"
                         f" vs {esc(c['threshold'])} ({'pass' if c['passed'] else 'fail'})</li>"

@@ -43,8 +43,10 @@ def decision_table(report: dict):
     from rich.table import Table
 
     headline = report.get("headline", "cosine")
-    table = Table(title=f"compress: {report.get('run') or 'run'}", caption=report.get("recommendation_text"),
-                  caption_justify="left")
+    caption = report.get("recommendation_text") or ""
+    if report.get("headline_reason"):
+        caption += f"\nThe headline is {headline}: {report['headline_reason']}."
+    table = Table(title=f"compress: {report.get('run') or 'run'}", caption=caption or None, caption_justify="left")
     shown = CONSOLE_COLUMNS
     if any(r.get("cost_per_million") is not None for r in report.get("rows", [])):
         shown = (*CONSOLE_COLUMNS[:-3], "$ / M inf.", *CONSOLE_COLUMNS[-3:])
@@ -125,8 +127,10 @@ def _table_lines(report: dict, headline: str) -> list[str]:
     keep = [i for i, c in enumerate(COLUMNS) if is_generation(report) or c not in ("TTFT ms", "tokens/s")]
     header = [COLUMNS[i].format(headline=headline) for i in keep]
     basis = report.get("quality_basis") or QUALITY_BASIS[None]
+    reason = report.get("headline_reason")
+    why = f" The headline is {headline}: {reason}." if reason else ""
     lines = ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
-             f"({headline}) is measured on {basis}."), "",
+             f"({headline}) is measured on {basis}.{why}"), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(table_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
                     for r in report["rows"]]

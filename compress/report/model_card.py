@@ -232,7 +232,9 @@ def _metrics(name: str, report: dict) -> str:
            if any(r.get("tokens_per_s") is not None for r in rows)
            else "latency is per call at the batch size/sequence length/threads of the setting")
     lines = ["## Metrics per provider", "",
-             f"Quality ({headline} and others) is measured on {basis}; {per}.", "",
+             f"Quality ({headline} and others) is measured on {basis}; {per}."
+             + (f" The headline is {headline}: {report['headline_reason']}." if report.get("headline_reason") else ""),
+             "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         others = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("quality") or {}).items()

@@ -116,8 +116,23 @@ def run(cfg: Config, ctx) -> list:
                if any(v.name == k[0] for v in variants)}
     rows = [engine.row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
     engine.check_strict(cfg, rows)
-    settings = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length}
+    settings = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length,
+                "labels": _label_fit(ctx, data, labels)}
     return [engine.save_results(ctx, cells, results, rows, envs, targets, settings)]
+
+
+def _label_fit(ctx, data, labels) -> dict:
+    """What the report needs to judge whether the labels fit the model (compress/tasks/quality_basis.py): whether
+    the held-out data has labels, its label names, and the teacher's class names."""
+    if getattr(ctx.task, "HEADLINE", None) != "accuracy":
+        return {}
+    teacher = ctx.teacher(required=False)
+    try:
+        model = (ctx.task.bundle_info(teacher.path).get("labels") or []) if teacher is not None else []
+    except (OSError, ValueError, KeyError):  # a folder without the file that names its classes
+        model = []
+    return {"has_labels": labels is not None, "data": list(getattr(data, "label_names", None) or []),
+            "model": list(model)}
 
 
 def _measure(cfg: Config, cell: engine.Cell, inputs: engine.Inputs, want_eval: bool, work: Path, task: str,

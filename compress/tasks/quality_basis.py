@@ -1,0 +1,62 @@
+"""Which quality figure is the headline of a classification run: accuracy, or agreement with the fp32 teacher.
+
+Accuracy only means something when the labels fit the model. When they do not (the data has no labels, its label
+names are not among the model's classes, or the teacher itself scores at chance on them), every variant's
+accuracy is noise around chance and every drop about 0: a variant that changes a third of the teacher's answers
+would look free. Then the headline is agreement with the fp32 teacher's predictions, and the drop is computed on
+it (the teacher agrees with itself: 1). Applies to every classification task (logits from any source).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+AGREEMENT = "agreement"
+# A teacher within this many points of the chance level (the majority class's share) is "at chance".
+CHANCE_MARGIN = 0.05
+
+
+def chance(labels) -> float:
+    """The accuracy of always answering the most frequent label: the floor a model must clear."""
+    labels = list(labels)
+    if not labels:
+        return 0.0
+    return max(Counter(int(v) for v in labels).values()) / len(labels)
+
+
+def generic(names) -> bool:
+    """Names that say nothing (LABEL_0, 0, 1, ...): they cannot be compared with the data's."""
+    return all(str(n).upper().startswith("LABEL_") or str(n).isdigit() for n in names)
+
+
+def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = True,
+           data_labels: list[str] | None = None, model_labels: list[str] | None = None) -> tuple[str, str | None]:
+    """(the headline metric to rank and gate on, the one-sentence reason when it is not the task's own).
+
+    `teacher_quality` is the fp32 teacher's quality dict against the labels (accuracy, chance_accuracy, ...)."""
+    if not has_labels:
+        return AGREEMENT, ("the held-out data has no labels, so quality is agreement with the fp32 teacher's "
+                           "predictions")
+    if data_labels and model_labels and not generic(model_labels):
+        missing = [n for n in data_labels if n not in set(model_labels)]
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            return AGREEMENT, (f"the data's label names ({shown}) are not among the model's classes, so quality "
+                               "is agreement with the fp32 teacher's predictions")
+    teacher_quality = teacher_quality or {}
+    accuracy, floor = teacher_quality.get("accuracy"), teacher_quality.get("chance_accuracy")
+    if isinstance(accuracy, (int, float)) and isinstance(floor, (int, float)) and accuracy <= floor + CHANCE_MARGIN:
+        return AGREEMENT, (f"the fp32 teacher's accuracy on these labels ({accuracy:.4f}) is at chance "
+                           f"({floor:.4f}), so the labels do not fit the model and quality is agreement with "
+                           "the fp32 teacher's predictions")
+    return headline, None
+
+
+def agreement_qualifies(quality: dict | None, max_drop: float) -> bool:
+    """A classifier (its quality has accuracy) that changes more than the budget of the teacher's answers never
+    qualifies. Other tasks' agreement (a causal LM's next tokens) is judged by their own headline."""
+    quality = quality or {}
+    value = quality.get(AGREEMENT)
+    if "accuracy" not in quality or not isinstance(value, (int, float)):
+        return True
+    return value >= 1 - max_drop - 1e-12
