@@ -220,3 +220,11 @@ def test_report_labels_real_length_rows_and_compares_within_the_setting(exported
 def test_bench_config_rejects_bad_sequence_lengths(seq_lens, message):
     with pytest.raises(ValueError, match=message):
         bench.Config(seq_lens=seq_lens)
+
+
+def test_recipe_refuses_real_lengths_for_causal_lm():
+    recipe = ("version: 1\nname: lm\ntask: causal-lm\nteacher: {source: x}\ndata: {source: y}\n"
+              "stages:\n  - kind: export\n  - kind: bench\n    seq_lens: [data]\n")
+
+    with pytest.raises(Exception, match="not offered for task causal-lm"):
+        parse_recipe(recipe)
