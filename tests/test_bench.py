@@ -198,8 +198,7 @@ def test_bench_inputs_at_real_lengths_are_unpadded_at_batch_one(exported, tmp_pa
 
 
 def test_report_labels_real_length_rows_and_compares_within_the_setting(exported):
-    from compress.report import decision
-    from compress.report.markdown import render_markdown  # noqa: F401 - the table renders such rows
+    from compress.report import decision, table_cells
 
     results, _, _ = run_bench(exported, "bench-real-report", seq_lens=[16, "data"], rounds=1)
 
@@ -212,6 +211,7 @@ def test_report_labels_real_length_rows_and_compares_within_the_setting(exported
     assert teacher_real["is_baseline"] and real["speedup"] == pytest.approx(teacher_real["p50_ms"] / real["p50_ms"])
     assert decision.row_label(real).endswith(f"b1/real(med {median:g})/t1") and decision.row_key(real) != decision.row_key(fixed)
     assert "real(med N)" in decision.real_lengths_note(rows) and decision.real_lengths_note([fixed]) == ""
+    assert real["setting"] in table_cells(real, "cosine")  # report.md, the terminal table and the gate's table
 
 
 @pytest.mark.parametrize(("seq_lens", "message"), [

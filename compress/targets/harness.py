@@ -272,13 +272,14 @@ def real_groups(arrays: dict) -> list[dict]:
 
 
 def real_lengths(groups: list[dict]) -> dict:
-    """Token counts of real-length groups: per text (from the attention mask) and per call (padded)."""
+    """Token counts of real-length groups: per text (from the attention mask) and per call (padded); None for
+    inputs without one (images are all one size)."""
     texts, calls = [], []
     for group in groups:
-        first = next(iter(group.values()))
-        calls.append(int(first.shape[1]) if first.ndim > 1 else 1)
         mask = group.get("attention_mask")
-        texts += [int(n) for n in mask.sum(axis=1)] if mask is not None else [calls[-1]] * int(first.shape[0])
+        if mask is not None:
+            calls.append(int(mask.shape[1]))
+            texts += [int(n) for n in mask.sum(axis=1)]
     ordered = sorted(texts)
     return {"groups": len(groups), "texts": len(texts), "median": percentile(ordered, 50) if ordered else None,
             "min": ordered[0] if ordered else None, "max": ordered[-1] if ordered else None,
