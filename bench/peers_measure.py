@@ -66,6 +66,7 @@ class Variant:
     tool: str  # optimum | olive | compress | pytorch
     path: Path  # model.onnx, or the Hugging Face folder for pytorch
     note: str = ""
+    tokenizer: Path | None = None  # the model's own tokenizer folder (a trimmed vocabulary); None: the shared one
 
     @property
     def size_mb(self) -> float:
@@ -80,6 +81,16 @@ def timing_inputs(tokenizer, texts: list[str], batch: int, seq: int) -> dict:
     from compress.tasks.common import tokenize
 
     return tokenize(tokenizer, [texts[i % len(texts)] for i in range(batch)], seq, pad_to_max=True)
+
+
+def real_inputs(tokenizer, texts: list[str], batch: int, max_length: int, groups: int = 64) -> list[dict]:
+    """As compress's bench stage builds `seq_lens: [data]`: the texts in order, `batch` at a time, each group
+    padded only to its longest text (batch 1: no padding), at most `groups` groups."""
+    from compress.tasks.common import tokenize
+
+    texts = texts[: batch * groups]
+    texts = texts if len(texts) >= batch else [texts[i % len(texts)] for i in range(batch)]
+    return [tokenize(tokenizer, texts[i:i + batch], max_length) for i in range(0, len(texts) - batch + 1, batch)]
 
 
 def feeds(session, arrays: dict) -> dict:
@@ -117,8 +128,11 @@ class Runner:
                      if n in outputs]
             self.output = known[0] if known else outputs[0]
 
-    def prepare(self, arrays: dict):
-        """A zero-argument function running the model on pre-built inputs (what the clock times)."""
+    def prepare(self, arrays: dict | list[dict]):
+        """A zero-argument function running the model on pre-built inputs (what the clock times); for a list of
+        inputs (real lengths), one such function per input, which time_loop calls in turn."""
+        if isinstance(arrays, list):
+            return [self.prepare(a) for a in arrays]
         if self.session is None:
             import torch
 
@@ -143,42 +157,57 @@ class Runner:
 
 
 def measure(variants: list[Variant], texts: list[str], tokenizer, *, batches=(1, 32), seq: int = 128,
-            rounds: int = 5, threads: int = 1, settings: dict | None = None, log=print) -> dict:
-    """Time every variant at every batch size, interleaved round by round; per-round p50s kept."""
-    from compress.targets.harness import summarize, time_loop
+            rounds: int = 5, threads: int = 1, settings: dict | None = None, log=print, real_batches=(),
+            max_length: int = 128) -> dict:
+    """Time every variant at every batch size, interleaved round by round; per-round p50s kept.
+
+    Cells `<variant>|b<batch>` at `seq` tokens, and `<variant>|b<batch>|real` (real_batches) at the texts' own
+    lengths, cycled through in whole passes. A variant with its own tokenizer gets inputs made with it."""
+    from compress.targets.harness import real_lengths, summarize, time_loop
+    from compress.tasks.common import load_tokenizer
 
     settings = {1: {"warmup": 3, "min_iterations": 20, "min_seconds": 1.0},
                 32: {"warmup": 1, "min_iterations": 5, "min_seconds": 2.0}, **(settings or {})}
     runners = {v.name: Runner(v, threads) for v in variants}
-    inputs = {b: timing_inputs(tokenizer, texts, b, seq) for b in batches}
-    calls = {(v.name, b): runners[v.name].prepare(inputs[b]) for v in variants for b in batches}
-    samples: dict = {key: [] for key in calls}
-    for r in range(rounds):
+    tokenizers = {v.name: load_tokenizer(v.tokenizer) if v.tokenizer else tokenizer for v in variants}
+    calls, lengths = {}, {}
+    for v in variants:
+        tok = tokenizers[v.name]
         for b in batches:
+            calls[(v.name, b, "")] = runners[v.name].prepare(timing_inputs(tok, texts, b, seq))
+        for b in real_batches:
+            groups = real_inputs(tok, texts, b, max_length)
+            calls[(v.name, b, "real")], lengths[(v.name, b)] = runners[v.name].prepare(groups), real_lengths(groups)
+    samples: dict = {key: [] for key in calls}
+    order = [(b, "") for b in batches] + [(b, "real") for b in real_batches]
+    for r in range(rounds):
+        for b, kind in order:
             for v in variants:
-                got = time_loop(calls[(v.name, b)], **settings.get(b, settings[1]))
-                samples[(v.name, b)].append(got)
-                log(f"  round {r + 1}/{rounds} b{b} {v.name}: p50 {statistics.median(got):.2f} ms")
+                got = time_loop(calls[(v.name, b, kind)], **settings.get(b, settings[1]))
+                samples[(v.name, b, kind)].append(got)
+                log(f"  round {r + 1}/{rounds} b{b}{'/real' if kind else ''} {v.name}: p50 {statistics.median(got):.2f} ms")
     cells = {}
-    for (name, b), per_round in samples.items():
+    for (name, b, kind), per_round in samples.items():
         merged = summarize([s for rnd in per_round for s in rnd], b)["latency_ms"]
         rounds_p50 = [statistics.median(rnd) for rnd in per_round]
-        cells[f"{name}|b{b}"] = {"variant": name, "batch": b, "seq": seq, "p50_ms": merged["p50"],
-                                 "p90_ms": merged["p90"], "n": merged["n"], "rounds_p50_ms": rounds_p50,
-                                 "spread": spread(rounds_p50)}
+        cells[f"{name}|b{b}" + (f"|{kind}" if kind else "")] = {
+            "variant": name, "batch": b, "seq": "data" if kind else seq, "p50_ms": merged["p50"],
+            "p90_ms": merged["p90"], "n": merged["n"], "rounds_p50_ms": rounds_p50, "spread": spread(rounds_p50),
+            **({"real_lengths": lengths[(name, b)]} if kind else {})}
     providers = {n: getattr(r, "providers", ["torch-cpu"]) for n, r in runners.items()}
     return {"cells": cells, "providers": providers, "settings": {str(k): v for k, v in settings.items()},
-            "rounds": rounds, "threads": threads, "batches": list(batches), "seq": seq}
+            "rounds": rounds, "threads": threads, "batches": list(batches), "seq": seq,
+            "real_batches": list(real_batches)}
 
 
 def quality(variants: list[Variant], texts: list[str], tokenizer, max_length: int, reference: str) -> dict:
     """compress's sentence-embedding metric for every variant against the `reference` variant's outputs."""
     from compress.tasks import sentence_embedding
-    from compress.tasks.common import batches, unbatch
+    from compress.tasks.common import batches, load_tokenizer, unbatch
 
-    todo = batches(tokenizer, texts, max_length, 32)
     outputs = {}
     for v in variants:
+        todo = batches(load_tokenizer(v.tokenizer) if v.tokenizer else tokenizer, texts, max_length, 32)
         runner = Runner(v, 0)  # not timed: every core
         outputs[v.name] = unbatch([runner.embed(b) for b in todo], todo)
         del runner

@@ -157,3 +157,74 @@ def test_cli_run_strict_providers_fails_with_one_message(tiny_bert, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cuda: unavailable (onnxruntime-gpu not installed)" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_run_times_real_lengths_beside_fixed_ones(exported):
+    results, samples, ctx = run_bench(exported, "bench-real", seq_lens=[16, "data"], batch_sizes=[1, 4], rounds=1)
+
+    rows = {row["id"]: row for row in results["rows"]}
+    real = [r for r in rows.values() if r["seq_len"] == "data"]
+    assert {r["id"] for r in real} == {"teacher|cpu|b1|sdata|t1", "teacher.onnx|CPUExecutionProvider|b1|sdata|t1",
+                                       "teacher|cpu|b4|sdata|t1", "teacher.onnx|CPUExecutionProvider|b4|sdata|t1"}
+    median = results["settings"]["real_median_tokens"]
+    for row in real:
+        assert row["status"] == "ok", row
+        lengths = row["real_lengths"]
+        assert row["seq_len_median"] == median and lengths["min"] < lengths["max"]  # the texts differ in length
+        assert lengths["groups"] == (20 if row["batch_size"] == 1 else 5)  # eval_size 20: every text, in groups
+        assert all(len(r) % lengths["groups"] == 0 for r in samples[row["id"]])  # whole passes over the inputs
+        assert row["quality"] == rows[row["id"].replace("sdata", "s16")]["quality"]  # scored once per variant
+
+
+def test_bench_inputs_at_real_lengths_are_unpadded_at_batch_one(exported, tmp_path):
+    import numpy as np
+
+    from compress.stages.bench_engine import Inputs
+    from compress.targets.harness import real_groups
+    from compress.tasks import get_task
+
+    texts = ["short", "a much longer review of the film than the first one", "medium length text"]
+    inputs = Inputs(tmp_path, texts, 64, get_task("sentence-embedding"))
+
+    with np.load(inputs.timing(exported["artifacts"]["teacher"].path, 1, "data")) as data:
+        single = real_groups({k: data[k] for k in data.files})
+    with np.load(inputs.timing(exported["artifacts"]["teacher"].path, 2, "data")) as data:
+        paired = real_groups({k: data[k] for k in data.files})
+
+    assert len(single) == 3 and len({g["input_ids"].shape[1] for g in single}) == 3
+    assert all(g["input_ids"].shape[0] == 1 and g["attention_mask"].all() for g in single)  # no padding at b1
+    assert len(paired) == 1 and paired[0]["input_ids"].shape == (2, single[1]["input_ids"].shape[1])
+    assert not paired[0]["attention_mask"].all()  # b2: padded to the longest of the pair
+
+
+def test_report_labels_real_length_rows_and_compares_within_the_setting(exported):
+    from compress.report import decision, table_cells
+
+    results, _, _ = run_bench(exported, "bench-real-report", seq_lens=[16, "data"], rounds=1)
+
+    rows = decision.decision_rows(results["rows"], "cosine", 0.02)
+    median = results["settings"]["real_median_tokens"]
+    by_id = {r["id"]: r for r in rows}
+    real, fixed = by_id["teacher.onnx|CPUExecutionProvider|b1|sdata|t1"], by_id["teacher.onnx|CPUExecutionProvider|b1|s16|t1"]
+    assert real["setting"] == f"b1/real(med {median:g})/t1" and fixed["setting"] == "b1/s16/t1"
+    teacher_real = by_id["teacher|cpu|b1|sdata|t1"]
+    assert teacher_real["is_baseline"] and real["speedup"] == pytest.approx(teacher_real["p50_ms"] / real["p50_ms"])
+    assert decision.row_label(real).endswith(f"b1/real(med {median:g})/t1") and decision.row_key(real) != decision.row_key(fixed)
+    assert "real(med N)" in decision.real_lengths_note(rows) and decision.real_lengths_note([fixed]) == ""
+    assert real["setting"] in table_cells(real, "cosine")  # report.md, the terminal table and the gate's table
+
+
+@pytest.mark.parametrize(("seq_lens", "message"), [
+    ([0], "at least 1 token"), ([128, 128], "listed twice"), (["all"], "Input should be"),
+])
+def test_bench_config_rejects_bad_sequence_lengths(seq_lens, message):
+    with pytest.raises(ValueError, match=message):
+        bench.Config(seq_lens=seq_lens)
+
+
+def test_recipe_refuses_real_lengths_for_causal_lm():
+    recipe = ("version: 1\nname: lm\ntask: causal-lm\nteacher: {source: x}\ndata: {source: y}\n"
+              "stages:\n  - kind: export\n  - kind: bench\n    seq_lens: [data]\n")
+
+    with pytest.raises(Exception, match="not offered for task causal-lm"):
+        parse_recipe(recipe)

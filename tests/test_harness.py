@@ -76,6 +76,28 @@ def test_time_loop_meets_both_minimums(warmup, min_iterations, min_seconds, expe
     assert all(4.5 <= s < 100 for s in samples)  # ms, each one a 5 ms sleep
 
 
+@pytest.mark.parametrize(("inputs", "min_iterations", "expect_samples"), [(3, 5, 6), (4, 4, 4), (5, 1, 5)])
+def test_time_loop_cycles_through_inputs_in_whole_passes(inputs, min_iterations, expect_samples):
+    seen = []
+
+    samples = harness.time_loop([lambda i=i: seen.append(i) for i in range(inputs)], 2, min_iterations, 0.0)
+
+    assert len(samples) == expect_samples and seen[2:] == [i % inputs for i in range(expect_samples)]
+    assert seen[:2] == [0, 1 % inputs]  # the warm-up runs go through the inputs too
+
+
+def test_real_groups_and_lengths_read_grouped_inputs():
+    arrays = {"g1_input_ids": np.ones((1, 3), np.int64), "g1_attention_mask": np.ones((1, 3), np.int64),
+              "g0_input_ids": np.ones((2, 5), np.int64), "g0_attention_mask": np.array([[1] * 5, [1, 1, 0, 0, 0]])}
+
+    groups = harness.real_groups(arrays)
+
+    assert [g["input_ids"].shape for g in groups] == [(2, 5), (1, 3)]
+    assert harness.real_lengths(groups) == {"groups": 2, "texts": 3, "median": 3, "min": 2, "max": 5,
+                                            "padded_median": 4.0}
+    assert harness.real_groups({"input_ids": np.ones((1, 4)), "attention_mask": np.ones((1, 4))}) == []
+
+
 def test_summarize_matches_numpy_percentiles():
     samples = list(np.random.default_rng(1).gamma(2.0, 3.0, size=101))
 

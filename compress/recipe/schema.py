@@ -243,6 +243,9 @@ class Recipe(StrictModel):
                     f"makes one (available: {', '.join(sorted(available))})"
                 )
             available.update(stage.produces)
+            if self.task == "causal-lm" and stage.kind == "bench" and "data" in stage.seq_lens:
+                raise ValueError(f"stages[{index}].seq_lens: `data` (real lengths) is not offered for task "
+                                 "causal-lm, whose seq_lens are prompt lengths; give numbers of tokens")
         return self
 
     def fingerprint(self) -> str:

@@ -51,11 +51,28 @@ def _setting(row: dict) -> tuple:
             row.get("target") or "local")
 
 
+def sequence_label(row: dict) -> str:
+    """`s128`; at the data's real lengths `real(med 31)`: the held-out texts as they are, median 31 tokens."""
+    if row["seq_len"] != "data":
+        return f"s{row['seq_len']}"
+    median = num(row.get("seq_len_median"))
+    return f"real(med {median:g})" if median is not None else "real"
+
+
+def real_lengths_note(rows: list[dict]) -> str:
+    """What a `real(med N)` setting means, when a report has such rows ("" otherwise)."""
+    if not any(r.get("seq_len") == "data" for r in rows):
+        return ""
+    return ("real(med N): the held-out texts at their own token lengths (median N), cycled through while timing; "
+            "batch 1 unpadded, batch N padded to the longest of each group of N texts")
+
+
 def setting_label(row: dict) -> str:
-    """`b1/s128/t1`, plus `/i2`, `/opt-basic`, `/parallel` and `@target` where they differ from the defaults."""
-    batch, seq, threads, inter, opt, mode, target = _setting(row)
-    parts = [f"b{batch}/s{seq}/t{threads}", f"i{inter}" if inter != 1 else "", f"opt-{opt}" if opt != "all" else "",
-             mode if mode != "sequential" else ""]
+    """`b1/s128/t1` (`b1/real(med 31)/t1` at the data's real lengths), plus `/i2`, `/opt-basic`, `/parallel` and
+    `@target` where they differ from the defaults."""
+    batch, _, threads, inter, opt, mode, target = _setting(row)
+    parts = [f"b{batch}/{sequence_label(row)}/t{threads}", f"i{inter}" if inter != 1 else "",
+             f"opt-{opt}" if opt != "all" else "", mode if mode != "sequential" else ""]
     return "/".join(p for p in parts if p) + (f"@{target}" if target != "local" else "")
 
 
@@ -134,6 +151,7 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "inter_op_threads": row.get("inter_op_threads"), "graph_optimization": row.get("graph_optimization"),
         "execution_mode": row.get("execution_mode"), "provider_request": row.get("provider_request"),
         "setting": setting_label(row), "size_mb": num(row.get("size_mb")),
+        "seq_len_median": row.get("seq_len_median"), "real_lengths": row.get("real_lengths"),
         "size_ratio": ratio(row.get("size_mb"), (base or {}).get("size_mb")),
         "p50_ms": p50, "p90_ms": num(latency.get("p90")), "p99_ms": num(latency.get("p99")),
         "rounds_p50_ms": latency.get("rounds_p50") or [], "throughput": num(row.get("throughput")),

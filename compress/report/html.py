@@ -16,7 +16,7 @@ from pathlib import Path
 
 from compress.artifacts import atomic_path, write_text_atomic
 from compress.report.charts import latency_png, latency_series, pareto_png
-from compress.report.decision import is_recommended, row_id, where
+from compress.report.decision import is_recommended, real_lengths_note, row_id, where
 from compress.report.model_card import provenance as provenance_of
 
 # (key, header, kind, cell): kind "num" sorts numerically on the cell's data-v value.
@@ -135,6 +135,8 @@ def environment(report: dict, manifest: dict) -> str:
     method = (f"{settings.get('rounds', '?')} interleaved rounds, each >= {settings.get('min_iterations', '?')} "
               f"runs and >= {settings.get('min_seconds', '?')} s after {settings.get('warmup', '?')} warm-up "
               f"runs; quality on {settings.get('eval_size', '?')} held-out texts") if settings else None
+    if method and real_lengths_note(report.get("rows") or []):
+        method += "; " + real_lengths_note(report.get("rows") or [])
     return _kv([("CPU", f"{cpu.get('model', '?')} ({cpu.get('arch', env.get('machine', '?'))}, "
                         f"{cpu.get('cores', env.get('cpu_count', '?'))} cores)" if env else None),
                 ("CPU features", flags), ("OS", env.get("os") or versions.get("platform")),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from compress import licenses
 from compress.artifacts import remove, write_text_atomic
-from compress.report.decision import where
+from compress.report.decision import real_lengths_note, where
 
 CARD_FORMATS = ("onnx", "hf-model")
 PIPELINE_TAGS = {"sentence-embedding": "sentence-similarity", "text-classification": "text-classification",
@@ -231,8 +231,9 @@ def _metrics(name: str, report: dict) -> str:
     per = ("latency is per generated token (p50/p90/p99) at the batch size/prompt length/threads of the setting"
            if any(r.get("tokens_per_s") is not None for r in rows)
            else "latency is per call at the batch size/sequence length/threads of the setting")
+    note = real_lengths_note(rows)
     lines = ["## Metrics per provider", "",
-             f"Quality ({headline} and others) is measured on {basis}; {per}."
+             f"Quality ({headline} and others) is measured on {basis}; {per}{f' ({note})' if note else ''}."
              + (f" The headline is {headline}: {report['headline_reason']}." if report.get("headline_reason") else ""),
              "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

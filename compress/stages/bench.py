@@ -41,7 +41,12 @@ class Config(StageBase):
         "tensorrt, openvino, arm (the CPU provider on an aarch64 host), any onnxruntime provider name, or "
         "{name: {option: value}} with provider options.")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Batch sizes to time.")
-    seq_lens: list[int] = Field(default_factory=lambda: [128], min_length=1, description="Sequence lengths to time.")
+    seq_lens: list[int | Literal["data"]] = Field(
+        default_factory=lambda: [128], min_length=1, description="Sequence lengths to time: a number of tokens "
+        "(real held-out texts padded to exactly that length), or `data`: the held-out texts as they are, cycled "
+        "through while timing (up to 64 calls): batch 1 times each text at its own token length, no padding; "
+        "batch N groups N texts in order, each group padded to its longest text. Such rows are labelled "
+        "`real(med N)` (N: the texts' median token count) and have `sdata` in their id; quality is unchanged.")
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1, description="Intra-op threads (0 = onnxruntime default).")
     inter_op_threads: list[int] = Field(
         default_factory=lambda: [1], min_length=1, description="Inter-op threads (used by the parallel mode).")
@@ -80,6 +85,15 @@ class Config(StageBase):
             raise ValueError(f"a provider is listed twice: {labels}")
         return specs
 
+    @field_validator("seq_lens")
+    @classmethod
+    def _positive_unique_lengths(cls, lengths: list) -> list:
+        if any(isinstance(n, int) and n < 1 for n in lengths):
+            raise ValueError(f"sequence lengths must be at least 1 token: {lengths}")
+        if len(set(lengths)) != len(lengths):
+            raise ValueError(f"a sequence length is listed twice: {lengths}")
+        return lengths
+
     @field_validator("targets")
     @classmethod
     def _unique_targets(cls, targets: list[str]) -> list[str]:
@@ -114,10 +128,15 @@ def run(cfg: Config, ctx) -> list:
     labels = data.eval.labels[:n_eval] if data.eval.labels else None
     quality = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
                if any(v.name == k[0] for v in variants)}
-    rows = [engine.row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
+    # Real-length rows are labelled with the texts' median token count under the first variant's (the teacher's)
+    # tokenizer, one label per setting so that every variant's row finds its baseline.
+    median = inputs.median_length(variants[0].folder) if engine.DATA in cfg.seq_lens and variants else None
+    rows = [engine.row(c, results[c.id], quality, targets[c.target].emulated, median) for c in cells]
     engine.check_strict(cfg, rows)
     settings = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length,
-                "labels": _label_fit(ctx, data, labels)}
+                "labels": _label_fit(ctx, data, labels),
+                **({"real_median_tokens": median, "real_groups_max": engine.REAL_GROUPS}
+                   if engine.DATA in cfg.seq_lens else {})}
     return [engine.save_results(ctx, cells, results, rows, envs, targets, settings)]
 
 

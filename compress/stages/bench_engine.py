@@ -20,6 +20,8 @@ from compress.targets import providers as registry
 
 EVAL_BATCH = 32
 JOB_TIMEOUT_S = 1800
+DATA = "data"  # a seq_lens entry: the held-out texts at their own lengths (row id part `sdata`)
+REAL_GROUPS = 64  # at most this many calls of `batch` texts in a real-length set, cycled through while timing
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Cell:
     variant: Variant
     provider: str  # onnxruntime's name
     batch_size: int
-    seq_len: int
+    seq_len: int | str  # tokens, or DATA: the held-out texts at their own lengths
     threads: int
     request: str = "cpu"  # the name in the recipe (arm and cpu are both CPUExecutionProvider)
     options: str | None = None  # provider options as JSON
@@ -279,13 +281,36 @@ class Inputs:
                 digest.update(name.encode() + (folder / name).read_bytes())
         return digest.hexdigest()[:12]
 
-    def timing(self, folder: Path, batch: int, seq: int) -> Path:
-        """Real eval texts padded to exactly `seq` tokens (images: as they are), repeated up to the batch size."""
+    def timing(self, folder: Path, batch: int, seq: int | str) -> Path:
+        """Real eval texts padded to exactly `seq` tokens (images: as they are), repeated up to the batch size;
+        for seq DATA, groups of `batch` texts at their own lengths (see `real`)."""
+        if seq == DATA:
+            return self.real(folder, batch)
         path = self.work / f"{self._key(folder)}-b{batch}-s{seq}.npz"
         if not path.is_file():
             texts = [self.texts[i % len(self.texts)] for i in range(batch)]
             savez(path, self.hook(folder).encode(texts, seq, pad_to_max=True))
         return path
+
+    def real(self, folder: Path, batch: int) -> Path:
+        """The held-out texts as they are, `batch` at a time in text order, each group padded only to its longest
+        text (batch 1: no padding at all), up to REAL_GROUPS groups: npz keys g0_<input>, g1_<input>, ..."""
+        path = self.work / f"{self._key(folder)}-b{batch}-s{DATA}.npz"
+        if not path.is_file():
+            texts = list(self.texts[: batch * REAL_GROUPS])
+            texts = texts if len(texts) >= batch else [texts[i % len(texts)] for i in range(batch)]
+            groups = [texts[i:i + batch] for i in range(0, len(texts) - batch + 1, batch)]
+            hook = self.hook(folder)
+            savez(path, {f"g{i}_{name}": array for i, group in enumerate(groups)
+                         for name, array in hook.encode(group, self.max_length).items()})
+        return path
+
+    def median_length(self, folder: Path) -> float | None:
+        """The median token count of the held-out texts with this folder's tokenizer (None: not text)."""
+        import numpy as np
+
+        lengths = [n for b in self.eval(folder)[1] if "attention_mask" in b for n in b["attention_mask"].sum(axis=1)]
+        return float(np.median(lengths)) if lengths else None
 
     def eval(self, folder: Path) -> tuple[Path, list[dict]]:
         key = self._key(folder)
@@ -296,7 +321,8 @@ class Inputs:
         return path, self._batches[key]
 
 
-def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False) -> dict:
+def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, median: float | None = None) -> dict:
+    """A cell's row; `median`: for a real-length cell, the held-out texts' median token count (its setting label)."""
     import statistics
 
     from compress.targets.harness import summarize
@@ -312,6 +338,9 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False) 
            "execution_mode": cell.execution_mode,
            "latency_ms": None, "throughput": None, "peak_rss_mb": None, "size_mb": round(v.size_mb, 3),
            "quality": {}, "rounds": len(results)}
+    if cell.seq_len == DATA:
+        row["seq_len_median"] = median
+        row["real_lengths"] = next((r.get("real_lengths") for r in results if r.get("real_lengths")), None)
     if failed or not results:
         return row
     merged = summarize([s for r in results for s in r["samples_ms"]], cell.batch_size)

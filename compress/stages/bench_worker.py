@@ -26,14 +26,20 @@ def torch_worker(argv: list[str]) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with np.load(args.inputs) as data:
-        feeds = [torch.from_numpy(data[n]) for n in task.INPUT_NAMES]  # built once, outside the loop
+        arrays = {k: data[k] for k in data.files}
+    # Built once, outside the loop; at the data's real lengths one input per call, timed in turn as the harness does.
+    real_groups = harness.real_groups(arrays)
+    groups = real_groups or [arrays]
+    feeds = [[torch.from_numpy(g[n]) for n in task.INPUT_NAMES] for g in groups]
+    calls = [lambda f=f: model(*f) for f in feeds]
     with torch.inference_mode():
-        samples = harness.time_loop(lambda: model(*feeds), args.warmup, args.min_iterations, args.min_seconds)
-        batch, seq = feeds[0].shape[:2]
+        samples = harness.time_loop(calls, args.warmup, args.min_iterations, args.min_seconds)
+        batch, seq = feeds[0][0].shape[:2]
+        real = {"seq_len": "data", "real_lengths": harness.real_lengths(real_groups)} if real_groups else {}
         result = {"status": "ok", "reason": None, "provider": "cpu", "providers_used": ["cpu"],
-                  "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(), "batch_size": int(batch),
-                  "seq_len": int(seq), **harness.summarize(samples, int(batch)), "samples_ms": samples,
-                  "peak_rss_mb": harness.peak_rss_mb()}
+                  "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
+                  "batch_size": int(batch), "seq_len": int(seq), **real, **harness.summarize(samples, int(batch)),
+                  "samples_ms": samples, "peak_rss_mb": harness.peak_rss_mb()}
         if args.eval:
             torch.set_num_threads(os.cpu_count() or 1)  # the reference is not timed: use every core
             outputs = {f"b{i}_{task.OUTPUT_NAME}": model(*(torch.from_numpy(b[n]) for n in task.INPUT_NAMES)).numpy()

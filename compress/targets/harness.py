@@ -32,20 +32,26 @@ GRAPH_OPT = ("disable", "basic", "extended", "all")
 def time_loop(fn, warmup: int, min_iterations: int, min_seconds: float) -> list[float]:
     """Call `fn()` `warmup` times untimed, then until both minimums are reached; return each call in ms.
 
-    Only the call itself is inside the clock; the garbage collector is paused so that a collection
-    triggered by the caller's allocations does not land in a sample (as timeit does).
+    `fn` may be a list of callables (one per pre-built input, e.g. texts at their own lengths): they are
+    called in turn, and timing goes on to the end of a whole pass over them, so that every model timed
+    this way sees each input equally often. Only the call itself is inside the clock; the garbage
+    collector is paused so that a collection triggered by the caller's allocations does not land in a
+    sample (as timeit does).
     """
-    for _ in range(warmup):
-        fn()
+    fns = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+    for i in range(warmup):
+        fns[i % len(fns)]()
     samples: list[float] = []
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         start = time.perf_counter_ns()
-        while len(samples) < min_iterations or (time.perf_counter_ns() - start) < min_seconds * 1e9:
+        while (len(samples) < min_iterations or (time.perf_counter_ns() - start) < min_seconds * 1e9
+               or len(samples) % len(fns)):
+            call = fns[len(samples) % len(fns)]
             t0 = time.perf_counter_ns()
-            fn()
+            call()
             samples.append((time.perf_counter_ns() - t0) / 1e6)
     finally:
         if was_enabled:
@@ -254,6 +260,32 @@ def feeds_for(session, arrays: dict, prefix: str = "") -> dict:
     return feeds
 
 
+def real_groups(arrays: dict) -> list[dict]:
+    """Inputs at the data's real lengths: npz keys g0_input_ids, g0_attention_mask, g1_... (one group per call,
+    each as long as its longest text) -> per-group dicts, in order; [] for a fixed-length inputs file."""
+    grouped: dict[int, dict] = {}
+    for key, value in arrays.items():
+        head, _, name = key.partition("_")
+        if head[:1] == "g" and head[1:].isdigit() and name:
+            grouped.setdefault(int(head[1:]), {})[name] = value
+    return [grouped[i] for i in sorted(grouped)]
+
+
+def real_lengths(groups: list[dict]) -> dict:
+    """Token counts of real-length groups: per text (from the attention mask) and per call (padded); None for
+    inputs without one (images are all one size)."""
+    texts, calls = [], []
+    for group in groups:
+        mask = group.get("attention_mask")
+        if mask is not None:
+            calls.append(int(mask.shape[1]))
+            texts += [int(n) for n in mask.sum(axis=1)]
+    ordered = sorted(texts)
+    return {"groups": len(groups), "texts": len(texts), "median": percentile(ordered, 50) if ordered else None,
+            "min": ordered[0] if ordered else None, "max": ordered[-1] if ordered else None,
+            "padded_median": percentile(sorted(calls), 50) if calls else None}
+
+
 def eval_batches(path: str) -> list[dict]:
     """Split eval.npz keys like b0_input_ids, b0_attention_mask into per-batch dicts, in order."""
     import numpy as np
@@ -433,10 +465,17 @@ def bench(args) -> dict:
 
 
 def _bench_forward(args, session, result: dict, arrays: dict) -> dict:
-    feeds = feeds_for(session, arrays)  # built once: building inputs inside the loop skews small models
-    result["batch_size"], result["seq_len"] = (int(d) for d in next(iter(feeds.values())).shape[:2])
+    groups = real_groups(arrays)
     device_id = int((args.provider_options or {}).get("device_id", 0))
-    once, result["io_binding"] = run_once(session, feeds, args.provider, args.io_binding, device_id)
+    if groups:  # the data's real lengths: one pre-built input per call, cycled through in the timed loop
+        calls = [run_once(session, feeds_for(session, g), args.provider, args.io_binding, device_id) for g in groups]
+        once, result["io_binding"] = [c for c, _ in calls], calls[0][1]
+        result["batch_size"], result["seq_len"] = int(next(iter(groups[0].values())).shape[0]), "data"
+        result["real_lengths"] = real_lengths(groups)
+    else:
+        feeds = feeds_for(session, arrays)  # built once: building inputs inside the loop skews small models
+        result["batch_size"], result["seq_len"] = (int(d) for d in next(iter(feeds.values())).shape[:2])
+        once, result["io_binding"] = run_once(session, feeds, args.provider, args.io_binding, device_id)
     samples = time_loop(once, args.warmup, args.min_iterations, args.min_seconds)
     result.update(summarize(samples, result["batch_size"]))
     result["samples_ms"] = samples
@@ -447,7 +486,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", action="store_true", help="print this machine's environment as JSON and exit")
     parser.add_argument("--model")
-    parser.add_argument("--inputs", help="npz with one array per model input (pre-built)")
+    parser.add_argument("--inputs", help="npz with one array per model input (pre-built); or groups g0_<input>, "
+                        "g1_<input>, ... timed in turn (texts at their own lengths)")
     parser.add_argument("--out", help="result.json to write")
     parser.add_argument("--eval", help="npz of eval batches: b0_input_ids, b0_attention_mask, ...")
     parser.add_argument("--eval-out", help="npz to write the eval outputs to (b0_<output name>, ...)")
