@@ -13,7 +13,6 @@ from pathlib import Path
 from compress.errors import CompressError
 from compress.report import row_key, row_label
 
-
 DEFAULT_QUALITY_BUDGET = 0.02  # as the report's default max_quality_drop
 
 

@@ -101,7 +101,6 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     """(recipe YAML, run name) that benchmarks `model` and its quantized variants; `overrides` (--set) are
     written into it, so that the file is what ran."""
     from compress.recipe import apply_override
-
     from compress.sources import resolve_local
     from compress.tasks import onnx_input
 

@@ -29,8 +29,16 @@ from compress.launch import launch
 from compress.procs import stopped_in
 from compress.ranks import rank_world
 from compress.recipe import Recipe, dump_recipe, load_recipe
-from compress.rundir import (RESOLVED_RECIPE, claim, disk_errors, invalidate_reports, lock, read_json,
-                            read_manifest, write_manifest)
+from compress.rundir import (
+    RESOLVED_RECIPE,
+    claim,
+    disk_errors,
+    invalidate_reports,
+    lock,
+    read_json,
+    read_manifest,
+    write_manifest,
+)
 from compress.sources import resolve_local
 from compress.stages import run_stage
 

@@ -6,9 +6,9 @@ import json
 import re
 
 import pytest
+from conftest import make_tiny_bert
 
 from bench import ablation
-from conftest import make_tiny_bert
 
 
 @pytest.fixture(scope="module")

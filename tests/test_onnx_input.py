@@ -98,10 +98,10 @@ def test_bundle_pools_token_states_like_the_pytorch_model(tmp_path, pooling):
     """The bundle's embedding equals the sentence-embedding task's PyTorch computation (token_type_ids zeros)."""
     import onnxruntime as ort
     import torch
+    from conftest import make_tiny_bert
 
     from compress.tasks import sentence_embedding
     from compress.tasks.common import TextInputs
-    from conftest import make_tiny_bert
 
     reference_dir = make_tiny_bert(tmp_path / "ref")
     if pooling:
