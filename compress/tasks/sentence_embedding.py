@@ -50,16 +50,21 @@ def load_backbone(path: Path, trust_remote_code: bool = False):
         return AutoModel.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
-def wrap(backbone, path: Path):
+def wrap(backbone, path: Path, head=None):
+    """Backbone + pooling (+ the Dense projection head of the folder at `path`, or `head`) + normalize."""
     import torch
 
+    from compress.tasks.embedding_head import load_dense
+
     cfg = pooling_config(path)
+    head = head if head is not None else load_dense(path)
 
     class SentenceEmbedder(torch.nn.Module):
         # Keyword arguments: positional export of BertModel trips over `use_cache` in recent transformers.
         def __init__(self, model):
             super().__init__()
             self.model = model
+            self.head = head  # a submodule: trained and saved with the student
 
         def forward(self, input_ids, attention_mask):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -68,6 +73,8 @@ def wrap(backbone, path: Path):
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if self.head is not None:
+                pooled = self.head(pooled)
             if cfg["normalize"]:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             return pooled
@@ -80,9 +87,13 @@ def load_model(path: Path, trust_remote_code: bool = False):
 
 
 def quality(reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, float]:
-    """Mean cosine to the reference embeddings, and top-10 retrieval agreement with the reference."""
-    if reference.shape != outputs.shape:
+    """Mean cosine to the reference embeddings, and top-10 retrieval agreement with the reference. Embeddings
+    of another width (another space: a PCA student, a student before its projection) are compared by rank
+    alone: top-10 agreement, no cosine."""
+    if len(reference) != len(outputs) or reference.ndim != 2 or outputs.ndim != 2:
         return {}
+    if reference.shape != outputs.shape:
+        return {"top10_agreement": _topk_agreement(_unit(reference), _unit(outputs), k=10)}
     ref, out = _unit(reference), _unit(outputs)
     cosine = float(np.mean(np.sum(ref * out, axis=1)))
     return {"cosine": cosine, "top10_agreement": _topk_agreement(ref, out, k=10)}
@@ -109,4 +120,6 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
 
 
 def bundle_info(path: Path) -> dict:
-    return {"task": NAME, "output": OUTPUT_NAME, **pooling_config(path)}
+    from compress.tasks.embedding_head import head_info
+
+    return {"task": NAME, "output": OUTPUT_NAME, **pooling_config(path), **head_info(path)}
