@@ -84,6 +84,9 @@ class Config(TrainingConfig):
         default="auto", description="causal-lm: the text the student learns from: the teacher's generated dataset "
         "(auto: when a generate stage ran) or the recipe's data texts (a control without the teacher's text). "
         "Held-out quality is measured on the generated text either way.")
+    save_initial: bool = Field(
+        default=False, description="Also save the student as it is before training (artifact student-initial, "
+        "e.g. a pretrained model with an untrained projection), so the bench shows what distillation added.")
     temperature: float = Field(default=2.0, gt=0, description="logit-kd and token-kl: softmax temperature.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="logit-kd: weight of the hard-label loss when labels exist.")
 
@@ -154,15 +157,7 @@ def run(cfg: Config, ctx) -> list:
               evaluate=lambda: evaluate_outputs(task, module.student, inputs, data.eval, max_length,
                                                 targets["eval"]),
               headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data))
-    result = train(cfg, ctx, job)
-    ctx.metrics.update(result)
-    if not ctx.is_main_process:
-        return []
-    module.features(False)
     index = pairing.index_note(projection, *widths) if task.OUTPUT_NAME == "embedding" else {}
-    ctx.metrics.update(index)
-    meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
-            "quality": ctx.metrics["quality_after"], **index}
 
     def write(tmp: Path) -> None:
         save_model(student_net, student_dir, tmp)
@@ -171,7 +166,20 @@ def run(cfg: Config, ctx) -> list:
         if pca is not None:
             embedding_head.write_pca(tmp, pca)
 
-    return [ctx.save("student", "hf-model", write, meta)]
+    out = []
+    if cfg.save_initial and ctx.is_main_process:  # before any training step: the "before" row of the table
+        module.features(False)
+        out.append(ctx.save("student-initial", "hf-model", write, {"role": "student-initial", **index}))
+        module.features(True)
+    result = train(cfg, ctx, job)
+    ctx.metrics.update(result)
+    if not ctx.is_main_process:
+        return []
+    module.features(False)
+    ctx.metrics.update(index)
+    meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
+            "quality": ctx.metrics["quality_after"], **index}
+    return [*out, ctx.save("student", "hf-model", write, meta)]
 
 
 def _widths(student_net, teacher_net) -> tuple[int, int]:
