@@ -182,6 +182,24 @@ def test_embedding_head_dense_round_trips_before_normalize(tmp_path, student):
     assert model(ids, torch.ones_like(ids)).shape == (1, 48)
 
 
+@pytest.mark.parametrize("keep_float, kept", [(None, 4), ([], 0), (["layer.1/output"], 1)])
+def test_quantize_int8_dynamic_keeps_mpnet_feed_forward_in_float(tmp_path, teacher, tiny_texts, keep_float, kept):
+    import onnx
+
+    text = (f"version: 1\nname: q\ntask: sentence-embedding\nteacher: {{source: '{teacher}'}}\n"
+            f"data: {{source: '{tiny_texts}', text_field: text, eval_size: 20, max_length: 32}}\n"
+            "stages:\n  - {kind: export, parity_texts: 8}\n"
+            f"  - {{kind: quantize, schemes: [int8-dynamic], int8: {{keep_float: {json.dumps(keep_float)}}}}}\n")
+
+    manifest = run(parse_recipe(text), tmp_path / "run")
+
+    options = manifest["stages"]["quantize"]["metrics"]["teacher.int8-dynamic.onnx"]["options"]
+    model = onnx.load(str(tmp_path / "run" / "artifacts" / "teacher.int8-dynamic.onnx" / "model.onnx"))
+    float_names = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+    assert len(options.get("kept_float", [])) == kept
+    assert set(options.get("kept_float", [])) <= float_names
+
+
 def _onnx_width(bundle: Path) -> int:
     import onnxruntime as ort
 

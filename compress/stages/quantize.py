@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
 from compress import sensitivity as _accuracy
+from compress.quant_rules import kept_float
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 
@@ -43,6 +44,10 @@ class Int8Options(StrictModel):
     op_types: list[str] | None = Field(
         default=None, description="Operator types to quantize (default: the scheme's safe set, e.g. MatMul)."
     )
+    keep_float: list[str] | None = Field(
+        default=None, description="int8-dynamic: regular expressions of MatMul names kept in fp32. Default: the "
+        "architecture's measured outliers (compress/quant_rules.py; all-mpnet-base-v2: its feed-forward MatMuls, "
+        "cosine 0.866 -> 0.998); [] quantizes every node.")
     skip_after_gelu: bool = Field(
         default=True, description="int8-static: keep MatMuls fed by GELU in float (their activation outliers "
         "cost MiniLM 7 points of cosine)."
@@ -268,9 +273,11 @@ def _int8_dynamic(opts: Int8Options, src: Path, dst: Path, options: dict, exclud
 
     weight_type, reduce_range = _int8_format(opts, options)
     options["op_types"] = opts.op_types or "all supported (MatMul, Attention, Gather...)"
+    kept = kept_float(src, dst.parent, opts.keep_float)  # dst.parent holds the model's config.json
+    options.update({"kept_float": kept} if kept else {})
     # DefaultTensorType: shape inference cannot type the fused graph's com.microsoft ops (onnx-notes).
     quantize_dynamic(src, dst, op_types_to_quantize=opts.op_types, per_channel=opts.per_channel,
-                     nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
+                     nodes_to_exclude=list(exclude or []) + kept, nodes_to_quantize=list(only or []),
                      reduce_range=reduce_range, weight_type=weight_type,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
