@@ -1,4 +1,4 @@
-"""`python -m bench [distill | lm | mpnet [key=value ...] | peers [--setup] ...]`: compress's own benchmarks, written to bench/results/.
+"""`python -m bench [distill | lm | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ...]`: compress's own benchmarks, written to bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
 <date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import distill, lm, mpnet, peers
+from bench import distill, gpu, lm, mpnet, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
     "distill-embedding": lambda: distill.main(("embedding",)),
     "lm": lm.main,  # SmolLM2: generate 2,000 completions, distill, export, int4, bench; and a control student
+    "gpu": lambda: gpu.main([]),  # distill on the accelerator, CUDA EP rows; `--cpu` rehearses it
     "mpnet": lambda: mpnet.main(),  # all-mpnet-base-v2 -> MiniLM + projection (recipes/mpnet-to-small.yaml)
     "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
 }
@@ -22,6 +23,8 @@ BENCHMARKS = {
 def main(argv: list[str]) -> int:
     if argv[:1] == ["peers"]:
         return peers.main(argv[1:])
+    if argv[:1] == ["gpu"]:
+        return gpu.main(argv[1:])
     if argv[:1] == ["mpnet"]:  # the rest: recipe overrides (--set), e.g. stages.0.max_minutes=5
         mpnet.main(argv[1:])
         return 0
