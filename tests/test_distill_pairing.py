@@ -182,8 +182,8 @@ def test_embedding_head_dense_round_trips_before_normalize(tmp_path, student):
     assert model(ids, torch.ones_like(ids)).shape == (1, 48)
 
 
-@pytest.mark.parametrize("keep_float, kept", [(None, 4), ([], 0), (["layer.1/output"], 1)])
-def test_quantize_int8_dynamic_keeps_mpnet_feed_forward_in_float(tmp_path, teacher, tiny_texts, keep_float, kept):
+@pytest.mark.parametrize("keep_float, kept", [(None, 3), ([], 0), (["layer.1/output"], 1)])
+def test_quantize_int8_dynamic_keeps_mpnet_feed_forward_outliers_in_float(tmp_path, teacher, tiny_texts, keep_float, kept):
     import onnx
 
     text = (f"version: 1\nname: q\ntask: sentence-embedding\nteacher: {{source: '{teacher}'}}\n"
