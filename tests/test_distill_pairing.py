@@ -214,3 +214,20 @@ def _bench_rows(run_dir: Path) -> dict:
     folder = run_dir / "artifacts" / "bench"
     data = json.loads((folder / "results.json").read_text())
     return {r["variant"]: r for r in data["rows"] if r["status"] == "ok"}
+
+
+@pytest.mark.parametrize("noise, min_cosine", [(0.0, 0.999), (0.05, 0.95)])
+def test_embedding_head_fit_linear_recovers_a_linear_map(noise, min_cosine):
+    from compress.tasks import embedding_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    truth = rng.normal(size=(12, 8))
+    targets = x @ truth.T + noise * rng.normal(size=(400, 12))
+    layer = embedding_head.new_linear(8, 12)
+
+    fit = embedding_head.fit_linear(layer, x, targets)
+
+    assert fit >= min_cosine
+    assert np.allclose(layer.weight.detach().numpy(), truth, atol=0.05 + 2 * noise)

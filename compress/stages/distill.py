@@ -53,6 +53,9 @@ class StudentSpec(StrictModel):
         "teacher's width, exported inside the ONNX graph (searchable in the teacher's index); pca = the teacher's "
         "targets reduced by PCA to the student's width (the index must be rebuilt). Default: linear when the "
         "widths differ, none otherwise.")
+    projection_init: Literal["lstsq", "random"] = Field(
+        default="lstsq", description="projection linear: start from the least-squares map of the pretrained "
+        "student's embeddings onto the teacher's training targets, or from random weights.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StudentSpec:
@@ -132,6 +135,10 @@ def run(cfg: Config, ctx) -> list:
     started = time.monotonic()
     targets, cached = cached_teacher_outputs(ctx, task, teacher, teacher_net, data, max_length)
     pca = embedding_head.fit_pca(targets["train"], widths[0]) if projection == "pca" else None
+    if head is not None and cfg.student.projection_init == "lstsq":  # start from the best linear map
+        own = teacher_outputs(task.wrap(student_net, student_dir, torch.nn.Identity()), inputs,
+                              task.examples(data.train), max_length, ctx)
+        ctx.metrics["projection_fit_cosine"] = round(embedding_head.fit_linear(head, own, targets["train"]), 4)
     if pca is not None:  # the student learns the teacher's space reduced to its own width
         targets = {k: embedding_head.apply_pca(pca, v) for k, v in targets.items()}
     ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),

@@ -64,6 +64,22 @@ def new_linear(student_width: int, teacher_width: int, seed: int = 0):
     return layer
 
 
+def fit_linear(layer, inputs: np.ndarray, targets: np.ndarray, ridge: float = 1e-3) -> float:
+    """Set `layer` to the least-squares map from the student's unit embeddings to the teacher's (no bias: the
+    direction of W x is that of W x/|x|, and cosine only sees directions). Returns the fit's mean cosine."""
+    import torch
+
+    x, t = inputs.astype(np.float64), targets.astype(np.float64)
+    gram = x.T @ x
+    weight = np.linalg.solve(gram + ridge * np.trace(gram) / len(gram) * np.eye(len(gram)), x.T @ t).T
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+        layer.bias.zero_()
+    fitted = x @ weight.T
+    cos = np.sum(fitted * t, 1) / np.maximum(np.linalg.norm(fitted, axis=1) * np.linalg.norm(t, axis=1), 1e-12)
+    return float(cos.mean())
+
+
 def write_dense(folder: Path, layer) -> None:
     """Store `layer` as a sentence-transformers Dense module of the model in `folder` (before Normalize)."""
     from safetensors.torch import save_file
