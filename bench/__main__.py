@@ -1,5 +1,5 @@
-"""`python -m bench [distill | lm | cnn | gpu [--cpu] ... | peers [--setup] ... | ablation [--minutes X] ...]`:
-compress's own benchmarks, written to bench/results/.
+"""`python -m bench [distill | lm | cnn | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ... |
+ablation [--minutes X] ...]`: compress's own benchmarks, written to bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
 <date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import ablation, cnn, distill, gpu, lm, peers
+from bench import ablation, cnn, distill, gpu, lm, mpnet, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "lm": lm.main,  # SmolLM2: generate 2,000 completions, distill, export, int4, bench; and a control student
     "cnn": cnn.main,  # edge CNN with TF "same" padding: fp32 vs int8-static vs fp16 (and int8-dynamic) at b1
     "gpu": lambda: gpu.main([]),  # distill on the accelerator, CUDA EP rows; `--cpu` rehearses it
+    "mpnet": lambda: mpnet.main(),  # all-mpnet-base-v2 -> MiniLM + projection (recipes/mpnet-to-small.yaml)
     "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
     "ablation": lambda: ablation.main([]),  # issue 16: one row per technique mix; `python -m bench ablation --help`
 }
@@ -29,6 +30,9 @@ def main(argv: list[str]) -> int:
         return gpu.main(argv[1:])
     if argv[:1] == ["ablation"]:
         return ablation.main(argv[1:])
+    if argv[:1] == ["mpnet"]:  # the rest: recipe overrides (--set), e.g. stages.0.max_minutes=5
+        mpnet.main(argv[1:])
+        return 0
     names = argv or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

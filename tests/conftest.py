@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # found even when the venv is not activated, as in `.venv/bin/python -m pytest`.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("NODE_PATH", str(ROOT / ".venv" / "node_modules"))
+# Teacher outputs are cached machine-wide (compress/teacher_cache.py): tests, and the compress commands they start,
+# use a cache of their own session instead of the user's.
+os.environ.setdefault("COMPRESS_CACHE_DIR", tempfile.mkdtemp(prefix="compress-test-cache-"))
 
 
 @pytest.fixture(scope="session")

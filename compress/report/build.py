@@ -123,7 +123,8 @@ def distillation(manifest: dict, headline: str) -> dict | None:
                     "params_ratio": ratio(metrics["student_params"], metrics["teacher_params"]),
                     "quality_before": before, "quality_after": after,
                     "gain": after - before if before is not None and after is not None else None,
-                    "seconds": stage.get("seconds")}
+                    "seconds": stage.get("seconds"),
+                    **{k: metrics[k] for k in ("projection", "index_compatible", "index_note") if k in metrics}}
     return None
 
 

@@ -143,7 +143,10 @@ def _distillation_lines(dist: dict | None, headline: str) -> list[str]:
             (f"- student: {dist['student_params']:,} parameters, {dist['params_ratio']:.2f}x the teacher's "
              f"{dist['teacher_params']:,}"),
             (f"- {headline} vs the teacher before training: {fmt(dist['quality_before'])}, after: "
-             f"{fmt(dist['quality_after'])} (gain {fmt(dist['gain'], '+.4f')})")]
+             f"{fmt(dist['quality_after'])} (gain {fmt(dist['gain'], '+.4f')})"),
+            *([f"- embedding space: projection {dist['projection']}; index-compatible with the teacher: "
+               f"{'yes' if dist['index_compatible'] else 'no'} ({dist.get('index_note') or '-'})"]
+              if "index_compatible" in dist else [])]
 
 
 def _environment_lines(report: dict) -> list[str]:

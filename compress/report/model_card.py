@@ -348,9 +348,22 @@ def _uses(name: str, report: dict, manifest: dict, prov: dict) -> str:
         "cores) with the threads of each setting; other hardware and providers give other numbers."),
         *([] if task == "image-classification" else
           [f"- Inputs longer than {data.get('max_length', '?')} tokens are truncated."]),
+        *index_lines(name, manifest),
         f"- Licence: {lic.name}; commercial use {commercial}"
         + (f"; {lic.conditions}" if lic.conditions else "") + ". This summary is not legal advice.",
     ])
+
+
+def index_lines(name: str, manifest: dict) -> list[str]:
+    """Whether a sentence-embedding student's vectors can be searched in an index built with the teacher."""
+    artifacts = manifest.get("artifacts") or {}
+    for link in lineage(name, manifest):
+        meta = (artifacts.get(link) or {}).get("metadata") or {}
+        if "index_compatible" in meta:
+            answer = "yes" if meta["index_compatible"] else "no"
+            note = meta.get("index_note") or f"projection {meta.get('projection')}"
+            return [f"- Index-compatible with the teacher: **{answer}** ({note})."]
+    return []
 
 
 def _how_to(name: str, manifest: dict) -> str:

@@ -12,9 +12,6 @@ resumption from the last checkpoint after an interruption.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
 import re
 import time
 from pathlib import Path
@@ -22,8 +19,10 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from compress import pairing
 from compress.errors import StageError
 from compress.schema_base import StrictModel
+from compress.tasks import embedding_head
 from compress.training import (
     Job,
     TrainingConfig,
@@ -47,7 +46,16 @@ class FromTeacher(StrictModel):
 class StudentSpec(StrictModel):
     from_teacher: FromTeacher | None = Field(default=None, description="Copy embeddings, these layers and the head (DistilBERT-style).")
     config: dict | None = Field(default=None, description="Overrides of the teacher's config; random init.")
-    source: str | None = Field(default=None, description="Any model: local path, package:..., or hub id.")
+    source: str | None = Field(default=None, description="Any model: local path, package:..., or hub id. It keeps "
+                               "its own tokenizer and width.")
+    projection: Literal["linear", "pca", "none"] | None = Field(
+        default=None, description="sentence-embedding, a student of another width: linear = a learned head to the "
+        "teacher's width, exported inside the ONNX graph (searchable in the teacher's index); pca = the teacher's "
+        "targets reduced by PCA to the student's width (the index must be rebuilt). Default: linear when the "
+        "widths differ, none otherwise.")
+    projection_init: Literal["lstsq", "random"] = Field(
+        default="lstsq", description="projection linear: start from the least-squares map of the pretrained "
+        "student's embeddings onto the teacher's training targets, or from random weights.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StudentSpec:
@@ -78,6 +86,9 @@ class Config(TrainingConfig):
         default="auto", description="causal-lm: the text the student learns from: the teacher's generated dataset "
         "(auto: when a generate stage ran) or the recipe's data texts (a control without the teacher's text). "
         "Held-out quality is measured on the generated text either way.")
+    save_initial: bool = Field(
+        default=False, description="Also save the student as it is before training (artifact student-initial, "
+        "e.g. a pretrained model with an untrained projection), so the bench shows what distillation added.")
     temperature: float = Field(default=2.0, gt=0, description="logit-kd and token-kl: softmax temperature.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="logit-kd: weight of the hard-label loss when labels exist.")
 
@@ -116,20 +127,28 @@ def run(cfg: Config, ctx) -> list:
         if not hasattr(student_net, "get_input_embeddings"):
             raise StageError(f"freeze_embeddings: the student of task {task.NAME} has no word embeddings")
         student_net.get_input_embeddings().weight.requires_grad_(False)
-    widths = (student_net.config.hidden_size, teacher_net.config.hidden_size) if task.OUTPUT_NAME != "logits" else ()
-    if task.OUTPUT_NAME != "logits" and widths[0] != widths[1] and set(losses) & set(OUTPUT_LOSSES):
-        raise StageError(f"the student's width {widths[0]} differs from the teacher's {widths[1]}: {task.OUTPUT_NAME} "
-                         "losses compare outputs directly; keep hidden_size, or train with hidden-mse alone")
+    widths = _widths(student_net, teacher_net)
+    projection = pairing.resolve_projection(cfg.student.projection, task, *widths, losses)
+    pairing.check_tokenizers(losses, teacher.path, student_dir)
+    head = embedding_head.new_linear(*widths, cfg.seed) if projection == "linear" else None
     inputs = task.inputs(student_dir)
     started = time.monotonic()
     targets, cached = cached_teacher_outputs(ctx, task, teacher, teacher_net, data, max_length)
+    pca = embedding_head.fit_pca(targets["train"], widths[0]) if projection == "pca" else None
+    if head is not None and cfg.student.projection_init == "lstsq":  # start from the best linear map
+        own = teacher_outputs(task.wrap(student_net, student_dir, torch.nn.Identity()), inputs,
+                              task.examples(data.train), max_length, ctx)
+        ctx.metrics["projection_fit_cosine"] = round(embedding_head.fit_linear(head, own, targets["train"]), 4)
+    if pca is not None:  # the student learns the teacher's space reduced to its own width
+        targets = {k: embedding_head.apply_pca(pca, v) for k, v in targets.items()}
     ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),
                        precompute_seconds=round(time.monotonic() - started, 2), targets_cached=cached,
                        losses=losses)
     online = any(name not in OUTPUT_LOSSES for name in losses)
     if not online:
         del teacher_net  # its cached outputs are all we need now
-    module = distiller_module(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg)
+    module = distiller_module(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg,
+                              head)
     lengths, encode = inputs.training(task.examples(data.train), max_length)
     train_targets = torch.from_numpy(targets["train"]) if "train" in targets else None
 
@@ -145,14 +164,34 @@ def run(cfg: Config, ctx) -> list:
               evaluate=lambda: evaluate_outputs(task, module.student, inputs, data.eval, max_length,
                                                 targets["eval"]),
               headline=task.HEADLINE, key=checkpoint_key(cfg, teacher, ctx.recipe.data))
+    index = pairing.index_note(projection, *widths) if task.OUTPUT_NAME == "embedding" else {}
+
+    def write(tmp: Path) -> None:
+        save_model(student_net, student_dir, tmp)
+        if head is not None:  # trained with the student (module.student holds it)
+            embedding_head.write_dense(tmp, module.student.head)
+        if pca is not None:
+            embedding_head.write_pca(tmp, pca)
+
+    out = []
+    if cfg.save_initial and ctx.is_main_process:  # before any training step: the "before" row of the table
+        module.features(False)
+        out.append(ctx.save("student-initial", "hf-model", write, {"role": "student-initial", **index}))
+        module.features(True)
     result = train(cfg, ctx, job)
     ctx.metrics.update(result)
     if not ctx.is_main_process:
         return []
     module.features(False)
+    ctx.metrics.update(index)
     meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
-            "quality": ctx.metrics["quality_after"]}
-    return [ctx.save("student", "hf-model", lambda tmp: save_model(student_net, student_dir, tmp), meta)]
+            "quality": ctx.metrics["quality_after"], **index}
+    return [*out, ctx.save("student", "hf-model", write, meta)]
+
+
+def _widths(student_net, teacher_net) -> tuple[int, int]:
+    """(student, teacher) hidden sizes; 0 for models without a transformer config."""
+    return tuple(getattr(getattr(n, "config", None), "hidden_size", 0) for n in (student_net, teacher_net))
 
 
 
@@ -185,6 +224,8 @@ def build_student(spec: StudentSpec, task, teacher_dir: Path, teacher, trust: bo
         from compress.sources import resolve_model
 
         path = resolve_model(spec.source)
+        if task.OUTPUT_NAME == "logits" and hasattr(teacher, "config"):
+            pairing.check_labels(teacher.config, path)
         heads = {"id2label": teacher.config.id2label, "label2id": teacher.config.label2id}
         student = task.load_backbone(path, trust, **(heads if task.OUTPUT_NAME == "logits" else {}))
         return student, path, _uniform_pairs(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -221,7 +262,7 @@ def _uniform_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, 
     return [(0, 0)] + [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
 
 
-def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
+def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs, cfg, head=None):
     """The module DDP trains: the task-wrapped student, hidden-state projections, and the losses."""
     import torch
     import torch.nn.functional as F
@@ -229,7 +270,8 @@ def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs,
     class Distiller(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.student = task.wrap(student_net, student_dir)
+            self.student = task.wrap(student_net, student_dir, head) if head is not None else task.wrap(
+                student_net, student_dir)
             # Plain attributes, not submodules: the teacher must stay out of the optimizer and checkpoints.
             object.__setattr__(self, "nets", (student_net, teacher_net))
             self.losses, self.pairs = losses, pairs
@@ -295,26 +337,28 @@ def _attention_kl(student, teacher, mask):
 
 
 def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tuple[dict, bool]:
-    """The teacher's outputs on the train and eval texts, from the work dir when computed before."""
-    import numpy as np
-
+    """The teacher's outputs on the train and eval texts, each split read from the machine-wide cache
+    (compress/teacher_cache.py: keyed by teacher, task, texts and max_length) when computed before by any
+    recipe or sweep variant. Returns (outputs, whether every split came from the cache)."""
     from compress import ranks as D
+    from compress import teacher_cache
 
-    key = hashlib.sha256(json.dumps({"teacher": teacher.sha256, "task": task.NAME, "max_length": max_length,
-                                     "data": ctx.recipe.data.model_dump(mode="json")}, sort_keys=True).encode())
-    path = ctx.work_dir / f"targets-{key.hexdigest()[:16]}.npz"
-    if D.broadcast_object(path.is_file()):
-        with np.load(path) as saved:
-            return {k: saved[k] for k in saved.files}, True
-    model, inputs = task.wrap(net, teacher.path), task.inputs(teacher.path)
-    out = {name: teacher_outputs(model, inputs, task.examples(split), max_length, ctx)
-           for name, split in (("train", data.train), ("eval", data.eval))}
-    if ctx.is_main_process:
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **out)
-        os.replace(tmp, path)
-    return out, False
+    out, hits, model, inputs = {}, [], None, None
+    for name, split in (("train", data.train), ("eval", data.eval)):
+        texts = task.examples(split)
+        key = teacher_cache.key(teacher.sha256, task.NAME, max_length, texts)
+        found = teacher_cache.load(key, len(texts))
+        if D.broadcast_object(found is not None):
+            out[name] = found if found is not None else teacher_cache.load(key, len(texts))
+            hits.append(True)
+            continue
+        if model is None:
+            model, inputs = task.wrap(net, teacher.path), task.inputs(teacher.path)
+        out[name] = teacher_outputs(model, inputs, texts, max_length, ctx)
+        hits.append(False)
+        if ctx.is_main_process:
+            teacher_cache.save(key, out[name])
+    return out, all(hits)
 
 
 def teacher_outputs(model, inputs, texts, max_length: int, ctx, batch_size: int = 64):

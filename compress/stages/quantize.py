@@ -43,6 +43,10 @@ class Int8Options(StrictModel):
     op_types: list[str] | None = Field(
         default=None, description="Operator types to quantize (default: the scheme's safe set, e.g. MatMul)."
     )
+    keep_float: list[str] | None = Field(
+        default=None, description="int8-dynamic: regular expressions of MatMul names kept in fp32. Default: the "
+        "architecture's measured outliers (compress/quant_rules.py; all-mpnet-base-v2: every FFN output and the "
+        "upper half's FFN inputs, cosine 0.867 -> 0.9925); [] quantizes every node.")
     skip_after_gelu: bool = Field(
         default=True, description="int8-static: keep MatMuls fed by GELU in float (their activation outliers "
         "cost MiniLM 7 points of cosine)."

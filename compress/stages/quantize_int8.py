@@ -14,6 +14,7 @@ from pathlib import Path
 
 from compress import quant_tools
 from compress.errors import StageError
+from compress.quant_rules import kept_float
 
 
 def int8_format(opts, options: dict) -> tuple:
@@ -39,9 +40,11 @@ def int8_dynamic(opts, src: Path, dst: Path, options: dict, exclude=None, only=N
 
     weight_type, reduce_range = int8_format(opts, options)
     options["op_types"] = opts.op_types or "all supported (MatMul, Attention, Gather...)"
+    kept = kept_float(src, dst.parent, opts.keep_float)  # dst.parent holds the model's config.json
+    options.update({"kept_float": kept} if kept else {})
     # DefaultTensorType: shape inference cannot type the fused graph's com.microsoft ops (onnx-notes).
     quantize_dynamic(src, dst, op_types_to_quantize=opts.op_types, per_channel=opts.per_channel,
-                     nodes_to_exclude=list(exclude or []), nodes_to_quantize=list(only or []),
+                     nodes_to_exclude=list(exclude or []) + kept, nodes_to_quantize=list(only or []),
                      reduce_range=reduce_range, weight_type=weight_type,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 

@@ -16,7 +16,7 @@ BUNDLE_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "merges.txt",
     "config.json", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
 )
-BUNDLE_DIRS = ("1_Pooling", "2_Normalize")
+BUNDLE_DIRS = ("1_Pooling", "2_Dense", "2_Normalize", "3_Normalize")  # 2_Dense: a projection head
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):

@@ -100,18 +100,21 @@ def load_backbone(path: Path, trust_remote_code: bool = False):
                                                       output_loading_info=True))
 
 
-def wrap(backbone, path: Path):
+def wrap(backbone, path: Path, head=None):
+    """Backbone + pooling (+ the Dense projection head of the folder at `path`, or `head`) + normalize."""
     import torch
 
+    from compress.tasks.embedding_head import load_dense
+
     cfg = pooling_config(path)
-    head = _dense_layers(path, cfg["dense"]) if cfg.get("dense") else None
+    head = head if head is not None else (_dense_layers(path, cfg["dense"]) if cfg.get("dense") else None)
 
     class SentenceEmbedder(torch.nn.Module):
         # Keyword arguments: positional export of BertModel trips over `use_cache` in recent transformers.
         def __init__(self, model):
             super().__init__()
             self.model = model
-            self.head = head  # sentence-transformers Dense layers, as the library applies them
+    head = head if head is not None else (_dense_layers(path, cfg["dense"]) if cfg.get("dense") else None)
 
         def forward(self, input_ids, attention_mask):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -136,9 +139,13 @@ def load_model(path: Path, trust_remote_code: bool = False):
 
 
 def quality(reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, float]:
-    """Mean cosine to the reference embeddings, and top-10 retrieval agreement with the reference."""
-    if reference.shape != outputs.shape:
+    """Mean cosine to the reference embeddings, and top-10 retrieval agreement with the reference. Embeddings
+    of another width (another space: a PCA student, a student before its projection) are compared by rank
+    alone: top-10 agreement, no cosine."""
+    if len(reference) != len(outputs) or reference.ndim != 2 or outputs.ndim != 2:
         return {}
+    if reference.shape != outputs.shape:
+        return {"top10_agreement": _topk_agreement(_unit(reference), _unit(outputs), k=10)}
     ref, out = _unit(reference), _unit(outputs)
     cosine = float(np.mean(np.sum(ref * out, axis=1)))
     return {"cosine": cosine, "top10_agreement": _topk_agreement(ref, out, k=10)}
@@ -165,7 +172,9 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
 
 
 def bundle_info(path: Path) -> dict:
+    from compress.tasks.embedding_head import head_info
+
     info = pooling_config(path)
     if info.get("dense"):  # inside the exported graph: the bundle's output is the final embedding
         info["dense"] = [d["path"] for d in info["dense"]]
-    return {"task": NAME, "output": OUTPUT_NAME, **info}
+    return {"task": NAME, "output": OUTPUT_NAME, **info, **head_info(path)}
