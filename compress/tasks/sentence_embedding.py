@@ -87,7 +87,7 @@ def _dense_layers(path: Path, dense: list[dict]):
         linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items() if k.startswith("linear.")})
         act = ACTIVATIONS[spec["activation"]]
         layers += [linear] + ([getattr(torch.nn, spec["activation"])()] if act else [])
-    return torch.nn.Sequential(*layers).requires_grad_(False)
+    return torch.nn.Sequential(*layers)  # trainable: a student's projection head learns with it
 
 
 def load_backbone(path: Path, trust_remote_code: bool = False):
@@ -104,8 +104,6 @@ def wrap(backbone, path: Path, head=None):
     """Backbone + pooling (+ the Dense projection head of the folder at `path`, or `head`) + normalize."""
     import torch
 
-    from compress.tasks.embedding_head import load_dense
-
     cfg = pooling_config(path)
     head = head if head is not None else (_dense_layers(path, cfg["dense"]) if cfg.get("dense") else None)
 
@@ -114,7 +112,7 @@ def wrap(backbone, path: Path, head=None):
         def __init__(self, model):
             super().__init__()
             self.model = model
-    head = head if head is not None else (_dense_layers(path, cfg["dense"]) if cfg.get("dense") else None)
+            self.head = head  # sentence-transformers Dense layers (a projection head too): trained and saved
 
         def forward(self, input_ids, attention_mask):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
