@@ -43,12 +43,23 @@ _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
 
 class FromTeacher(StrictModel):
     layers: list[int] = Field(min_length=1, description="Teacher layers to copy into the student, in order.")
+    ffn: float = Field(default=1.0, gt=0, le=1, description="Share of FFN neurons kept per layer, the most active "
+                       "on the recipe's texts (width pruning, compress/pruning.py; 1.0 keeps all).")
+    heads: float = Field(default=1.0, gt=0, le=1, description="Share of attention heads kept per layer, the most "
+                         "active on the recipe's texts (head_dim stays; 1.0 keeps all).")
+
+
+class VocabSpec(StrictModel):
+    trim: bool = Field(default=False, description="Keep only the word pieces the training texts use, plus special "
+                       "tokens and every single-character piece (compress/vocab.py); a matching tokenizer is written.")
+    extra: list[str] = Field(default_factory=list, description="Words whose pieces are kept as well.")
 
 
 class StudentSpec(StrictModel):
     from_teacher: FromTeacher | None = Field(default=None, description="Copy embeddings, these layers and the head (DistilBERT-style).")
     config: dict | None = Field(default=None, description="Overrides of the teacher's config; random init.")
     source: str | None = Field(default=None, description="Any model: local path, package:..., or hub id.")
+    vocab: VocabSpec | None = Field(default=None, description="Vocabulary trimming of the student (WordPiece).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StudentSpec:
@@ -111,6 +122,8 @@ def run(cfg: Config, ctx) -> list:
         teacher_net = eager(teacher_net)
     torch.manual_seed(cfg.seed)
     student_net, student_dir, pairs = build_student(cfg.student, task, teacher.path, teacher_net, trust, ctx.work_dir)
+    student_net, student_dir, shaped, kept = shape_student(cfg.student, task, student_net, student_dir, data, ctx,
+                                                     max_length)
     if "attention" in losses:
         student_net = eager(student_net)
     if cfg.freeze_embeddings if cfg.freeze_embeddings is not None else bool(cfg.student.from_teacher):
@@ -126,11 +139,12 @@ def run(cfg: Config, ctx) -> list:
     targets, cached = cached_teacher_outputs(ctx, task, teacher, teacher_net, data, max_length)
     ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),
                        precompute_seconds=round(time.monotonic() - started, 2), targets_cached=cached,
-                       losses=losses)
+                       losses=losses, **shaped)
     online = any(name not in OUTPUT_LOSSES for name in losses)
     if not online:
         del teacher_net  # its cached outputs are all we need now
     module = _Distiller(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg)
+    module.to_teacher = torch.tensor(kept) if online and kept else None
     lengths, encode = inputs.training(task.examples(data.train), max_length)
     train_targets = torch.from_numpy(targets["train"]) if "train" in targets else None
 
@@ -152,12 +166,35 @@ def run(cfg: Config, ctx) -> list:
         return []
     module.features(False)
     meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
-            "quality": ctx.metrics["quality_after"]}
+            "quality": ctx.metrics["quality_after"], **shaped}
     return [ctx.save("student", "hf-model", lambda tmp: save_model(student_net, student_dir, tmp), meta)]
 
 
 
 # ---------------------------------------------------------------- the student
+
+
+def shape_student(spec: StudentSpec, task, net, folder: Path, data, ctx, max_length: int):
+    """Width pruning and vocabulary trimming of a built student: (student, its tokenizer folder, what was kept,
+    the teacher's id of each student token id or None)."""
+    import torch
+
+    shaped, kept = {}, None
+    wide = spec.from_teacher and (spec.from_teacher.ffn < 1 or spec.from_teacher.heads < 1)
+    if wide and not hasattr(task, "build_student"):
+        from compress.pruning import prune
+
+        todo = task.inputs(folder).batches(task.examples(data.train)[:512], max_length, 32)
+        batches = [{k: torch.from_numpy(b[k]) for k in ("input_ids", "attention_mask")} for b in todo]
+        net, shaped["pruning"] = prune(net, batches, spec.from_teacher.heads, spec.from_teacher.ffn)
+    if spec.vocab and spec.vocab.trim:
+        from compress import vocab
+
+        trimmed = vocab.choose(folder, task.examples(data.train), spec.vocab.extra)
+        vocab.slice_embeddings(net, trimmed)
+        shaped["vocab"], kept = vocab.coverage(folder, trimmed, task.examples(data.eval)), trimmed.kept
+        folder = vocab.trimmed_folder(folder, ctx.work_dir / "student-tokenizer", trimmed)
+    return net, folder, shaped, kept
 
 
 def build_student(spec: StudentSpec, task, teacher_dir: Path, teacher, trust: bool, work_dir: Path | None = None):
@@ -235,6 +272,7 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
             object.__setattr__(self, "nets", (student_net, teacher_net))
             self.losses, self.pairs = losses, pairs
             self.captured: dict = {}
+            self.to_teacher = None  # student token id -> teacher token id, when the vocabulary was trimmed
             student_net.register_forward_hook(lambda _m, _i, out: self.captured.__setitem__("out", out))
             ds, dt = (student_net.config.hidden_size, teacher_net.config.hidden_size) if "hidden-mse" in losses else (0, 0)
             # A learned projection maps student widths onto the teacher's when they differ.
@@ -269,8 +307,10 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
                 if labels is None or cfg.alpha == 0:
                     return soft
                 return (1 - cfg.alpha) * soft + cfg.alpha * F.cross_entropy(out, labels)
-            with torch.no_grad():
-                ref = self.nets[1](**inputs)
+            with torch.no_grad():  # a trimmed vocabulary: the teacher reads the original ids
+                ids = inputs["input_ids"]
+                ids = ids if self.to_teacher is None else self.to_teacher.to(ids.device)[ids]
+                ref = self.nets[1](**{**inputs, "input_ids": ids})
             mine, mask = self.captured["out"], inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
             if name == "hidden-mse":
                 parts = [((p(mine.hidden_states[s]) - ref.hidden_states[t]) ** 2 * mask).sum()
