@@ -36,8 +36,8 @@ from compress.training import (
     train,
 )
 
-Loss = Literal["cosine", "mse", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
-OUTPUT_LOSSES = ("cosine", "mse", "logit-kd")
+Loss = Literal["cosine", "mse", "similarity", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
+OUTPUT_LOSSES = ("cosine", "mse", "similarity", "logit-kd")
 _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
 
 
@@ -82,7 +82,8 @@ class Config(TrainingConfig):
                               "causal-lm sequence: cross-entropy on the teacher's generated text; token-kl: KL on "
                               "the teacher's next-token distributions).")
     losses: dict[Loss, float] | None = Field(
-        default=None, description="Several losses with weights, e.g. {cosine: 1.0, hidden-mse: 0.5}.")
+        default=None, description="Several losses with weights, e.g. {cosine: 1.0, hidden-mse: 0.5}; similarity "
+        "matches the batch's cosine-similarity matrix to the teacher's (what retrieval ranks by).")
     freeze_embeddings: bool | None = Field(
         default=None, description="Keep the word embeddings fixed (default: yes when copied from the teacher); "
         "they are most of a small student's weights, so steps get cheaper on CPU.")
@@ -301,6 +302,9 @@ def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
                 return 1 - F.cosine_similarity(out, target, dim=-1).mean()
             if name == "mse":  # summed over features: on unit vectors a per-element mean is too small to learn
                 return ((out - target) ** 2).sum(-1).mean()
+            if name == "similarity":  # relational: the batch's cosine-similarity matrix, which retrieval ranks by
+                mine, ref = F.normalize(out, dim=-1), F.normalize(target, dim=-1)
+                return ((mine @ mine.T - ref @ ref.T) ** 2).sum(-1).mean()
             if name == "logit-kd":
                 t = cfg.temperature
                 soft = F.kl_div(F.log_softmax(out / t, -1), F.softmax(target / t, -1), reduction="batchmean") * t * t
