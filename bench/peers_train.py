@@ -28,8 +28,7 @@ def main(argv: list[str]) -> int:
     from compress.sources import resolve_model
     from compress.stages.distill import build_student
     from compress.tasks import sentence_embedding as task
-    from compress.tasks.common import load_tokenizer
-    from compress.training import pad
+    from compress.tasks.common import load_tokenizer, pad
 
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)

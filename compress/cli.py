@@ -48,10 +48,10 @@ def run(
     if dry_run:
         out.print(dump_recipe(parsed), end="", markup=False, highlight=False)
         return
-    from compress import report, rundir, runner
+    from compress import report, runner, sweep
 
     run_dir = out_dir or runner.default_run_dir(parsed)
-    manifest = runner.run(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+    manifest = sweep.run_any(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
     result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
     out.print(f"reports: {run_dir / 'report.md'}, {run_dir / 'report.json'}")
@@ -97,7 +97,7 @@ def schema(
 @app.command("report")
 def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding manifest.json.")) -> None:
     """Re-render report.md and report.json of a finished run."""
-    from compress import report, rundir, runner
+    from compress import report, rundir
 
     manifest = rundir.read_manifest(run_dir)
     if not manifest:
@@ -148,8 +148,8 @@ def compare(
     """Latency and quality of each variant in NEW against OLD; a change inside the noise is not a regression."""
     from rich.table import Table
 
-    from compress.gate import compare as compare_reports
-    from compress.gate import load_report
+    from compress.compare import compare as compare_reports
+    from compress.compare import load_report
 
     _, before = load_report(old, "old run")
     _, after = load_report(new, "new run")

@@ -52,10 +52,17 @@ class RunContext:
             )
         return [a for a in found if a.name in names]
 
-    def teacher(self) -> Artifact | None:
-        """The latest hf-model with role teacher: `teacher-finetuned` when a finetune stage ran, else `teacher`."""
+    def teacher(self, required: bool = True) -> Artifact | None:
+        """The latest hf-model with role teacher: `teacher-finetuned` when a finetune stage ran, else `teacher`.
+        Without one: a StageError, or None when not `required`."""
         teachers = [a for a in self.of_format("hf-model") if a.metadata.get("role") == "teacher"]
-        return teachers[-1] if teachers else None
+        if teachers:
+            return teachers[-1]
+        if required:
+            from compress.errors import StageError
+
+            raise StageError(f"stage {self.stage_name}: no hf-model artifact with role 'teacher'")
+        return None
 
     def save(
         self, name: str, fmt: str, write: Callable[[Path], None], metadata: dict | None = None

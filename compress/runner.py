@@ -3,7 +3,8 @@
 A stage's cache key hashes its config, the task, the data (config and file content) and the hashes of every
 artifact that exists when it starts. The chain is linear, so this is exact: a stage re-runs when anything it could
 have read changed. The manifest is rewritten atomically after every stage, so a run killed at any point resumes
-from the last finished stage.
+from the last finished stage. A stage marked `distributed` runs on `nproc` processes: the runner hands its
+`rank_worker` to compress/launch.py (torchrun), and every rank runs the same stage function.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import platform
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +23,10 @@ from rich.console import Console
 from compress import __version__, teacher
 from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_text_atomic
 from compress.context import RunContext
-from compress.recipe import Recipe, dump_recipe
+from compress.errors import CompressError, StageError
+from compress.launch import launch
+from compress.ranks import rank_world
+from compress.recipe import Recipe, dump_recipe, load_recipe
 from compress.rundir import RESOLVED_RECIPE, disk_errors, lock, read_json, read_manifest, write_manifest
 from compress.sources import resolve_local
 from compress.stages import run_stage
@@ -37,13 +42,13 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
         recipe_file: str | None = None, shared=None) -> dict:
     """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged.
 
-    A recipe with a `matrix` runs as a sweep (compress/sweep.py): each variant through this function, with
-    `shared` (a sweep.SharedCache) finding stages another variant already computed."""
+    One recipe without a `matrix`: a sweep (compress/sweep.py, the layer above) runs each of its variants through
+    this function, with `shared` (its SharedCache: `lookup(key)`, `add(key, entry, produced, run_dir)`) finding
+    stages another variant already computed."""
     console = console or Console(stderr=True)
     if recipe.matrix:
-        from compress import sweep
-
-        return sweep.run_sweep(recipe, run_dir, console, nproc, recipe_file)
+        raise CompressError(f"internal error: recipe {recipe.name} has a matrix: it is a sweep, run by "
+                            "compress.sweep.run_any, not by the runner")
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
     with disk_errors(run_dir), lock(run_dir):
@@ -89,10 +94,7 @@ def _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc) -> tuple[
                      console=console)
     started = time.time()
     if nproc > 1 and getattr(stage, "distributed", False):
-        from compress.distributed import launch
-
-        produced = launch(stage.name, run_dir, nproc)
-        ctx.metrics.update(read_json(run_dir / "work" / stage.name / "metrics.json"))
+        produced = run_distributed(stage.name, run_dir, nproc, ctx.metrics)
     else:
         produced = run_stage(stage, ctx)
     entry = {
@@ -171,3 +173,72 @@ def _versions() -> dict:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
     return found
+
+
+# ---------------------------------------------------------------- a stage on N processes
+
+
+# What rank 0 leaves in the stage's work dir for the runner: the produced artifacts, the metrics, or the error.
+RESULT = "artifacts.json"
+METRICS = "metrics.json"
+ERROR = "error.txt"
+
+
+def run_distributed(stage_name: str, run_dir: Path, nproc: int, metrics: dict | None = None) -> list[Artifact]:
+    """Run stage `stage_name` of the run in `run_dir` on `nproc` processes (compress/launch.py); return rank 0's
+    artifacts. Every rank rebuilds the run context from the files the runner wrote (recipe.resolved.yaml and the
+    manifest's artifacts) and runs the SAME stage function. `metrics`, when given, is updated with the stage's
+    metrics (also left in work/<stage>/metrics.json)."""
+    run_dir = Path(run_dir).resolve()
+    work = run_dir / "work" / stage_name
+    work.mkdir(parents=True, exist_ok=True)
+    for name in (RESULT, METRICS, ERROR):
+        (work / name).unlink(missing_ok=True)
+    code = launch(rank_worker, [str(run_dir), stage_name], nproc)
+    if (work / ERROR).is_file():
+        raise StageError((work / ERROR).read_text(encoding="utf-8").strip())
+    if code != 0 or not (work / RESULT).is_file():
+        raise StageError(f"stage {stage_name}: distributed run on {nproc} processes failed "
+                         f"(exit {code}); see the log above")
+    if metrics is not None:
+        metrics.update(read_json(work / METRICS))
+    return [Artifact.from_json(a, run_dir) for a in json.loads((work / RESULT).read_text(encoding="utf-8"))]
+
+
+class WorkerContext(RunContext):
+    """The context of ranks other than 0: writing an artifact there is a bug, caught loudly."""
+
+    def save(self, name, fmt, write, metadata=None):
+        raise StageError(f"internal error: rank {rank_world()[0]} tried to save artifact {name!r}; "
+                         "only rank 0 writes artifacts")
+
+
+def rank_worker(run_dir: str, stage_name: str) -> int:
+    """One rank of a distributed stage (called by compress/launch.py inside the process group)."""
+    run_dir, rank = Path(run_dir), rank_world()[0]
+    work = run_dir / "work" / stage_name
+    try:
+        ctx, cfg = _rank_context(run_dir, stage_name, rank)
+        produced = run_stage(cfg, ctx)
+        if rank == 0:
+            write_text_atomic(work / METRICS, json.dumps(ctx.metrics, indent=2, default=str))
+            write_text_atomic(work / RESULT, json.dumps([a.to_json(run_dir) for a in produced], indent=2))
+        return 0
+    except CompressError as exc:
+        write_text_atomic(work / ERROR, f"{exc} (rank {rank})")
+        print(f"rank {rank}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _rank_context(run_dir: Path, stage_name: str, rank: int) -> tuple[RunContext, object]:
+    recipe = load_recipe(run_dir / RESOLVED_RECIPE)
+    artifacts = {"teacher": teacher.resolve(recipe, run_dir)}
+    manifest = read_manifest(run_dir)
+    # A manifest left by another recipe would hand us stale artifacts: use it only when it is this recipe's.
+    if manifest.get("recipe_sha256") == recipe.fingerprint():
+        for name, data in manifest.get("artifacts", {}).items():
+            artifacts[name] = Artifact.from_json(data, run_dir)
+    kind = RunContext if rank == 0 else WorkerContext
+    ctx = kind(run_dir=run_dir, recipe=recipe, stage_name=stage_name, artifacts=artifacts,
+               is_main_process=rank == 0)
+    return ctx, recipe.stage_config(stage_name)

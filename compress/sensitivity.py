@@ -71,7 +71,7 @@ class Evaluator:
         self.inputs = task.inputs(source.path)
         self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
         self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
-        teacher = ctx.teacher()
+        teacher = ctx.teacher(required=False)
         self.reference = self._teacher_outputs(teacher.path) if teacher is not None else None
 
     def _teacher_outputs(self, path: Path):

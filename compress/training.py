@@ -2,9 +2,9 @@
 
 `train(cfg, ctx, job)` runs AdamW with warm-up and decay, gradient accumulation, length-bucketed batches,
 periodic evaluation keeping the best weights, and checkpoints for resumption after an interruption; it runs
-under DDP when launched with `compress run --nproc N` (compress/distributed.py). A stage describes its work
+under DDP when launched with `compress run --nproc N` (compress/launch.py). A stage describes its work
 as a `Job` (the module to train, how to batch, how to evaluate). Also here: the helpers both stages need
-(the teacher artifact, saving a model folder, padding, held-out evaluation, checkpoint keys).
+(saving a model folder, held-out evaluation, checkpoint keys).
 """
 
 from __future__ import annotations
@@ -52,14 +52,6 @@ class TrainingConfig(StageBase):
 # ---------------------------------------------------------------- shared by the training stages
 
 
-def teacher_artifact(ctx):
-    """The latest hf-model with role teacher (the model both stages learn from)."""
-    teacher = ctx.teacher()
-    if teacher is None:
-        raise StageError(f"stage {ctx.stage_name}: no hf-model artifact with role 'teacher'")
-    return teacher
-
-
 def save_model(backbone, source_dir: Path, tmp: Path) -> None:
     """A complete HF folder: tokenizer and sentence-transformers files from `source_dir`, then the weights
     and config (written last, so the model's own config.json wins over the copied one)."""
@@ -79,7 +71,7 @@ def evaluate_outputs(task, model, inputs, split, max_length: int, reference) -> 
     input hook for the model (task.inputs(model_dir))."""
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
     from compress.tasks.common import unbatch
 
     todo = inputs.batches(task.examples(split), max_length, 64)
@@ -93,26 +85,13 @@ def evaluate_outputs(task, model, inputs, split, max_length: int, reference) -> 
     return task.quality(reference, unbatch(outs, todo), split.labels)
 
 
-def pad(ids: list[list[int]], index: list[int], pad_id: int) -> dict:
-    import torch
-
-    rows = [ids[i] for i in index]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
 def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def checkpoint_key(cfg, teacher, data_cfg, **extra) -> str:
     """Identifies a checkpoint this run may resume from: same settings (bar length), teacher, data, world size."""
-    from compress import distributed as D
+    from compress import ranks as D
 
     payload = {"cfg": cfg.model_dump(mode="json", exclude=_LENGTH_FIELDS), "teacher": teacher.sha256,
                "data": data_cfg.model_dump(mode="json"), "world": D.rank_world()[1], **extra}
@@ -139,7 +118,7 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
     import torch
     from torch.utils.data import DistributedSampler
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     rank, world = D.rank_world()
     job.module.to(D.device()).train()
@@ -210,7 +189,7 @@ def planned_steps(cfg: TrainingConfig, per_epoch: int) -> float:
 def _step(model, optimizer, chunk: list[list[int]], collate, lr: float) -> float:
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     for group in optimizer.param_groups:
         group["lr"] = lr

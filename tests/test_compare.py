@@ -175,7 +175,7 @@ def with_teacher(rows: dict[str, list[float]], teacher: list[float]) -> dict:
     ],
 )
 def test_compare_judges_variants_relative_to_the_teacher_of_the_same_run(variant_rounds, teacher_rounds, verdict):
-    from compress.gate import compare
+    from compress.compare import compare
 
     old = with_teacher({"model.int8.onnx": [10.0, 10.2, 9.8]}, [40.0, 40.4, 39.6])
     new = with_teacher({"model.int8.onnx": variant_rounds}, teacher_rounds)

@@ -25,7 +25,7 @@ def _prepare(run_dir: Path, model: Path, data: Path, stage: str) -> None:
 
 
 def test_distributed_two_ranks_agree_and_only_rank0_writes(tmp_path, tiny_bert, tiny_texts):
-    from compress.distributed import launch
+    from compress.runner import run_distributed
     from compress.tasks import sentence_embedding as task
 
     run_dir = tmp_path / "run"
@@ -34,7 +34,7 @@ def test_distributed_two_ranks_agree_and_only_rank0_writes(tmp_path, tiny_bert, 
              "checkpoint_every: 2}")
     metrics: dict = {}
 
-    produced = launch("distill", run_dir, 2, metrics)
+    produced = run_distributed("distill", run_dir, 2, metrics)
 
     assert [a.name for a in produced] == ["student"]
     assert metrics["world_size"] == 2 and metrics["steps"] == 4
@@ -46,20 +46,52 @@ def test_distributed_two_ranks_agree_and_only_rank0_writes(tmp_path, tiny_bert, 
 
 
 def test_distributed_reports_the_stage_error(tmp_path, tiny_bert, tiny_texts):
-    from compress.distributed import launch
+    from compress.runner import run_distributed
 
     run_dir = tmp_path / "run"
     _prepare(run_dir, tiny_bert, tiny_texts, "{kind: distill, student: {from_teacher: {layers: [9]}}}")
 
     with pytest.raises(StageError, match="the teacher has layers 0..1"):
-        launch("distill", run_dir, 2)
+        run_distributed("distill", run_dir, 2)
 
 
 def test_worker_context_refuses_to_save(tmp_path):
-    from compress.distributed import _WorkerContext
+    from compress.runner import WorkerContext
 
-    ctx = _WorkerContext(run_dir=tmp_path, recipe=None, stage_name="distill", artifacts={}, is_main_process=False)
+    ctx = WorkerContext(run_dir=tmp_path, recipe=None, stage_name="distill", artifacts={}, is_main_process=False)
 
     with pytest.raises(StageError, match="only rank 0 writes artifacts"):
         ctx.save("student", "hf-model", lambda tmp: tmp.mkdir())
     assert not (tmp_path / "artifacts" / "student").exists()
+
+
+def write_rank(folder: str) -> int:
+    """A worker for the launcher test: each rank writes its rank and the world size."""
+    from compress.ranks import rank_world
+
+    rank, world = rank_world()
+    Path(folder, f"rank{rank}").write_text(str(world))
+    return 0
+
+
+def test_launch_runs_a_module_level_worker_on_every_rank(tmp_path, monkeypatch):
+    import os
+
+    from compress.launch import launch
+
+    # The ranks import this test module by name, as pytest does: from tests/.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    code = launch(write_rank, [str(tmp_path)], 2)
+
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+    assert (tmp_path / "rank1").read_text() == "2"
+
+
+@pytest.mark.parametrize("worker", [lambda: 0, Path("x").exists])
+def test_launch_refuses_a_worker_other_processes_cannot_import(worker):
+    from compress.errors import CompressError
+    from compress.launch import launch
+
+    with pytest.raises(CompressError, match="not a module-level function"):
+        launch(worker, [], 2)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from compress import gate, report
+from compress import action, compare, gate, report
 from compress.gate import GateUsageError
 
 
@@ -97,7 +97,7 @@ def test_compare_latency_is_a_regression_only_beyond_threshold_and_noise(tmp_pat
     current = make_report(tmp_path / "now", rows(int8=now, int8_rounds=now_rounds))
     baseline = make_report(tmp_path / "then", rows(int8=then, int8_rounds=then_rounds))
 
-    entries = {c["label"]: c for c in gate.compare(current, baseline, 0.10)}
+    entries = {c["label"]: c for c in compare.compare(current, baseline, 0.10)}
 
     entry = entries["teacher.int8-dynamic.onnx onnxruntime/CPU b1/s128/t1"]
     assert entry["verdict"] == verdict
@@ -119,11 +119,26 @@ def test_gate_latency_regression_names_the_row_and_the_numbers(tmp_path):
     assert gate.gate(current, baseline, max_latency_regression=0.15)["passed"]
 
 
+@pytest.mark.parametrize("label, p50", [
+    ("teacher.int8-dynamic.onnx onnxruntime/CPU b1/s128/t1", 25.1),
+    ("teacher.int8-dynamic.onnx onnxruntime/arm b1/s128/t1", 60.0),
+])
+def test_compare_matches_arm_and_local_rows_with_their_own_baseline(tmp_path, label, p50):
+    arm = {**row("teacher.int8-dynamic.onnx", 60.0, 0.99, precision="int8-dynamic"), "provider_request": "arm"}
+    current = make_report(tmp_path / "now", [*rows(), arm])
+    baseline = make_report(tmp_path / "then", [*rows(), arm])
+
+    entries = {c["label"]: c for c in compare.compare(current, baseline, 0.10)}
+
+    assert entries[label]["verdict"] == "same" and entries[label]["base"]["p50_ms"] == p50
+    assert len(entries) == len(rows()) + 1  # no row is "new" or "missing" for want of its own key
+
+
 def test_compare_marks_new_and_missing_rows(tmp_path):
     current = make_report(tmp_path / "now", rows()[:3])
     baseline = make_report(tmp_path / "then", [r for i, r in enumerate(rows()) if i != 2])
 
-    verdicts = {c["label"]: c["verdict"] for c in gate.compare(current, baseline, 0.10)}
+    verdicts = {c["label"]: c["verdict"] for c in compare.compare(current, baseline, 0.10)}
 
     assert verdicts["teacher.int8-dynamic.onnx onnxruntime/CPU b1/s128/t1"] == "new"
     assert verdicts["teacher.int4-weight.onnx onnxruntime/CPU b1/s128/t1"] == "missing in this run"
@@ -187,7 +202,7 @@ def test_gate_rejects_bad_thresholds(tmp_path, value):
     ],
 )
 def test_split_overrides_lines_or_words(text, overrides):
-    assert gate.split_overrides(text) == overrides
+    assert action.split_overrides(text) == overrides
 
 
 def test_write_github_output_uses_heredoc_for_multiline(tmp_path):
@@ -217,11 +232,11 @@ def test_plan_sets_providers_and_keys_the_cache_on_recipe_and_model(tmp_path, mo
     (tmp_path / "texts.csv").write_text("text\nhello\n")
     (tmp_path / "r.yaml").write_text(PLAN_RECIPE)
 
-    first = gate.plan("r.yaml", "stages.0.opset=18", "cpu, cuda")
-    same = gate.plan("r.yaml", "stages.0.opset=18", "cpu cuda")
-    other_set = gate.plan("r.yaml", "stages.0.opset=17", "cpu cuda")
+    first = action.plan("r.yaml", "stages.0.opset=18", "cpu, cuda")
+    same = action.plan("r.yaml", "stages.0.opset=18", "cpu cuda")
+    other_set = action.plan("r.yaml", "stages.0.opset=17", "cpu cuda")
     (tmp_path / "model" / "config.json").write_text('{"changed": 1}')
-    other_model = gate.plan("r.yaml", "stages.0.opset=18", "cpu cuda")
+    other_model = action.plan("r.yaml", "stages.0.opset=18", "cpu cuda")
 
     assert first["overrides"] == ["stages.0.opset=18", "stages.1.providers=[cpu, cuda]"]
     assert first["run-dir"] == "runs/plan-demo" and first["cache-key"].startswith(first["cache-prefix"])

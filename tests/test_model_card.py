@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from compress import licenses, model_card, report
+from compress import licenses, report
 from compress.artifacts import sha256_path
+from compress.report import model_card
 
 
 def row(variant, p50, cosine, *, precision="fp32", source=None, role="student", size=20.0, runtime="onnxruntime",

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compress import providers
-from compress.targets import harness
+from compress.targets import harness, providers
 
 X86 = {"machine": "x86_64", "onnxruntime_package": "onnxruntime", "gpu_devices": [],
        "available_providers": ["AzureExecutionProvider", "CPUExecutionProvider"]}

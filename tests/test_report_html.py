@@ -9,7 +9,9 @@ import subprocess
 
 import pytest
 
-from compress import report, report_html
+from compress import report
+from compress.report import charts
+from compress.report import html as report_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -125,7 +127,7 @@ def test_render_html_escapes_names(tmp_path):
     ([], []),
 ])
 def test_frontier_keeps_points_nothing_beats(points, expected):
-    assert report_html.frontier(points) == expected
+    assert charts.frontier(points) == expected
 
 
 def test_read_samples_keys_match_report_rows(tmp_path):
@@ -134,7 +136,59 @@ def test_read_samples_keys_match_report_rows(tmp_path):
     samples = report_html.read_samples(tmp_path, manifest)
 
     ok = [r for r in rep["rows"] if r["status"] == "ok"]
-    assert {report_html.row_id(r) for r in ok} == set(samples)
+    assert {report.row_id(r) for r in ok} == set(samples)
+
+
+# Rows that differ from the local row only by machine, provider request or session option: each has its own id
+# (made by the bench engine) and must show its own samples, never the local row's.
+LOCAL_ID = "student.int8-dynamic.onnx|CPUExecutionProvider|b1|s128|t1"
+OWN_SAMPLES = [
+    # (case, row fields over the local int8 row, the bench's id of the row, its samples per round)
+    ("local", {}, LOCAL_ID, [[6.0, 6.1, 6.2]]),
+    ("ssh target", {"target": "pi"}, LOCAL_ID + "|@pi", [[31.0, 32.0, 33.0]]),
+    ("arm", {"provider_request": "arm"}, "student.int8-dynamic.onnx|arm|b1|s128|t1", [[47.0, 48.0, 49.0]]),
+    ("opt-basic", {"graph_optimization": "basic"}, LOCAL_ID + "|opt-basic", [[8.0, 8.5, 9.0]]),
+]
+SAMPLE_LINE = re.compile(r'<tr data-id="([^"]+)">(?:<td>[^<]*</td>){3}<td class=num>\d+</td>'
+                         r"<td class=num>([\d.]+)</td><td class=num>([\d.]+)</td><td class=num>([\d.]+)</td></tr>")
+
+
+def own_samples_page(tmp_path) -> str:
+    """report.html of a run holding every row of OWN_SAMPLES, each with its own samples in samples.json."""
+    local = row("student.int8-dynamic.onnx", 6.1, 0.97, precision="int8-dynamic", source="student.onnx", size=8.0)
+    rows = [row("teacher", 40.0, 1.0, runtime="torch", provider="cpu", role="teacher")]
+    rows += [{**local, **fields, "id": rid, "latency_ms": {**local["latency_ms"], "p50": own[0][1]}}
+             for _, fields, rid, own in OWN_SAMPLES]
+    rep, manifest = make_run(tmp_path, rows)
+    samples = {rid: own for _, _, rid, own in OWN_SAMPLES}
+    (tmp_path / "artifacts" / "bench" / "samples.json").write_text(json.dumps(samples))
+    return report_html.render_html(tmp_path, rep, manifest).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case, fields, rid, own", OWN_SAMPLES, ids=[c[0] for c in OWN_SAMPLES])
+def test_report_html_shows_each_rows_own_samples(tmp_path, case, fields, rid, own):
+    page = own_samples_page(tmp_path)
+
+    shown = {m.group(1): [float(v) for v in m.groups()[1:]] for m in SAMPLE_LINE.finditer(page)}
+
+    flat = sorted(v for rnd in own for v in rnd)
+    assert shown.get(rid) == [flat[0], flat[len(flat) // 2], flat[-1]], (case, shown)
+    assert len(shown) == len(OWN_SAMPLES)  # one line of samples per row
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({}, "m.onnx|CPUExecutionProvider|b1|s128|t1"),
+    ({"target": "pi"}, "m.onnx|CPUExecutionProvider|b1|s128|t1|@pi"),
+    ({"provider_request": "arm"}, "m.onnx|arm|b1|s128|t1"),
+    ({"graph_optimization": "basic", "execution_mode": "parallel", "inter_op_threads": 2},
+     "m.onnx|CPUExecutionProvider|b1|s128|t1|i2|opt-basic|parallel"),
+])
+def test_row_id_rebuilds_the_bench_id_when_a_report_has_none(fields, expected):
+    old = {"variant": "m.onnx", "provider": "CPUExecutionProvider", "batch_size": 1, "seq_len": 128, "threads": 1,
+           **fields}
+
+    assert report.row_id(old) == expected
+    assert report.row_id({**old, "id": "given"}) == "given"
 
 
 # ---------------------------------------------------------------- a real browser

@@ -9,8 +9,9 @@ from rich.console import Console
 
 from compress import report as reports
 from compress import runner, sweep
-from compress.errors import RecipeError
+from compress.errors import CompressError, RecipeError
 from compress.recipe import expand_matrix, parse_recipe
+from compress.report import sweep as sweep_report
 
 BASE = """\
 version: 1
@@ -59,13 +60,22 @@ def test_recipe_matrix_rejects_bad_variants(matrix, message):
         parse_recipe(BASE.format(model="m", data="d.csv", matrix=matrix))
 
 
+def test_runner_refuses_a_matrix_recipe_which_only_the_sweep_runs(tmp_path):
+    recipe = parse_recipe(BASE.format(model=tmp_path, data=tmp_path / "t.txt",
+                                      matrix="matrix: {stages.1.schemes: [[int8-dynamic], [fp16]]}"))
+
+    with pytest.raises(CompressError, match="it is a sweep"):
+        runner.run(recipe, tmp_path / "run", console=Console(stderr=True, quiet=True))
+    assert not (tmp_path / "run").exists()
+
+
 def test_sweep_computes_shared_stages_once_and_caches_reruns(tmp_path, tiny_bert, tiny_texts):
     matrix = ("matrix:\n  stages.1.schemes: [[int8-dynamic], [fp16], [int4-weight]]\n"
               "  stages.2.schemes: [[int8-dynamic], [fp16]]\n")
     recipe = parse_recipe(BASE.format(model=tiny_bert, data=tiny_texts, matrix=matrix))
 
-    first = runner.run(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
-    again = runner.run(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
+    first = sweep.run_any(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
+    again = sweep.run_any(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
 
     variants = first["sweep"]["variants"]
     assert len(variants) == 6
@@ -99,13 +109,30 @@ def test_sweep_report_ranks_rows_of_every_variant(tmp_path):
                                                          _row("shared", 3.0, 0.0)]},
     }
 
-    result = sweep.build_report(manifest, per_variant)
+    result = sweep_report.build_report(manifest, per_variant)
 
     ranked = [(r["variant"], r["rank"]) for r in result["rows"]]
     assert ranked == [("threads-1/shared", 1), ("threads-2/a", 2), ("threads-1/a", 3), ("threads-1/lossy", None)]
     assert result["rows"][0]["also_in"] == ["threads-2"]  # one model measured the same way: listed once
     assert result["recommendation"]["variant"] == "threads-1/shared"
-    assert "| 1 | threads-1/shared |" in sweep.render_markdown(result)
+    assert "| 1 | threads-1/shared |" in sweep_report.render_markdown(result)
+
+
+@pytest.mark.parametrize("select, ranked", [
+    ({}, ["pi", "local"]),
+    ({"target": "local"}, ["local"]),
+    ({"target": "pi"}, ["pi"]),
+    ({"provider": "cuda"}, []),
+    ({"max_size_mb": 0.5}, []),
+])
+def test_sweep_rank_uses_the_reports_eligibility_rule(select, ranked):
+    rows = [{**_row("local", 5.0, 0.001), "target": "local"},
+            {**_row("pi", 3.0, 0.001, "b1/s128/t1@pi"), "target": "pi"}]
+
+    result = sweep_report.rank(rows, select, 0.02)
+
+    assert [r["variant"] for r in result if r["rank"] is not None] == ranked
+    assert all(reports.qualifies(r, select, 0.02) == (r["variant"] in ranked) for r in rows)
 
 
 @pytest.mark.slow
@@ -116,7 +143,7 @@ def test_sweep_with_bench_ranks_every_variant_in_one_report(tmp_path, tiny_bert,
     matrix = "matrix:\n  stages.1.schemes: [[int8-dynamic], [fp16], [int4-weight]]\n  stages.2.threads: [[1], [2]]\n"
     recipe = parse_recipe(recipe_text.format(model=tiny_bert, data=tiny_texts, matrix=matrix))
 
-    result = runner.run(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
+    result = sweep.run_any(recipe, tmp_path / "sweep", console=Console(stderr=True, quiet=True))
     report = reports.write_reports(tmp_path / "sweep", result)  # as `compress run` does after the stages
 
     variants = [v["name"] for v in result["sweep"]["variants"]]

@@ -32,7 +32,6 @@ from compress.training import (
     param_count,
     progress_bar,
     save_model,
-    teacher_artifact,
     train,
 )
 
@@ -104,10 +103,10 @@ class Config(TrainingConfig):
 def run(cfg: Config, ctx) -> list:
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
-    teacher = teacher_artifact(ctx)
+    teacher = ctx.teacher()
     losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
     lm_only = [name for name in losses if name in ("sequence", "token-kl")]
     if lm_only:
@@ -144,7 +143,7 @@ def run(cfg: Config, ctx) -> list:
     online = any(name not in OUTPUT_LOSSES for name in losses)
     if not online:
         del teacher_net  # its cached outputs are all we need now
-    module = _Distiller(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg)
+    module = distiller_module(task, student_net, student_dir, teacher_net if online else None, losses, pairs, cfg)
     module.to_teacher = torch.tensor(kept) if online and kept else None
     lengths, encode = inputs.training(task.examples(data.train), max_length)
     train_targets = torch.from_numpy(targets["train"]) if "train" in targets else None
@@ -260,7 +259,7 @@ def _uniform_pairs(student_layers: int, teacher_layers: int) -> list[tuple[int, 
     return [(0, 0)] + [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
 
 
-def _Distiller(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
+def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs, cfg):
     """The module DDP trains: the task-wrapped student, hidden-state projections, and the losses."""
     import torch
     import torch.nn.functional as F
@@ -343,7 +342,7 @@ def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tu
     """The teacher's outputs on the train and eval texts, from the work dir when computed before."""
     import numpy as np
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     key = hashlib.sha256(json.dumps({"teacher": teacher.sha256, "task": task.NAME, "max_length": max_length,
                                      "data": ctx.recipe.data.model_dump(mode="json")}, sort_keys=True).encode())
@@ -368,7 +367,7 @@ def teacher_outputs(model, inputs, texts, max_length: int, ctx, batch_size: int 
     import numpy as np
     import torch
 
-    from compress import distributed as D
+    from compress import ranks as D
 
     rank, world = D.rank_world()
     todo = inputs.batches(texts, max_length, batch_size)

@@ -39,7 +39,6 @@ def run(cfg: Config, ctx) -> list:
         evaluate_outputs,
         param_count,
         save_model,
-        teacher_artifact,
         train,
     )
 
@@ -50,13 +49,13 @@ def run(cfg: Config, ctx) -> list:
     data = task.load_data(ctx.recipe.data)
     if data.train.labels is None or not data.label_names:
         raise StageError(f"stage {ctx.stage_name}: the data has no labels; set data.label_field (and data.labels)")
-    teacher, max_length = teacher_artifact(ctx), cfg.max_length or ctx.recipe.data.max_length
+    teacher, max_length = ctx.teacher(), cfg.max_length or ctx.recipe.data.max_length
     names = list(data.label_names)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     net = task.load_backbone(teacher.path, ctx.recipe.teacher.trust_remote_code,
                              id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
     inputs = task.inputs(teacher.path)
-    model = _Classifier(task.wrap(net, teacher.path), inputs.names)
+    model = classifier_module(task.wrap(net, teacher.path), inputs.names)
     lengths, encode = inputs.training(task.examples(data.train), max_length)
 
     def collate(index: list[int]) -> dict:
@@ -77,7 +76,7 @@ def run(cfg: Config, ctx) -> list:
     return [ctx.save(OUTPUT, "hf-model", lambda tmp: save_model(net, teacher.path, tmp), meta)]
 
 
-def _Classifier(wrapped, names: tuple[str, ...]):
+def classifier_module(wrapped, names: tuple[str, ...]):
     import torch
 
     class Classifier(torch.nn.Module):

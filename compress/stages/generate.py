@@ -97,7 +97,7 @@ def run(cfg: Config, ctx) -> list:
 def _model(cfg: Config, ctx):
     if cfg.model:
         return ctx.of_format("hf-model", [cfg.model])[0]
-    teacher = ctx.teacher()
+    teacher = ctx.teacher(required=False)
     if teacher is None:
         raise StageError(f"stage {ctx.stage_name}: no teacher to generate with")
     return teacher

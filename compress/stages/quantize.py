@@ -3,13 +3,12 @@
 Works on the fused graph (export optimize: true) and on the plain one. Measured on MiniLM-L6 (fused,
 AVX2 EPYC, cosine to fp32 ONNX on 300 texts): int8-dynamic per-channel 0.991 at 25% of the size;
 int8-static 0.993 only with the MatMuls after GELU left in float (0.922 otherwise); int4-weight 0.977
-at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%.
+at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%. int4-weight: stages/quantize_int4.py.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import re
 import shutil
 import time
@@ -19,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
-from compress import sensitivity as _accuracy
+from compress import sensitivity
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 
@@ -128,7 +127,7 @@ def run(cfg: Config, ctx) -> list:
             options: dict = {}
             start = time.perf_counter()
             accuracy = None
-            if cfg.accuracy is not None and scheme in _accuracy.SCHEME_OPS:
+            if cfg.accuracy is not None and scheme in sensitivity.SCHEME_OPS:
                 artifact, accuracy, tables = _tune(cfg, ctx, source, scheme, name, options)
                 out.append(tables)
             else:
@@ -154,13 +153,13 @@ def run(cfg: Config, ctx) -> list:
 def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tuple:
     """The accuracy search (compress/sensitivity.py): the best bundle under `name`, its summary, the tables."""
     acc = cfg.accuracy
-    evaluator = _accuracy.Evaluator(ctx, source, acc.eval_size)
+    evaluator = sensitivity.Evaluator(ctx, source, acc.eval_size)
     skip = _after_gelu(_with_shapes(source.path / "model.onnx")) if (
         scheme == "int8-static" and cfg.int8.skip_after_gelu) else []
     op_types = cfg.int8.op_types if scheme.startswith("int8") else None
-    nodes = _accuracy.candidates(source.path / "model.onnx", scheme, op_types, skip)
-    groups = _accuracy.group_nodes(nodes, acc.granularity)
-    search = _accuracy.Search(name, scheme, acc.max_quality_drop, acc.time_budget, ctx.work_dir)
+    nodes = sensitivity.candidates(source.path / "model.onnx", scheme, op_types, skip)
+    groups = sensitivity.group_nodes(nodes, acc.granularity)
+    search = sensitivity.Search(name, scheme, acc.max_quality_drop, acc.time_budget, ctx.work_dir)
 
     def build(folder: Path, exclude=None, only=None) -> None:
         _bundle(cfg, ctx, source, scheme, folder, options, exclude=exclude, only=only)
@@ -172,7 +171,7 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
             shutil.copytree(folder, tmp)
             info = read_json(tmp / "compress.json")
             write_json(tmp / "compress.json", {**info, "excluded_nodes": step["excluded_nodes"],
-                                               "kept_precision": _accuracy.KEPT_PRECISION[scheme],
+                                               "kept_precision": sensitivity.KEPT_PRECISION[scheme],
                                                "accuracy_step": step["step"], "quality_drop": step["drop"]})
         ctx.save(name, "onnx", write)
         ctx.console.print(f"  {name}: step {step['step']} ({len(step['excluded_nodes'])} node(s) kept out) "
@@ -181,8 +180,8 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
     state = search.run(build, evaluator, source.path, groups, save)
     artifact = _saved(ctx, name)
     tables = ctx.save(f"{name.removesuffix('.onnx')}.accuracy", "accuracy",
-                      lambda tmp: _accuracy.write_tables(tmp, state), {"artifact": name})
-    summary = _accuracy.summary(state)
+                      lambda tmp: sensitivity.write_tables(tmp, state), {"artifact": name})
+    summary = sensitivity.summary(state)
     ctx.console.print(f"  accuracy search of {name}: {summary['reason']}; drop {summary['drop']} "
                       f"(budget {acc.max_quality_drop:g}), {len(summary['excluded_nodes'])} node(s) kept in "
                       f"{summary['kept_precision']}")
@@ -217,6 +216,7 @@ def _size(path: Path) -> int:
 
 
 def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exclude=None, only=None) -> None:
+    from compress.stages import quantize_int4
     from compress.tasks.common import read_json, write_json
 
     # Everything but the model travels unchanged (tokenizer, pooling config); the source stays untouched.
@@ -238,7 +238,7 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
             opts = cfg.int4.model_copy(update={
                 "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
                 "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
-            _int4(opts, src, dst, options, exclude, only)
+            quantize_int4.int4(opts, src, dst, options, exclude, only)
         else:
             _fp16(src, dst, options)
     finally:
@@ -351,49 +351,6 @@ def _calibration_reader(ctx, source, size: int, pad_to_max: bool):
             self._items = iter(batches)
 
     return Reader()
-
-
-def _int4(opts: Int4Options, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    op_types, axes = (("MatMul", "Gather"), (("MatMul", 0), ("Gather", 1))) if opts.embeddings else (("MatMul",), None)
-    # The quantizer logs two INFO lines per node (thousands for an LLM) on the root handlers: keep warnings only.
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(_fold_constant_transposes(onnx.load(str(src))), bits=4,
-                                     block_size=opts.block_size, is_symmetric=opts.symmetric,
-                                     accuracy_level=opts.accuracy_level or None, op_types_to_quantize=op_types,
-                                     quant_axes=axes, nodes_to_exclude=list(exclude or []),
-                                     nodes_to_include=list(only or []) or None)
-    quantizer.process()
-    model = quantizer.model.model
-    if exclude:  # the accuracy search keeps these in 8 bits (MatMulNBits bits=8), not fp32
-        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=opts.block_size, is_symmetric=opts.symmetric,
-                                         op_types_to_quantize=("MatMul",), nodes_to_include=list(exclude))
-        quantizer.process()
-        options["kept_in_8_bits"] = len(exclude)
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    options.update(block_size=opts.block_size, symmetric=opts.symmetric, op_types=list(op_types),
-                   accuracy_level=opts.accuracy_level,
-                   why="weight-only MatMulNBits: shrinks the file; compute stays fp32 on CPU")
-
-
-def _fold_constant_transposes(model):
-    """Transpose(initializer) -> a transposed initializer. A causal LM with tied embeddings computes its output
-    projection's weight as Transpose(embedding) at run time; MatMulNBits needs it constant to quantize it."""
-    import numpy as np
-    from onnx import numpy_helper
-
-    graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    for node in list(graph.node):
-        if node.op_type != "Transpose" or node.input[0] not in initializers:
-            continue
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        value = numpy_helper.to_array(initializers[node.input[0]]).transpose(perm)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), node.output[0]))
-        graph.node.remove(node)
-    return model
 
 
 def _fp16(src: Path, dst: Path, options: dict) -> None:

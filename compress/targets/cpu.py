@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compress.targets.harness import parse_cpuinfo  # the one parser; harness.py is standard library too
+
 # Features that decide int8/fp16 kernels in onnxruntime (MLAS). Linux names, as in /proc/cpuinfo.
 X86_FEATURES = (
     "sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -41,7 +43,7 @@ def cpu_info(cpuinfo_text: str | None = None, machine: str | None = None) -> dic
     if cpuinfo_text is None and sys.platform.startswith("linux"):
         cpuinfo_text = _read("/proc/cpuinfo")
     if cpuinfo_text:
-        model, raw = _parse_cpuinfo(cpuinfo_text)
+        model, raw, _ = parse_cpuinfo(cpuinfo_text)
     elif sys.platform == "darwin":
         model, raw = _darwin()
     else:
@@ -63,19 +65,6 @@ def _read(path: str) -> str:
         return Path(path).read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _parse_cpuinfo(text: str) -> tuple[str, set[str]]:
-    """Model name and feature flags of the first processor block (x86 'flags', aarch64 'Features')."""
-    model, flags = "", set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu model") and not model:
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    return model, flags
 
 
 def _sysctl(name: str) -> str:

@@ -116,12 +116,11 @@ ORT_PACKAGES = ("onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml
                 "onnxruntime-rocm", "onnxruntime-training", "onnxruntime")
 
 
-def cpu_environment(cpuinfo: str | None = None, meminfo: str | None = None, machine: str | None = None) -> dict:
-    """CPU model, feature flags, cores and memory of this machine (Linux /proc; elsewhere what platform knows)."""
-    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
-    meminfo = _read("/proc/meminfo") if meminfo is None else meminfo
+def parse_cpuinfo(text: str) -> tuple[str, set[str], str]:
+    """(model name, feature flags, cpu part) of the first processor block of /proc/cpuinfo text (x86 'flags',
+    aarch64 'Features'); compress/targets/cpu.py reads it through this function too."""
     model, flags, part = "", set(), ""
-    for line in cpuinfo.splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "hardware", "cpu model") and not model:
@@ -130,6 +129,14 @@ def cpu_environment(cpuinfo: str | None = None, meminfo: str | None = None, mach
             flags = set(value.split())
         elif key == "cpu part" and not part:
             part = value.strip()
+    return model, flags, part
+
+
+def cpu_environment(cpuinfo: str | None = None, meminfo: str | None = None, machine: str | None = None) -> dict:
+    """CPU model, feature flags, cores and memory of this machine (Linux /proc; elsewhere what platform knows)."""
+    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    meminfo = _read("/proc/meminfo") if meminfo is None else meminfo
+    model, flags, part = parse_cpuinfo(cpuinfo)
     if not model and part:  # aarch64 Linux names no model: the part number does (0xd08 = Cortex-A72)
         model = {"0xd03": "Cortex-A53", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1",
                  "0xd40": "Neoverse-V1", "0xd4f": "Neoverse-V2", "0xd49": "Neoverse-N2"}.get(part, f"ARM part {part}")
@@ -467,21 +474,21 @@ def parse_args(argv=None):
     return args
 
 
-def _clean(value):
+def clean(value):
     """NaN and inf are not JSON: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.env:
-        json.dump(_clean(environment()), sys.stdout)
+        json.dump(clean(environment()), sys.stdout)
         return 0
     try:
         result = bench(args)
@@ -490,7 +497,7 @@ def main(argv=None) -> int:
         result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}", "provider": args.provider}
     tmp = f"{args.out}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(_clean(result), handle, indent=1)
+        json.dump(clean(result), handle, indent=1)
     os.replace(tmp, args.out)
     return 1 if result["status"] == "error" else 0
 

@@ -21,12 +21,3 @@ def get_task(name: str):
     """Return the task module for `name` (see tasks/sentence_embedding.py for the interface)."""
     return importlib.import_module(_MODULES[name])
 
-
-def stage_override(task, kind: str):
-    """The task's own implementation of stage `kind` (a task whose stages differ in kind, like causal-lm,
-    names them in STAGE_OVERRIDES as "module:function"), or None to run the generic stage."""
-    target = getattr(task, "STAGE_OVERRIDES", {}).get(kind)
-    if not target:
-        return None
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)

@@ -1,9 +1,9 @@
 """Task causal-lm: a decoder-only language model (Llama, SmolLM2, GPT-2 ...) that predicts the next token.
 
-Unlike the encoder tasks, its stages differ in kind, so the task names its own implementations of them
-(STAGE_OVERRIDES, looked up by compress.tasks.stage_override): distillation on the teacher's generated text
-(compress/lm/distill.py), ONNX export with past key/values (compress/lm/export.py) and a bench that times
-generation: time to first token and tokens per second (compress/lm/bench.py).
+Unlike the encoder tasks, its stages differ in kind; their own implementations live in compress/stages/ and
+are chosen by the table OVERRIDES in compress/stages/__init__.py: distillation on the teacher's generated text
+(stages/lm_distill.py), ONNX export with past key/values (stages/lm_export.py) and a bench that times
+generation: time to first token and tokens per second (stages/lm_bench.py).
 
 Quality is measured on held-out text, ideally the teacher's own held-out completions ("teacher-style text"):
 - perplexity: exp of the mean next-token negative log-likelihood over the scored tokens (lower is better);
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,6 @@ NAME = "causal-lm"
 HEADLINE = "agreement"
 DEFAULT_LOSS = "sequence"
 OUTPUT_NAME = "logits"
-STAGE_OVERRIDES = {
-    "distill": "compress.lm.distill:run",
-    "export": "compress.lm.export:run",
-    "bench": "compress.lm.bench:run",
-}
 
 
 def load_backbone(path: Path, trust_remote_code: bool = False):
@@ -169,7 +163,3 @@ def chat_prompt(tokenizer, text: str, template: str, system: str | None, use_cha
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return content
-
-
-def cpu_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

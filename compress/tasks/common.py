@@ -82,6 +82,20 @@ def unbatch(outputs: list[np.ndarray], eval_batches: list[dict]) -> np.ndarray:
     return result
 
 
+def pad(ids: list[list[int]], index: list[int], pad_id: int) -> dict:
+    """Token id lists `ids[i]` for i in `index`, right-padded into input_ids and attention_mask tensors."""
+    import torch
+
+    rows = [ids[i] for i in index]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 def copy_bundle_files(model_dir: Path, dest: Path) -> None:
     """Copy tokenizer and pooling config next to an exported model, so the bundle stands alone."""
     for name in BUNDLE_FILES:
@@ -146,7 +160,5 @@ class TextInputs:
 
     def training(self, texts, max_length: int):
         """(token counts, collate): collate(index) pads those texts into input_ids and attention_mask tensors."""
-        from compress.training import pad
-
         ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
         return [len(x) for x in ids], lambda index: pad(ids, index, self.tokenizer.pad_token_id)

@@ -5,8 +5,8 @@ Each measurement runs the device harness (compress/targets/harness.py --generate
 milliseconds per generated token (so the speed-up column compares decoding speed), with the time to first
 token (the prefill) and tokens per second beside it. Quality is measured once per variant on held-out
 teacher-style text: perplexity, and agreement with the fp32 teacher's greedy next tokens.
-Variants are interleaved round by round (A B A B), as in the generic bench. There is no PyTorch baseline
-row: the teacher's fp32 ONNX export is the reference.
+Variants are interleaved round by round (A B A B) by the bench engine (stages/bench_engine.py), as in the
+generic bench. There is no PyTorch baseline row: the teacher's fp32 ONNX export is the reference.
 """
 
 from __future__ import annotations
@@ -15,42 +15,41 @@ import json
 import subprocess
 from pathlib import Path
 
+from compress.stages import bench_engine as engine
+
 EVAL_BATCH = 8
 
 
 def run(cfg, ctx) -> list:
-    from compress.stages import bench as B
-
-    variants = [v for v in B._variants(cfg, ctx) if v.runtime != "torch"]
-    targets = B._open_targets(cfg, ctx)
+    variants = [v for v in engine.variants(cfg, ctx) if v.runtime != "torch"]
+    targets = engine.open_targets(cfg, ctx)
     try:
         envs = {name: t.environment() for name, t in targets.items()}
-        unavailable = B._check_providers(cfg, envs)
-        cells = B._cells(cfg, variants, targets)
+        unavailable = engine.check_providers(cfg, envs)
+        cells = engine.cells(cfg, variants, targets)
         inputs = _Inputs(cfg, ctx)
-        budget, work = B._Budget(cfg.time_budget_s), B._measure_dir(ctx.work_dir)
+        budget, work = engine.Budget(cfg.time_budget_s), engine.measure_dir(ctx.work_dir)
 
         def measure(cell, want_eval, round_):
             return _measure(cfg, cell, inputs, want_eval, work / f"r{round_}", budget, targets[cell.target])
 
-        results, eval_out = B.interleaved(cfg, ctx, cells, unavailable, budget, measure)
+        results, eval_out = engine.interleaved(cfg, ctx, cells, unavailable, budget, measure)
     finally:
         for target in targets.values():
             target.close()
     quality = _quality(variants, inputs, eval_out)
-    rows = [_row(B, c, results[c.id], quality, targets[c.target].emulated) for c in cells]
-    B._strict(cfg, rows)
+    rows = [_row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
+    engine.check_strict(cfg, rows)
     settings = {**cfg.model_dump(mode="json"), "eval_size": inputs.eval_sequences, "eval_text": inputs.source,
                 "unit": "ms per generated token"}
-    return [B.save_results(ctx, cells, results, rows, envs, targets, settings)]
+    return [engine.save_results(ctx, cells, results, rows, envs, targets, settings)]
 
 
 class _Inputs:
     """The prompt (token ids) to time and the held-out text to score, as npz files the harness reads."""
 
     def __init__(self, cfg, ctx):
-        from compress.lm import text
-        from compress.stages.bench import _savez
+        from compress.stages import lm_text as text
         from compress.tasks.causal_lm import load_tokenizer
 
         teacher = ctx.teacher()
@@ -66,7 +65,7 @@ class _Inputs:
             for length in cfg.seq_lens:
                 ids = (stream * (length // len(stream) + 1))[:length]  # real text, repeated if short
                 path = self.folder / f"lm-prompt-b{batch}-s{length}.npz"
-                _savez(path, {"input_ids": __import__("numpy").asarray([ids] * batch, dtype="int64")})
+                engine.savez(path, {"input_ids": __import__("numpy").asarray([ids] * batch, dtype="int64")})
                 self.prompts[(batch, length)] = path
         self.eval_path = self.folder / "lm-eval.npz"
         self.order = sorted(range(self.eval_sequences), key=lambda i: len(self.eval_tok.ids[i]))
@@ -75,7 +74,7 @@ class _Inputs:
             batch = text.pad_batch(self.eval_tok, self.order[start:start + EVAL_BATCH], tokenizer.pad_token_id)
             arrays[f"b{b}_input_ids"] = batch["input_ids"].numpy()
             arrays[f"b{b}_attention_mask"] = batch["attention_mask"].numpy()
-        _savez(self.eval_path, arrays)
+        engine.savez(self.eval_path, arrays)
 
     def flatten(self, path: Path):
         """(argmax, nll) of an eval output npz, per sequence in the original order, concatenated."""
@@ -95,8 +94,6 @@ class _Inputs:
 
 
 def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, target) -> tuple[dict, Path | None]:
-    from compress.stages.bench import JOB_TIMEOUT_S
-
     work.mkdir(parents=True, exist_ok=True)
     stem = cell.id.replace("|", "_").replace("@", "at-")
     out, eval_out = work / f"{stem}.json", work / f"{stem}.eval.npz"
@@ -109,11 +106,11 @@ def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, ta
                "--min-iterations", str(cfg.min_iterations), "--min-seconds", str(cfg.min_seconds)]
     options += ["--provider-options", cell.options] if cell.options else []
     left = budget.left()
-    timeout = JOB_TIMEOUT_S if left is None else max(0.1, min(JOB_TIMEOUT_S, left))
+    timeout = engine.JOB_TIMEOUT_S if left is None else max(0.1, min(engine.JOB_TIMEOUT_S, left))
     try:
         proc = target.run_harness(cell.variant.folder, files, options, out, eval_out if want_eval else None, timeout)
     except subprocess.TimeoutExpired:
-        return {"status": "skipped" if timeout < JOB_TIMEOUT_S else "error",
+        return {"status": "skipped" if timeout < engine.JOB_TIMEOUT_S else "error",
                 "reason": f"stopped after {timeout:.0f} s"}, None
     if not out.is_file():
         return {"status": "error", "reason": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}, None
@@ -121,7 +118,7 @@ def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, ta
 
 
 def _quality(variants, inputs: _Inputs, eval_out: dict) -> dict:
-    from compress.lm.text import scored_mask
+    from compress.stages.lm_text import scored_mask
     from compress.tasks.causal_lm import score
 
     mask = scored_mask(inputs.eval_tok)
@@ -132,8 +129,8 @@ def _quality(variants, inputs: _Inputs, eval_out: dict) -> dict:
             for key, (argmax, nll) in stats.items()}
 
 
-def _row(B, cell, results: list[dict], quality: dict, emulated: bool) -> dict:
-    row = B._row(cell, results, quality, emulated)
+def _row(cell, results: list[dict], quality: dict, emulated: bool) -> dict:
+    row = engine.row(cell, results, quality, emulated)
     row["new_tokens"] = next((r.get("new_tokens") for r in results if r.get("status") == "ok"), None)
     ok = [r for r in results if r.get("status") == "ok"]
     if ok:

@@ -78,7 +78,7 @@ def _parity(ctx, model_dir: Path, bundle: Path) -> dict:
     texts_file = bundle.parent / f"{bundle.name}.parity.json"
     texts_file.write_text(json.dumps(texts))
     try:
-        proc = subprocess.run([sys.executable, "-m", "compress.lm.export", str(model_dir), str(bundle), str(texts_file)],
+        proc = subprocess.run([sys.executable, "-m", "compress.stages.lm_export", str(model_dir), str(bundle), str(texts_file)],
                               capture_output=True, text=True, timeout=900)
     finally:
         texts_file.unlink(missing_ok=True)
@@ -88,7 +88,7 @@ def _parity(ctx, model_dir: Path, bundle: Path) -> dict:
 
 
 def _parity_texts(ctx, n: int = 4) -> list[str]:
-    from compress.lm import text
+    from compress.stages import lm_text as text
 
     _, eval_pairs, _ = text.texts(ctx)
     return [(c + t).replace("<EOS>", "")[:400] for c, t in eval_pairs[:n]] or ["Hello, world."]

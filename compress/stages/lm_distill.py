@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from compress.errors import StageError
-from compress.training import Job, checkpoint_key, param_count, teacher_artifact, train
+from compress.training import Job, checkpoint_key, param_count, train
 
 LM_LOSSES = ("sequence", "token-kl")
 EVAL_LIMIT = 400  # held-out sequences scored at each evaluation: enough for a stable perplexity, quick on CPU
@@ -22,13 +22,13 @@ EVAL_LIMIT = 400  # held-out sequences scored at each evaluation: enough for a s
 def run(cfg, ctx) -> list:
     import torch
 
-    from compress import distributed as D
-    from compress.lm import text
+    from compress import ranks as D
+    from compress.stages import lm_text as text
     from compress.stages.distill import build_student
     from compress.tasks import causal_lm
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
-    teacher = teacher_artifact(ctx)
+    teacher = ctx.teacher()
     losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
     wrong = [name for name in losses if name not in LM_LOSSES]
     if wrong:
@@ -59,7 +59,7 @@ def run(cfg, ctx) -> list:
     if "token-kl" not in losses:
         del teacher_net
         teacher_net = None
-    module = _Distiller(student_net, teacher_net, losses, cfg.temperature)
+    module = distiller_module(student_net, teacher_net, losses, cfg.temperature)
 
     def evaluate() -> dict:
         argmax, nll = text.model_stats(student_net, eval_tok, tokenizer.pad_token_id)
@@ -82,7 +82,7 @@ def run(cfg, ctx) -> list:
     return [ctx.save("student", "hf-model", write, meta)]
 
 
-def _Distiller(student, teacher, losses: dict, temperature: float):
+def distiller_module(student, teacher, losses: dict, temperature: float):
     import torch
     import torch.nn.functional as F
 

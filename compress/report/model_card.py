@@ -15,6 +15,7 @@ from pathlib import Path
 
 from compress import licenses
 from compress.artifacts import write_text_atomic
+from compress.report.decision import where
 
 CARD_FORMATS = ("onnx", "hf-model")
 PIPELINE_TAGS = {"sentence-embedding": "sentence-similarity", "text-classification": "text-classification",
@@ -139,7 +140,7 @@ def _model_index_results(name: str, report: dict, recipe: dict) -> list[dict]:
         for key, value in (row.get("quality") or {}).items():
             if value is not None:
                 metrics.append({"type": key, "value": round(value, 6),
-                                "name": f"{key} vs the teacher, {_where(row)} {row['setting']}"})
+                                "name": f"{key} vs the teacher, {where(row)} {row['setting']}"})
     if not metrics:
         return []
     source = data.get("source") or "unknown"
@@ -151,11 +152,6 @@ def _model_index_results(name: str, report: dict, recipe: dict) -> list[dict]:
 
 def variant_rows(name: str, report: dict) -> list[dict]:
     return [r for r in report.get("rows", []) if r["variant"] == name]
-
-
-def _where(row: dict) -> str:
-    provider = row.get("provider_used") or row.get("provider") or "-"
-    return f"{row.get('runtime') or '-'}/{provider.removesuffix('ExecutionProvider')}"
 
 
 # ---------------------------------------------------------------- body
@@ -220,7 +216,7 @@ def _metrics(name: str, report: dict) -> str:
         others = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("quality") or {}).items()
                            if k != headline and v is not None) or "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('reason') or '-'}"
-        cells = [_where(r), r["setting"], status, _num(r["p50_ms"], ".2f"), _num(r["p90_ms"], ".2f"),
+        cells = [where(r), r["setting"], status, _num(r["p50_ms"], ".2f"), _num(r["p90_ms"], ".2f"),
                  _num(r["p99_ms"], ".2f"), _num(r["throughput"], ".1f"), _num(r["peak_rss_mb"], ".0f"),
                  _num(r["headline"], ".4f"), others, _num(r["quality_drop"], ".4f")]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
@@ -237,7 +233,7 @@ def _cost(name: str, report: dict) -> str:
             continue
         hours = [1e6 / x["throughput"] / 3600 if x.get("throughput") else None for x in (r, base)]
         lines.append(
-            f"- {_where(r)} at {r['setting']}: p50 {r['p50_ms']:.2f} ms vs {base['p50_ms']:.2f} ms "
+            f"- {where(r)} at {r['setting']}: p50 {r['p50_ms']:.2f} ms vs {base['p50_ms']:.2f} ms "
             f"({_num(r.get('speedup'), '.2f')}x the speed); size {_num(r.get('size_mb'), '.1f')} MB vs "
             f"{_num(base.get('size_mb'), '.1f')} MB ({_num(r.get('size_ratio'), '.2f')}x); "
             f"{_num(hours[0], '.2f')} vs {_num(hours[1], '.2f')} CPU-thread hours per million inputs")

@@ -40,7 +40,6 @@ KNOWN = {
     "xnnpack": Known("XnnpackExecutionProvider", "an onnxruntime build with XNNPACK"),
     "acl": Known("ACLExecutionProvider", "an onnxruntime build with the Arm Compute Library"),
 }
-SHORT_NAMES = tuple(KNOWN)
 
 
 class ProviderUnavailable(CompressError):

@@ -1,8 +1,8 @@
-"""report.html and pareto.png: the report of a run as one self-contained page.
+"""report.html: the report of a run as one self-contained page.
 
 The page needs no network: CSS and the table-sorting script are inline, the charts are PNG data URIs.
 It shows the decision table (click a header to sort; `report.html#sort=p50_ms:desc` sorts on load),
-latency vs quality per provider (the Pareto plot, also saved as pareto.png), model sizes, the latency
+latency vs quality per provider (the Pareto plot of charts.py, also saved as pareto.png), model sizes, the latency
 distribution of every variant (from the bench's raw samples), the environment and the recipe.
 Everything comes from the report dict, the manifest and the bench artifacts: no model is loaded.
 """
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 
 from compress.artifacts import atomic_path, write_text_atomic
+from compress.report.charts import latency_png, latency_series, pareto_png
+from compress.report.decision import is_recommended, row_id, where
+from compress.report.model_card import provenance as provenance_of
 
 # (key, header, kind, cell): kind "num" sorts numerically on the cell's data-v value.
 COLUMNS = (
@@ -29,9 +31,8 @@ COLUMNS = (
     ("quality_drop", "drop", "num"), ("flags", "flags", "text"),
 )
 FORMATS = {"size_mb": ".1f", "size_ratio": ".2f", "p50_ms": ".2f", "p90_ms": ".2f", "p99_ms": ".2f", "ttft_ms": ".1f",
-           "tokens_per_s": ".1f",
-           "speedup": ".2f", "cost_per_million": ".4f", "cost_saving": ".0%", "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
-MAX_PANELS = 4  # settings shown side by side in the Pareto plot
+           "tokens_per_s": ".1f", "speedup": ".2f", "cost_per_million": ".4f", "cost_saving": ".0%",
+           "throughput": ".1f", "peak_rss_mb": ".0f", "headline": ".4f", "quality_drop": ".4f"}
 
 
 def render_html(run_dir: Path, report: dict, manifest: dict) -> Path:
@@ -42,7 +43,7 @@ def render_html(run_dir: Path, report: dict, manifest: dict) -> Path:
     if pareto is not None:
         with atomic_path(run_dir / "pareto.png") as tmp:
             tmp.write_bytes(pareto)
-    page = build_html(report, manifest, pareto=pareto, latency=latency_png(report, samples))
+    page = build_html(report, manifest, pareto=pareto, latency=latency_png(report, samples), samples=samples)
     write_text_atomic(run_dir / "report.html", page)
     return run_dir / "report.html"
 
@@ -58,139 +59,6 @@ def read_samples(run_dir: Path, manifest: dict) -> dict[str, list[list[float]]]:
         if path.is_file():
             found.update(json.loads(path.read_text(encoding="utf-8")))
     return found
-
-
-def row_id(row: dict) -> str:
-    """The bench's id of a row (the key of samples.json)."""
-    return f"{row['variant']}|{row['provider']}|b{row['batch_size']}|s{row['seq_len']}|t{row['threads']}"
-
-
-def where(row: dict) -> str:
-    provider = row.get("provider_used") or row.get("provider") or "-"
-    return f"{row.get('runtime') or '-'}/{provider.removesuffix('ExecutionProvider')}"
-
-
-def _is_best(row: dict, best: dict | None) -> bool:
-    return best is not None and all(row.get(k) == best.get(k) for k in ("variant", "provider", "setting"))
-
-
-# ---------------------------------------------------------------- charts (matplotlib, Agg)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; must precede pyplot's import
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    # No "Software"/date metadata: the same report renders to the same bytes.
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
-def measured(report: dict) -> list[dict]:
-    return [r for r in report.get("rows", []) if r["status"] == "ok" and r.get("p50_ms") is not None
-            and r.get("headline") is not None]
-
-
-def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both latency (lower) and quality (higher), fastest first."""
-    best, out = float("-inf"), []
-    for latency, quality in sorted(points, key=lambda p: (p[0], -p[1])):
-        if quality > best:
-            out.append((latency, quality))
-            best = quality
-    return out
-
-
-def pareto_png(report: dict) -> bytes | None:
-    """Latency (p50) vs headline quality, one colour per runtime/provider, one panel per setting."""
-    rows = measured(report)
-    if not rows:
-        return None
-    plt = _pyplot()
-    settings = list(dict.fromkeys(r["setting"] for r in rows))[:MAX_PANELS]
-    groups = sorted({where(r) for r in rows})
-    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
-    markers = dict(zip(groups, "osD^vP*Xh<>", strict=False))
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.4 * len(settings), 4.6), squeeze=False)
-    headline, best = report.get("headline", "quality"), report.get("recommendation")
-    for ax, setting in zip(axes[0], settings, strict=True):
-        here = [r for r in rows if r["setting"] == setting]
-        for group in groups:
-            mine = [r for r in here if where(r) == group]
-            if not mine:
-                continue
-            ax.scatter([r["p50_ms"] for r in mine], [r["headline"] for r in mine], s=46, label=group,
-                       color=colours[group], marker=markers.get(group, "o"), zorder=3)
-            edge = frontier([(r["p50_ms"], r["headline"]) for r in mine])
-            if len(edge) > 1:
-                ax.step(*zip(*edge, strict=True), where="post", color=colours[group], alpha=0.5, lw=1)
-        _labels(ax, here)
-        _budget_line(ax, here, report.get("max_quality_drop"))
-        chosen = [r for r in here if _is_best(r, best)]
-        if chosen:
-            ax.scatter([chosen[0]["p50_ms"]], [chosen[0]["headline"]], s=260, facecolors="none",
-                       edgecolors="green", linewidths=2, zorder=4, label="recommended")
-        lat = [r["p50_ms"] for r in here]
-        if max(lat) > 8 * min(lat):
-            ax.set_xscale("log")
-        ax.set(xlabel="p50 latency (ms, lower is better)", ylabel=f"{headline} (higher is better)",
-               title=f"{setting} (batch/seq len/threads)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
-    fig.suptitle(f"{report.get('run') or 'run'}: latency vs quality per provider", fontsize=11)
-    return _png(fig)
-
-
-def _labels(ax, rows: list[dict]) -> None:
-    """Name every point; near points get their names at different heights, so names do not collide."""
-    xs, ys = [r["p50_ms"] for r in rows], [r["headline"] for r in rows]
-    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
-    placed: list[tuple[float, float, int]] = []
-    for r in sorted(rows, key=lambda r: r["p50_ms"]):
-        used = {off for x, y, off in placed
-                if abs(r["p50_ms"] - x) < 0.12 * dx and abs(r["headline"] - y) < 0.06 * dy}
-        offset = next((o for o in (4, -10, 14, -20, 24) if o not in used), 4)
-        ax.annotate(r["variant"], (r["p50_ms"], r["headline"]), fontsize=7, xytext=(4, offset),
-                    textcoords="offset points")
-        placed.append((r["p50_ms"], r["headline"], offset))
-
-
-def _budget_line(ax, rows: list[dict], max_drop) -> None:
-    base = next((r for r in rows if r.get("is_baseline")), None)
-    if base is not None and max_drop is not None:
-        ax.axhline(base["headline"] - max_drop, color="grey", ls="--", lw=1,
-                   label=f"quality budget (drop {max_drop:g})")
-
-
-def latency_png(report: dict, samples: dict) -> bytes | None:
-    """One box per measured row: every sample over all rounds; dots are the per-round medians."""
-    rows = [r for r in report.get("rows", []) if r["status"] == "ok" and samples.get(row_id(r))]
-    if not rows:
-        return None
-    plt = _pyplot()
-    rows = sorted(rows, key=lambda r: (r["setting"], -(r["p50_ms"] or 0)))
-    data = [[v for rnd in samples[row_id(r)] for v in rnd] for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.3))
-    ax.boxplot(data, orientation="horizontal", whis=(1, 99), showfliers=True, widths=0.6,
-               flierprops={"markersize": 2, "alpha": 0.4})
-    for i, r in enumerate(rows, start=1):
-        medians = [sorted(rnd)[len(rnd) // 2] for rnd in samples[row_id(r)] if rnd]
-        ax.scatter(medians, [i] * len(medians), s=12, color="tab:red", zorder=3,
-                   label="round medians" if i == 1 else None)
-    ax.set_yticks(range(1, len(rows) + 1), [f"{r['variant']} · {where(r)} · {r['setting']}" for r in rows],
-                  fontsize=8)
-    ax.set(xlabel="latency per call (ms); whiskers p1-p99", title="latency distribution per variant")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
 
 
 # ---------------------------------------------------------------- HTML
@@ -232,7 +100,7 @@ def decision_table(report: dict) -> str:
                    "</th>" for key, title, kind in columns)
     body = []
     for row in report.get("rows", []):
-        cls = "best" if _is_best(row, best) else ("off" if row["status"] != "ok" else "")
+        cls = "best" if is_recommended(row, best) else ("off" if row["status"] != "ok" else "")
         cells = "".join(_cell(row, key, headline) for key, _, _ in columns)
         body.append(f'<tr class="{cls}" data-variant="{esc(row["variant"])}">{cells}</tr>')
     return (f'<table id=decision class=sortable><thead><tr>{head}</tr></thead>'
@@ -310,12 +178,25 @@ def _summary(report: dict, manifest: dict) -> str:
                      f"({dist['params_ratio']:.2f}x the teacher's {dist['teacher_params']:,}); "
                      f"{esc(report.get('headline'))} before {_f(dist['quality_before'])}, after "
                      f"{_f(dist['quality_after'])}.</p>")
-    from compress.model_card import provenance as licence_decision
-
-    provenance = licence_decision(manifest) if (manifest.get("artifacts") or {}).get("teacher") else {}
+    provenance = provenance_of(manifest) if (manifest.get("artifacts") or {}).get("teacher") else {}
     if provenance.get("message"):
         parts.append(f"<p><b>Licence.</b> {esc(provenance['message'])}</p>")
     return "".join(parts)
+
+
+def samples_table(report: dict, samples: dict) -> str:
+    """The numbers behind the latency chart, per row as text: what each box was drawn from."""
+    series = latency_series(report, samples)
+    if not series:
+        return ""
+    body = "".join(
+        f'<tr data-id="{esc(row_id(r))}"><td>{esc(r["variant"])}</td><td>{esc(where(r))}</td><td>{esc(r["setting"])}'
+        f"</td><td class=num>{len(flat)}</td><td class=num>{min(flat):.3f}</td>"
+        f"<td class=num>{sorted(flat)[len(flat) // 2]:.3f}</td><td class=num>{max(flat):.3f}</td></tr>"
+        for r, flat in ((r, [v for rnd in rounds for v in rnd]) for r, rounds in series) if flat)
+    return ("<details class=samples><summary>raw samples per row</summary><table><thead><tr><th>variant</th>"
+            "<th>runtime/provider</th><th>setting</th><th>samples</th><th>min ms</th><th>median ms</th>"
+            f"<th>max ms</th></tr></thead><tbody>{body}</tbody></table></details>")
 
 
 def accuracy_section(report: dict) -> str:
@@ -346,7 +227,8 @@ def _f(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latency: bytes | None = None) -> str:
+def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latency: bytes | None = None,
+               samples: dict | None = None) -> str:
     title = f"compress report: {report.get('run') or 'run'}"
     return f"""<!DOCTYPE html>
 <html lang=en><head><meta charset=utf-8><meta name=viewport content="width=device-width, initial-scale=1">
@@ -360,6 +242,7 @@ def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latenc
 <h2>Model size</h2>{size_bars(report)}
 <h2>Latency distribution</h2>{_img(latency, "latency distribution per variant") if latency else
                              "<p class=note>No raw latency samples in the bench artifacts.</p>"}
+{samples_table(report, samples or {})}
 {accuracy_section(report)}
 <h2>Environment</h2>{environment(report, manifest)}
 <h2>Recipe</h2>{recipe_section(manifest)}

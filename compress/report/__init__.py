@@ -1,0 +1,55 @@
+"""Reports of a run: the decision table, a recommendation, the gates, as report.json, report.md, report.html
+and model cards; for a sweep, one ranking of every variant's rows as well.
+
+Everything comes from the manifest and the bench artifacts' results.json: no model is loaded here, so
+`compress report RUN_DIR` re-renders a finished run in a blink. This package imports only the run-dir I/O,
+artifacts, licences and tasks: runner, sweep and the CLI call it, never the other way round.
+
+- decision: decision rows, flags, eligibility, the recommendation, gates; row label, "where", row id
+- build: the report dict of one run;  run: writing one run's files;  sweep: the sweep's ranked report
+- markdown: report.md and the terminal table;  html + charts: report.html, pareto.png;  model_card
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compress.report.build import accuracy_searches, build_report
+from compress.report.decision import (
+    DEFAULT_MAX_DROP,
+    OBJECTIVES,
+    eligibility,
+    provider_matches,
+    qualifies,
+    recommend,
+    row_id,
+    row_key,
+    row_label,
+    setting_label,
+    where,
+)
+from compress.report.markdown import (
+    COLUMNS,
+    CONSOLE_COLUMNS,
+    accuracy_lines,
+    decision_table,
+    render_markdown,
+    table_cells,
+)
+
+__all__ = [
+    "COLUMNS", "CONSOLE_COLUMNS", "DEFAULT_MAX_DROP", "OBJECTIVES", "accuracy_lines", "accuracy_searches",
+    "build_report", "decision_table", "eligibility", "provider_matches", "qualifies", "recommend",
+    "render_markdown", "row_id", "row_key", "row_label", "setting_label", "table_cells", "where", "write_reports",
+]
+
+
+def write_reports(run_dir: Path, manifest: dict) -> dict:
+    """Write the reports of a run (or of a sweep and each of its variants); return the top report."""
+    if manifest.get("sweep"):
+        from compress.report import sweep
+
+        return sweep.write_reports(Path(run_dir), manifest)
+    from compress.report.run import write_run_reports
+
+    return write_run_reports(Path(run_dir), manifest)

@@ -1,0 +1,116 @@
+"""The report dict of one run, from its manifest and its bench artifacts' results.json (no model is loaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from compress.report.decision import (
+    BASELINES,
+    DEFAULT_MAX_DROP,
+    QUALITY_BASIS,
+    check_gates,
+    decision_rows,
+    num,
+    ratio,
+    recommend,
+)
+from compress.report.markdown import recommendation_text
+
+DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_after")
+
+
+def build_report(run_dir: Path, manifest: dict) -> dict:
+    recipe = manifest.get("recipe") or {}
+    docs = bench_results(Path(run_dir), manifest)
+    headline = headline_of(recipe.get("task"))
+    gates, select = recipe.get("gates") or {}, recipe.get("select") or {}
+    max_drop = next((v for v in (select.get("max_quality_drop"), gates.get("max_quality_drop")) if v is not None),
+                    DEFAULT_MAX_DROP)
+    prices = {name: (t or {}).get("price_per_hour") for name, t in (recipe.get("targets") or {}).items()}
+    rows = decision_rows([row for doc in docs for row in doc["rows"]], headline, max_drop, prices)
+    best, why = recommend(rows, select, max_drop)
+    return {
+        "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
+        "baseline": BASELINES.get(recipe.get("task"), BASELINES[None]),
+        "quality_basis": QUALITY_BASIS.get(recipe.get("task"), QUALITY_BASIS[None]),
+        "max_quality_drop": max_drop,
+        "select": {**select, "max_quality_drop": max_drop},
+        "environment": docs[0]["environment"] if docs else {},
+        "targets": {name: env for doc in docs for name, env in (doc.get("targets") or {}).items()},
+        "settings": docs[0]["settings"] if docs else {},
+        "rows": rows,
+        "recommendation": best,
+        "recommendation_text": recommendation_text(best, why, headline),
+        "gates": check_gates(gates, best),
+        "distillation": distillation(manifest, headline),
+        "accuracy": accuracy_searches(manifest),
+        "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
+                   for name, s in (manifest.get("stages") or {}).items()},
+        "trust": trust(recipe, manifest),
+    }
+
+
+def trust(recipe: dict, manifest: dict) -> dict:
+    """Whether the model's own Python code could run, and how its weights were read (shown in every report)."""
+    teacher = recipe.get("teacher") or {}
+    meta = ((manifest.get("artifacts") or {}).get("teacher") or {}).get("metadata") or {}
+    return {"trust_remote_code": bool(teacher.get("trust_remote_code")),
+            "remote_code": meta.get("remote_code") or [],
+            "allow_pickle": bool(teacher.get("allow_pickle")), "weights": meta.get("weights")}
+
+
+def bench_results(run_dir: Path, manifest: dict) -> list[dict]:
+    """Every bench artifact's results.json, each row tagged with the artifact it came from."""
+    docs = []
+    for artifact in (manifest.get("artifacts") or {}).values():
+        if artifact.get("format") == "bench":
+            path = Path(artifact["path"])
+            path = path if path.is_absolute() else run_dir / path
+            doc = json.loads((path / "results.json").read_text(encoding="utf-8"))
+            for row in doc["rows"]:
+                row["bench"] = artifact["name"]
+            docs.append(doc)
+    return docs
+
+
+def headline_of(task: str | None) -> str:
+    """The task's headline metric; cosine for a run without a (known) task, as older manifests have."""
+    if not task:
+        return "cosine"
+    try:
+        from compress.tasks import get_task
+
+        return get_task(task).HEADLINE
+    except (ImportError, KeyError, AttributeError):
+        return "cosine"
+
+
+def distillation(manifest: dict, headline: str) -> dict | None:
+    for name, stage in (manifest.get("stages") or {}).items():
+        metrics = stage.get("metrics") or {}
+        if stage.get("kind") == "distill" and all(k in metrics for k in DISTILL_KEYS):
+            before, after = (_pick(metrics[k], headline) for k in ("quality_before", "quality_after"))
+            return {"stage": name, "teacher_params": metrics["teacher_params"],
+                    "student_params": metrics["student_params"],
+                    "params_ratio": ratio(metrics["student_params"], metrics["teacher_params"]),
+                    "quality_before": before, "quality_after": after,
+                    "gain": after - before if before is not None and after is not None else None,
+                    "seconds": stage.get("seconds")}
+    return None
+
+
+def accuracy_searches(manifest: dict) -> dict:
+    """The quantize stages' accuracy searches, by artifact: budget, steps, nodes kept in higher precision."""
+    found = {}
+    for stage in (manifest.get("stages") or {}).values():
+        if stage.get("kind") != "quantize":
+            continue
+        for name, metrics in (stage.get("metrics") or {}).items():
+            if isinstance(metrics, dict) and isinstance(metrics.get("accuracy"), dict):
+                found[name] = metrics["accuracy"]
+    return found
+
+
+def _pick(value, headline: str) -> float | None:
+    return num(value.get(headline)) if isinstance(value, dict) else num(value)

@@ -1,0 +1,213 @@
+"""report.md, the recommendation's sentence and the terminal's decision table (rich)."""
+
+from __future__ import annotations
+
+from compress.report.decision import QUALITY_BASIS, TIE_MARGIN, is_recommended, where
+
+# The terminal table keeps what a decision needs; report.md has every column.
+CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
+                   "flags")
+COLUMNS = ("variant", "runtime/provider", "precision", "setting", "size MB", "size x", "p50 ms", "p90 ms",
+           "TTFT ms", "tokens/s", "speed-up", "$ / M inf.", "{headline}", "other quality", "drop", "flags")
+
+
+def fmt(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_cells(row: dict, headline: str) -> list[str]:
+    """One decision row as text, one cell per entry of COLUMNS (markdown, terminal and the gate pick from it)."""
+    others = ", ".join(f"{k} {v:.3f}" for k, v in row["quality"].items() if k != headline and v is not None)
+    return [row["variant"], where(row), row["precision"] or "-", row["setting"], fmt(row["size_mb"], ".1f"),
+            fmt(row["size_ratio"], ".2f") + ("x" if row["size_ratio"] is not None else ""),
+            fmt(row["p50_ms"], ".2f"), fmt(row["p90_ms"], ".2f"), fmt(row.get("ttft_ms"), ".2f"),
+            fmt(row.get("tokens_per_s"), ".1f"),
+            fmt(row["speedup"], ".2f") + ("x" if row["speedup"] is not None else ""), _cost_cell(row),
+            fmt(row["headline"], ".4f"), others or "-", fmt(row["quality_drop"], ".4f"), "; ".join(row["flags"])]
+
+
+def _cost_cell(row: dict) -> str:
+    cost, saving = row.get("cost_per_million"), row.get("cost_saving")
+    if cost is None:
+        return "-"
+    return f"${cost:.4f}" + (f" ({-saving:+.0%})" if saving else "")
+
+
+def is_generation(report: dict) -> bool:
+    """Rows of a causal LM's generation bench (time to first token, tokens per second)."""
+    return any(r.get("tokens_per_s") is not None for r in report.get("rows", []))
+
+
+def decision_table(report: dict):
+    """The decision table as a rich Table (one row per variant x provider x setting)."""
+    from rich.table import Table
+
+    headline = report.get("headline", "cosine")
+    table = Table(title=f"compress: {report.get('run') or 'run'}", caption=report.get("recommendation_text"),
+                  caption_justify="left")
+    shown = CONSOLE_COLUMNS
+    if any(r.get("cost_per_million") is not None for r in report.get("rows", [])):
+        shown = (*CONSOLE_COLUMNS[:-3], "$ / M inf.", *CONSOLE_COLUMNS[-3:])
+    if is_generation(report):
+        shown = (*shown[:5], "TTFT ms", "tokens/s", *shown[5:])
+    keep = [COLUMNS.index(name) for name in shown]
+    for name in shown:
+        numeric = name in ("size MB", "size x", "p50 ms", "p90 ms", "speed-up", "$ / M inf.", "drop", "{headline}")
+        table.add_column(name.format(headline=headline), justify="right" if numeric else "left",
+                         overflow="fold", no_wrap=name == "variant")
+    best = report.get("recommendation")
+    for row in report.get("rows", []):
+        style = "bold green" if is_recommended(row, best) else ("dim" if row["status"] != "ok" else None)
+        cells = table_cells(row, headline)
+        table.add_row(*(cells[i] for i in keep), style=style)
+    return table
+
+
+def recommendation_text(best: dict | None, why: dict, headline: str) -> str:
+    """The recommendation in one paragraph: what, how fast and good, why it and not the others."""
+    scope = " on ".join(filter(None, [why["setting"], why.get("provider"), why.get("target")]))
+    excluded = "; ".join(f"{n} {reason}" for reason, n in why["excluded"].items())
+    if best is None:
+        closest = why.get("closest")
+        tail = (f" The closest is {closest['variant']} ({where(closest)}) with a drop of "
+                f"{closest['quality_drop']:.4f}." if closest else " No quality was measured.")
+        return (f"Nothing qualifies at {scope}: no variant meets every constraint ({headline} drop within "
+                f"{why['max_drop']:g}{', excluded: ' + excluded if excluded else ''}).{tail}")
+    speed = f"{best['speedup']:.2f}x the speed of" if best["speedup"] else "no baseline to compare with"
+    size = f", {best['size_mb']:.1f} MB" + (f" ({best['size_ratio']:.2f}x the size)" if best["size_ratio"] else "")
+    against = "the teacher's fp32 ONNX" if best.get("tokens_per_s") is not None else "the teacher in PyTorch fp32"
+    per = (f"{best['tokens_per_s']:.1f} tokens/s, time to first token {best['ttft_ms']:.1f} ms"
+           if best.get("tokens_per_s") is not None else f"p50 {best['p50_ms']:.2f} ms")
+    text = (f"Use {best['variant']} on {where(best)}: {speed} {against} "
+            f"({per} at {best['setting']}){size}, {headline} {best['headline']:.4f} "
+            f"(drop {best['quality_drop']:.4f} <= {why['max_drop']:g}).")
+    if best.get("cost_per_million") is not None:
+        saving = (f", {best['cost_saving']:.0%} less than the teacher" if best.get("cost_saving") is not None
+                  else "")
+        text += f" ${best['cost_per_million']:.4f} per million inferences{saving}."
+    text += (f" Why: lowest {why['objective']} of {why['considered']} qualifying row(s) at {scope}"
+             f"{' (excluded: ' + excluded + ')' if excluded else ''}.")
+    if why["ties"]:
+        text += (f" Tie within {TIE_MARGIN:.0%} on {why['objective']} with {', '.join(why['ties'])}: "
+                 f"picked for higher {headline}, then smaller size.")
+    return text
+
+
+# ---------------------------------------------------------------- report.md
+
+
+def render_markdown(report: dict) -> str:
+    headline = report.get("headline", "cosine")
+    lines = [f"# compress report: {report.get('run') or 'run'}", "",
+             f"**Recommendation.** {report['recommendation_text']}", ""]
+    lines += _gate_lines(report["gates"])
+    lines += [trust_line(report.get("trust")), ""]
+    lines += _table_lines(report, headline)
+    lines += _distillation_lines(report.get("distillation"), headline)
+    if report.get("accuracy"):
+        lines += ["", "## Accuracy search", "", "Each step keeps one more group of the most sensitive nodes "
+                  "(ranked by the drop each causes alone) in higher precision; p50 is a quick timing at batch 1, "
+                  "1 thread.", "", *accuracy_lines(report["accuracy"], headline)]
+    lines += _environment_lines(report)
+    return "\n".join(lines)
+
+
+def _gate_lines(gates: dict) -> list[str]:
+    if not gates["checks"]:
+        return ["**Gates:** none set in the recipe.", ""]
+    return [f"**Gates: {'passed' if gates['passed'] else 'FAILED'}.**", "",
+            *(f"- {c['gate']}: {c['value'] if c['value'] is None else round(c['value'], 4)} vs {c['threshold']} "
+              f"({'pass' if c['passed'] else 'fail'}{', ' + c['detail'] if c['detail'] else ''})"
+              for c in gates["checks"]), ""]
+
+
+def _table_lines(report: dict, headline: str) -> list[str]:
+    keep = [i for i, c in enumerate(COLUMNS) if is_generation(report) or c not in ("TTFT ms", "tokens/s")]
+    header = [COLUMNS[i].format(headline=headline) for i in keep]
+    basis = report.get("quality_basis") or QUALITY_BASIS[None]
+    lines = ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
+             f"({headline}) is measured on {basis}."), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(table_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
+                    for r in report["rows"]]
+
+
+def _distillation_lines(dist: dict | None, headline: str) -> list[str]:
+    if not dist:
+        return []
+    return ["", "## Distillation", "",
+            (f"- student: {dist['student_params']:,} parameters, {dist['params_ratio']:.2f}x the teacher's "
+             f"{dist['teacher_params']:,}"),
+            (f"- {headline} vs the teacher before training: {fmt(dist['quality_before'])}, after: "
+             f"{fmt(dist['quality_after'])} (gain {fmt(dist['gain'], '+.4f')})")]
+
+
+def _environment_lines(report: dict) -> list[str]:
+    env, settings = report.get("environment") or {}, report.get("settings") or {}
+    cpu = env.get("cpu") or {}
+    return ["", "## Environment", "",
+            (f"- CPU: {cpu.get('model', '?')} ({cpu.get('arch', env.get('machine', '?'))}, "
+             f"{cpu.get('cores', env.get('cpu_count', '?'))} cores); OS: {env.get('os', '?')}; "
+             f"Python {env.get('python', '?')}"),
+            "- " + ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v),
+            *target_lines(report.get("targets") or {}),
+            (f"- method: {settings.get('rounds', '?')} interleaved rounds, each >= "
+             f"{settings.get('min_iterations', '?')} runs and >= {settings.get('min_seconds', '?')} s after "
+             f"{settings.get('warmup', '?')} warm-up runs; quality on {settings.get('eval_size', '?')} texts"), ""]
+
+
+def trust_line(trust: dict | None) -> str:
+    if not trust:
+        return "**Model code:** unknown (older manifest)."
+    code = (f"ON (teacher.trust_remote_code: true; the model ships {', '.join(trust['remote_code']) or 'no code'})"
+            if trust["trust_remote_code"] else "off: no Python code shipped with the model was run")
+    weights = {"safetensors": "safetensors", "pickle": "pickle-based, allowed by teacher.allow_pickle, read with "
+               "torch.load(weights_only=True)"}.get(trust.get("weights"), trust.get("weights") or "unknown")
+    return f"**Model code:** trust_remote_code {code}. **Weights:** {weights}."
+
+
+def target_lines(targets: dict) -> list[str]:
+    """One line per machine benched on: what it is and what onnxruntime could use there."""
+    lines = []
+    for name, env in targets.items():
+        flags = ", ".join(k for k, v in (env.get("cpu_flags") or {}).items() if v) or "none detected"
+        emulated = " (EMULATED: correctness only, timings not comparable)" if env.get("emulated") else ""
+        lines.append(f"- target {name}{emulated}: "
+                     f"{env.get('cpu_model', '?')} ({env.get('machine', '?')}, {env.get('cores', '?')} cores, "
+                     f"{env.get('memory_gb', '?')} GB), {env.get('os', '?')}; "
+                     f"{env.get('onnxruntime_package', 'onnxruntime')} "
+                     f"{env.get('onnxruntime', '?')} with {', '.join(env.get('available_providers') or []) or '?'}; "
+                     f"CPU flags: {flags}")
+    return lines
+
+
+def accuracy_lines(searches: dict, headline: str) -> list[str]:
+    """Per searched artifact: what it reached, which nodes stayed in higher precision, what each step bought."""
+    lines = []
+    for name, acc in searches.items():
+        kept = acc.get("excluded_nodes") or []
+        verdict = "within budget" if acc.get("within_budget") else "NOT within budget"
+        lines += [f"### {name}", "",
+                  f"- budget: {headline} drop <= {acc.get('max_quality_drop')} vs the fp32 source "
+                  f"({fmt(acc.get('source_quality'))}), {acc.get('time_budget_s'):g} s; reached: drop "
+                  f"{fmt(acc.get('drop'))}, {verdict} ({acc.get('reason')}) in {acc.get('seconds')} s",
+                  f"- kept in {acc.get('kept_precision')}: " + (", ".join(f"`{n}`" for n in kept) if kept else "none"),
+                  "", f"| step | excluded groups | nodes kept | {headline} | drop | {headline} gained | p50 ms | "
+                  "p50 change |", "|---|---|---|---|---|---|---|---|"]
+        lines += _accuracy_steps(acc)
+        lines.append("")
+    return lines
+
+
+def _accuracy_steps(acc: dict) -> list[str]:
+    lines = []
+    steps = acc.get("steps") or []
+    for step, before in zip(steps, [None, *steps[:-1]]):
+        gained = (step["quality"] - before["quality"] if before and step.get("quality") is not None
+                  and before.get("quality") is not None else None)
+        change = step["latency_ms"] - before["latency_ms"] if before else None
+        best = " (kept)" if step["step"] == acc.get("best_step") else ""
+        lines.append(f"| {step['step']}{best} | {', '.join(step['excluded_groups']) or '-'} | "
+                     f"{step['excluded_nodes']} | {fmt(step.get('quality'))} | {fmt(step.get('drop'))} | "
+                     f"{fmt(gained, '+.4f')} | {step['latency_ms']:.2f} | {fmt(change, '+.2f')} |")
+    return lines
