@@ -12,6 +12,7 @@ from rich.console import Console
 from compress import pruning, runner
 from compress.errors import StageError
 from compress.recipe import parse_recipe
+from compress.report import model_card
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,5 @@ def test_pruned_trimmed_student_exports_with_parity(tmp_path, tiny4, tiny_texts)
     export = manifest["artifacts"]["student.onnx"]["metadata"]
     assert export["parity_max_abs"] <= 1e-4
     assert manifest["artifacts"]["student"]["metadata"]["pruning"]["ffn"]["kept_per_layer"] == 32
+    card = "\n".join(model_card.student_shape_lines(manifest))  # the model card says what was kept
+    assert "1 of 2 attention heads and 32 of 64 FFN neurons" in card and "word pieces kept" in card
