@@ -82,7 +82,8 @@ class Config(TrainingConfig):
                               "the teacher's next-token distributions).")
     losses: dict[Loss, float] | None = Field(
         default=None, description="Several losses with weights, e.g. {cosine: 1.0, hidden-mse: 0.5}; similarity "
-        "matches the batch's cosine-similarity matrix to the teacher's (what retrieval ranks by).")
+        "matches the batch's cosine-similarity matrix to the teacher's (measured on the quickstart: {cosine: 1, "
+        "similarity: 1} was worse than cosine alone after 100 steps, 0.871 vs 0.920).")
     freeze_embeddings: bool | None = Field(
         default=None, description="Keep the word embeddings fixed (default: yes when copied from the teacher); "
         "they are most of a small student's weights, so steps get cheaper on CPU.")
