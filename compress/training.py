@@ -31,7 +31,8 @@ _LENGTH_FIELDS = {"name", "epochs", "max_steps", "max_minutes", "eval_every", "c
 class TrainingConfig(StageBase):
     """Training-loop settings shared by distill and finetune."""
 
-    epochs: float = Field(default=1, gt=0, description="Passes over the training texts (max_steps wins).")
+    epochs: float | None = Field(default=None, gt=0, description="Passes over the training texts (max_steps wins; "
+                                 "default: 1, or as many as max_minutes allows when it is set).")
     max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to train; overrides epochs.")
     max_minutes: float | None = Field(
         default=None, gt=0, description="Time budget of the training loop; the LR schedule follows whichever "
@@ -134,7 +135,7 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
     if per_epoch == 0:
         raise StageError(f"stage {ctx.stage_name}: {len(job.lengths)} training texts do not fill one step of "
                          f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} process(es)")
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    total = cfg.max_steps or planned_steps(cfg, per_epoch)
     budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     progress = max(state["step"] / total, state["elapsed"] / budget)
     clock, base_elapsed, loss_avg = time.monotonic(), state["elapsed"], None
@@ -176,6 +177,13 @@ def train(cfg: TrainingConfig, ctx, job: Job) -> dict:
             "train_seconds": round(state["train_seconds"], 2), "world_size": world, "final_loss": loss_avg,
             "samples_per_s": round(state["samples"] / max(state["train_seconds"], 1e-9), 1),
             "rank_weight_hashes": hashes}
+
+
+def planned_steps(cfg: TrainingConfig, per_epoch: int) -> float:
+    """Steps the epochs allow; unbounded when only max_minutes is given (time, not one epoch, ends training)."""
+    if cfg.epochs is None:
+        return math.inf if cfg.max_minutes else per_epoch
+    return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
 def _step(model, optimizer, chunk: list[list[int]], collate, lr: float) -> float:

@@ -92,6 +92,7 @@ def test_distill_config_rejects_invalid_recipes(tiny_bert, tiny_texts, stage, er
 @pytest.mark.parametrize("student, losses", [
     ("{from_teacher: {layers: [0, 2]}}", "{cosine: 1.0}"),
     ("{from_teacher: {layers: [1]}}", "{mse: 1.0, attention: 0.5}"),
+    ("{from_teacher: {layers: [0, 2], ffn: 0.5}}", "{cosine: 1.0, similarity: 1.0}"),
     ("{config: {num_hidden_layers: 1, intermediate_size: 32}}", "{cosine: 1.0, hidden-mse: 1.0}"),
 ])
 def test_distill_writes_loadable_student(tmp_path, tiny3, tiny_texts, student, losses):

@@ -288,11 +288,29 @@ def _lineage(name: str, manifest: dict, prov: dict) -> str:
         f"{data.get('license') or 'not declared in the recipe'}; {data.get('eval_size', '?')} rows held out "
         f"for evaluation (seed {data.get('seed', 0)})"),
         *_generated_lines(manifest),
+        *student_shape_lines(manifest),
         f"- recipe: `{manifest.get('recipe_file') or '?'}`, sha256 `{manifest.get('recipe_sha256', '?')}`",
         f"- software: compress {manifest.get('compress_version', '?')}; {versions}",
         "", "Each step, from the teacher to this model:", ""]
     lines += [_step(step, manifest) for step in reversed(lineage(name, manifest))]
     return "\n".join(lines)
+
+
+def student_shape_lines(manifest: dict) -> list[str]:
+    """What width pruning and vocabulary trimming kept of the teacher (issue 16), when a distill stage did it."""
+    out = []
+    for stage in (manifest.get("stages") or {}).values():
+        metrics = stage.get("metrics") or {} if stage.get("kind") == "distill" else {}
+        pruned, vocab = metrics.get("pruning"), metrics.get("vocab")
+        if pruned:
+            out.append(f"- width pruning: {pruned['heads']['kept_per_layer']} of {pruned['heads']['of']} attention "
+                       f"heads and {pruned['ffn']['kept_per_layer']} of {pruned['ffn']['of']} FFN neurons kept per "
+                       "layer (the most active on the recipe's texts)")
+        if vocab:
+            out.append(f"- vocabulary: {vocab['vocab_size']:,} of {vocab['vocab_original']:,} word pieces kept; "
+                       f"{vocab['heldout_outside_rate']:.2%} of held-out tokens fall outside and are spelled "
+                       "with shorter pieces")
+    return out
 
 
 def _generated_lines(manifest: dict) -> list[str]:
