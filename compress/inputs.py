@@ -27,6 +27,8 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
         raise RecipeError("\n".join(f"{_where(recipe_file, lines, key)}: {'.'.join(key)}: {message}"
                                     for key, message in problems))
 
+ONNX_FILES = ("model.onnx", "onnx/model.onnx")  # an ONNX model folder (tasks/onnx_input.py finds the same)
+
 
 def teacher_problem(source: str) -> str | None:
     if source.startswith("python:"):
@@ -39,12 +41,13 @@ def teacher_problem(source: str) -> str | None:
             return f"{source!r} does not exist (a model folder, a .gguf file, or a Hugging Face hub id)"
         return None  # a hub id
     if path.is_file():
-        return None if path.suffix.lower() == ".gguf" else (
-            f"{source!r} is a file; the teacher is a model folder (with config.json) or a .gguf file")
+        # What the file holds is checked when it is read (compress/tasks/onnx_input.py): one sentence there too.
+        return None if path.suffix.lower() in (".gguf", ".onnx") else (
+            f"{source!r} is a file; the teacher is a model folder (with config.json), an .onnx or a .gguf file")
     if not path.is_dir():
         return f"{source!r} is not a file or folder"
-    if not any((path / name).is_file() for name in MODEL_FILES):
-        return f"{source!r} is a folder without config.json: not a model folder"
+    if not any((path / name).is_file() for name in (*MODEL_FILES, *ONNX_FILES)):
+        return f"{source!r} is a folder without config.json or model.onnx: not a model folder"
     return None
 
 

@@ -146,14 +146,14 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
 
 def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, **options) -> tuple[Path, dict]:
     """Write the recipe into the run directory, run it, write the reports; returns (run dir, report)."""
-    from compress import report, runner
+    from compress import report, rundir, runner
     from compress.artifacts import write_text_atomic
     from compress.recipe import load_recipe, parse_recipe
 
     text, name = bench_recipe(model, overrides=overrides, **options)
     parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
     run_dir = run_dir or Path("runs") / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.claim(run_dir)  # ours (or refused) before the recipe is written into it
     recipe_file = run_dir / RECIPE_FILE
     write_text_atomic(recipe_file, text)
     recipe = load_recipe(recipe_file)
