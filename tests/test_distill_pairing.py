@@ -162,6 +162,51 @@ def test_teacher_cache_ignores_corrupt_file(tmp_path):
     assert teacher_cache.load("k" * 64, 3, tmp_path) is None
 
 
+def _cache_file(folder, name: str, mb: float, age: int):
+    import os
+
+    path = folder / name
+    path.write_bytes(b"x" * int(mb * 1024 * 1024))
+    os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    return path
+
+
+@pytest.mark.parametrize("limit_mb, survivors", [
+    (10, {"new", "mid", "old", "user"}),  # fits: nothing removed
+    (2.5, {"new", "mid", "user"}),        # the oldest goes first
+    (0, {"new", "user"}),                 # never the one just written, never a file it did not name
+])
+def test_teacher_cache_evicts_least_recently_used_own_files(tmp_path, limit_mb, survivors):
+    names = {"old": "a" * 32 + ".npy", "mid": "b" * 32 + ".npy", "new": "c" * 32 + ".npy", "user": "notes.npy"}
+    files = {k: _cache_file(tmp_path, n, 1, age) for (k, n), age in zip(names.items(), (0, 1, 2, -5))}
+
+    teacher_cache.evict(tmp_path, int(limit_mb * 1024 * 1024), keep=files["new"])
+
+    assert {k for k, f in files.items() if f.exists()} == survivors
+
+
+def test_teacher_cache_load_marks_a_file_recently_used(tmp_path):
+    import os
+
+    first = teacher_cache.save("a" * 64, np.ones((2, 2)), tmp_path)
+    second = teacher_cache.save("b" * 64, np.ones((2, 2)), tmp_path)
+    os.utime(first, (1_000_000, 1_000_000))
+    os.utime(second, (2_000_000, 2_000_000))
+    assert teacher_cache.load("a" * 64, 2, tmp_path) is not None  # now the most recently used
+
+    teacher_cache.evict(first.parent, first.stat().st_size)
+
+    assert first.exists() and not second.exists()
+
+
+def test_teacher_cache_save_keeps_the_folder_under_its_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_CACHE_MAX_MB", "0.0001")  # about 100 bytes: one small file
+    first = teacher_cache.save("a" * 64, np.ones((2, 2)), tmp_path)
+    second = teacher_cache.save("b" * 64, np.ones((2, 2)), tmp_path)
+
+    assert second.exists() and not first.exists()
+
+
 def test_embedding_head_dense_round_trips_before_normalize(tmp_path, student):
     import torch
 
