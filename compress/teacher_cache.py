@@ -25,7 +25,6 @@ import numpy as np
 
 from compress.artifacts import atomic_path
 
-
 DEFAULT_MAX_MB = 2048
 _OURS = re.compile(r"[0-9a-f]{32}\.npy")  # the names path_for writes: nothing else in the folder is touched
 

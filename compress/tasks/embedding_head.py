@@ -33,25 +33,6 @@ def dense_dir(path: Path) -> Path | None:
     return Path(path) / found[0]["path"] if found else None
 
 
-def load_dense(path: Path):
-    """The model's Dense module as a torch Linear (None without one). Only identity activations are supported:
-    that is what a projection head is."""
-    import torch
-    from safetensors.torch import load_file
-
-    folder = dense_dir(path)
-    if folder is None:
-        return None
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if config.get("activation_function", IDENTITY) != IDENTITY:
-        raise ValueError(f"{folder}: Dense activation {config['activation_function']} is not supported "
-                         "(identity only)")
-    layer = torch.nn.Linear(config["in_features"], config["out_features"], bias=config.get("bias", True))
-    weights = load_file(str(folder / "model.safetensors"))
-    layer.load_state_dict({k.removeprefix("linear."): v for k, v in weights.items()})
-    return layer
-
-
 def new_linear(student_width: int, teacher_width: int, seed: int = 0):
     """An untrained projection (the student before distillation: its vectors are not yet in the teacher's space)."""
     import torch
