@@ -88,6 +88,7 @@ def test_user_factory_cnn_goes_through_distill_export_int8_and_bench(tmp_path, f
     bundle = tmp_path / "run" / "artifacts" / "student.onnx"
     info = json.loads((bundle / "compress.json").read_text())
     assert info["inputs"] == ["pixel_values"] and info["labels"] == [str(n) for n in range(10)]
+    assert info["preprocessing"]["scale"].startswith("pixels / 255")  # what the device app must do, written down
     rows = {r["variant"]: r for r in result["rows"] if r["status"] == "ok"}
     assert set(rows) == {"teacher", "student.onnx", "student.int8-dynamic.onnx", "student.int8-static.onnx"}
     for name, row in rows.items():
@@ -95,6 +96,23 @@ def test_user_factory_cnn_goes_through_distill_export_int8_and_bench(tmp_path, f
         assert row["p50_ms"] > 0
     assert result["headline"] == "accuracy"
     assert "student.int8-static.onnx" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({}, {"mean": None, "std": None, "normalise": "none", "image_size": None}),
+    ({"mean": [0.5, 0.4, 0.3], "std": 0.25, "image_size": 32},
+     {"mean": [0.5, 0.4, 0.3], "std": 0.25, "normalise": "(x - mean) / std per channel", "image_size": 32}),
+])
+def test_image_preprocessing_records_the_recipes_normalisation(data, expected):
+    from types import SimpleNamespace
+
+    from compress.tasks import image_classification
+
+    cfg = SimpleNamespace(**{"mean": None, "std": None, "image_size": None, "image_fit": "resize", **data})
+
+    info = image_classification.preprocessing(cfg)
+
+    assert {k: info[k] for k in expected} == expected and info["image_fit"] == "resize"
 
 
 # ---------------------------------------------------------------- factories and model folders

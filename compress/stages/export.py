@@ -86,8 +86,11 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
     if cfg.optimize and (source.path / "config.json").is_file():  # transformer fusions: HF models only
         meta["fusions"] = _optimize(raw, source.path)
     copy_bundle_files(source.path, tmp)
-    write_json(tmp / "compress.json", {**task.bundle_info(source.path), "inputs": list(task.INPUT_NAMES),
-                                        "max_length": ctx.recipe.data.max_length, "precision": "fp32"})
+    info = {**task.bundle_info(source.path), "inputs": list(task.INPUT_NAMES),
+            "max_length": ctx.recipe.data.max_length, "precision": "fp32"}
+    if hasattr(task, "preprocessing"):  # e.g. images: size and normalisation the app must apply as training did
+        info["preprocessing"] = task.preprocessing(ctx.recipe.data)
+    write_json(tmp / "compress.json", info)
     meta.update(_parity(ctx, source.path, tmp, inputs.encode(examples, ctx.recipe.data.max_length)))
     if meta["parity_max_abs"] > cfg.parity_max_abs:
         raise StageError(

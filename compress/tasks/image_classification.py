@@ -54,7 +54,16 @@ def bundle_info(path: Path) -> dict:
     from compress.tasks.factory import read_spec
 
     return {"task": NAME, "output": OUTPUT_NAME, "labels": read_spec(path).get("labels") or [],
-            "pixel_values": "float32 [batch, channels, height, width] in [0, 1]"}
+            "pixel_values": "float32 [batch, channels, height, width]: see preprocessing"}
+
+
+def preprocessing(data_cfg) -> dict:
+    """What an app must do to an image before the exported model sees it (compress.json's `preprocessing`): the
+    recipe's size, fit and normalisation, applied to pixels on the [0, 1] scale, channels first."""
+    return {"scale": "pixels / 255 (to [0, 1])", "image_size": data_cfg.image_size, "image_fit": data_cfg.image_fit,
+            "mean": data_cfg.mean, "std": data_cfg.std,
+            "normalise": "(x - mean) / std per channel" if data_cfg.mean is not None or data_cfg.std is not None
+            else "none"}
 
 
 def build_student(spec, teacher, work_dir: Path, trust_remote_code: bool = False):
