@@ -10,6 +10,10 @@ from conftest import make_tiny_bert
 
 from bench import ablation
 
+# Every technique once (the shipped stage; depth; width + vocabulary + hidden/attention KD): the longer mixes differ
+# only in minutes, and every mix's recipe is validated by the dry-run test below, without training.
+TINY_MIXES = ["quickstart", "depth", "depth+width+vocab+kd"]
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
@@ -25,7 +29,7 @@ def tiny_run(tmp_path_factory) -> dict:
         writer.writerow(["text"])
         writer.writerows([[f"the movie was {' '.join(words[(i * 7 + j * 3) % 10] for j in range(2 + i % 9))}"]
                           for i in range(90)])
-    argv = ["--tiny", "--teacher", str(teacher), "--data", str(data), "--layers", "0", "--eval-size", "24",
+    argv = ["--tiny", "--mixes", ",".join(TINY_MIXES), "--teacher", str(teacher), "--data", str(data), "--layers", "0", "--eval-size", "24",
             "--train-limit", "60", "--out", str(root / "results"), "--work", str(root / "work")]
     assert ablation.main(argv) == 0
     (md,) = (root / "results").glob("*-ablation.md")
@@ -33,7 +37,7 @@ def tiny_run(tmp_path_factory) -> dict:
 
 
 def test_ablation_writes_one_row_per_mix_and_both_references(tiny_run):
-    names = [m.name for m in ablation.MIXES]
+    names = TINY_MIXES
     rows = {r["name"]: r for r in tiny_run["json"]["rows"]}
 
     assert list(rows) == [ablation.PYTORCH, ablation.OPTIMUM_PC, *names]
@@ -73,6 +77,15 @@ def test_ablation_without_optimum_says_why_in_its_column(tiny_run):
     depth = next(r for r in rows if r["name"] == "depth")
     assert depth["x_optimum_b1_s128"].startswith("not measured: tiny mode")
     assert re.search(r"\| depth \|.*\| not measured: tiny mode", tiny_run["md"])
+
+
+def test_ablation_every_mix_validates_on_this_code(capsys):
+    assert ablation.main(["--dry-run"]) == 0
+
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines() if not line.startswith(" ")] == [
+        m.name for m in ablation.MIXES]
+    assert "skipped" not in printed
 
 
 @pytest.mark.parametrize(("argv", "code"), [(["--mixes", "depth,nope", "--dry-run"], 2),
