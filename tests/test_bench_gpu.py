@@ -15,7 +15,8 @@ def test_bench_gpu_rehearses_on_the_cpu_and_reports_cuda_honestly(tmp_path, tiny
     results, sets = tmp_path / "results", [
         f"teacher.source={tiny_bert}", f"data.source={tiny_texts}", "data.eval_size=20",
         "stages.0.student.from_teacher.layers=[0]", "stages.0.batch_size=8", "stages.0.eval_every=0",
-        "stages.3.rounds=1", "stages.3.seq_lens=[16]"]
+        "stages.3.rounds=1", "stages.3.seq_lens=[16]",
+        "stages.3.warmup=1", "stages.3.min_iterations=3", "stages.3.min_seconds=0"]  # timing is not under test
     args = [sys.executable, "-m", "bench", "gpu", "--cpu", "--minutes", "0.02,0.04", "--results", str(results),
             "--work", str(tmp_path / "work")]
     for item in sets:

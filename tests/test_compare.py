@@ -64,7 +64,7 @@ stages:
     warmup: 3
     min_iterations: 20
     min_seconds: 0.1
-    rounds: 5
+    rounds: 3
     eval_size: 8
 """
 

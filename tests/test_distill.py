@@ -217,9 +217,9 @@ def test_text_classification_quality_scores_predictions(reference, outputs, labe
 
 @pytest.mark.slow
 def test_distill_real_minilm_improves_on_dropped_layers(tmp_path, real_model_dir):
-    stage = "{kind: distill, student: {from_teacher: {layers: [0, 2, 5]}}, max_steps: 60, eval_every: 0}"
+    stage = "{kind: distill, student: {from_teacher: {layers: [0, 2, 5]}}, max_steps: 40, eval_every: 0}"
     text = (f"version: 1\nname: t\ntask: sentence-embedding\nteacher: {{source: '{REAL_MODEL}'}}\n"
-            f"data: {{source: '{REAL_DATA}', text_field: text, eval_size: 200, train_limit: 2000}}\n"
+            f"data: {{source: '{REAL_DATA}', text_field: text, eval_size: 150, train_limit: 1280}}\n"
             f"stages:\n  - {stage}\n")
     recipe = parse_recipe(text)
 
