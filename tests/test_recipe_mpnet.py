@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_recipes import SHRINK, compress
+from test_recipes import run_shrunk
 
 
 @pytest.mark.slow
 def test_mpnet_to_small_projects_student_and_shows_it_before_distillation(tmp_path):
     run_dir = tmp_path / "mpnet"
-    sets = [a for s in SHRINK["mpnet-to-small.yaml"] for a in ("--set", s)]
-    result = compress("run", "recipes/mpnet-to-small.yaml", "--out", str(run_dir), *sets)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_shrunk("mpnet-to-small.yaml", run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok" and r["runtime"] == "onnxruntime"}
     assert {"teacher.onnx", "teacher.int8-dynamic.onnx", "student-initial.onnx", "student.onnx",

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_recipes import SHRINK, compress
+from test_recipes import run_shrunk
 
 
 @pytest.mark.slow  # minutes: the real 135M teacher is converted, generates, and is exported and benched
 def test_smollm2_distill_generates_distills_exports_int4_and_benches(tmp_path):
     run_dir = tmp_path / "smollm2"
-    sets = [a for s in SHRINK["smollm2-distill.yaml"] for a in ("--set", s)]
-    result = compress("run", "recipes/smollm2-distill.yaml", "--out", str(run_dir), *sets)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_shrunk("smollm2-distill.yaml", run_dir)
     provenance = json.loads((run_dir / "artifacts" / "generated" / "provenance.json").read_text())
     assert provenance["completions"] == 24 and provenance["teacher"]["license"] == "apache-2.0"
     assert json.loads((run_dir / "artifacts" / "student" / "config.json").read_text())["num_hidden_layers"] == 2

@@ -53,6 +53,14 @@ def compress(*args, cwd=ROOT, timeout=900):
                           timeout=timeout, env=env)
 
 
+def run_shrunk(recipe: str, run_dir: Path) -> subprocess.CompletedProcess:
+    """`compress run recipes/<recipe>` with its SHRINK overrides into run_dir; it must succeed."""
+    sets = [a for s in SHRINK[recipe] for a in ("--set", s)]
+    result = compress("run", f"recipes/{recipe}", "--out", str(run_dir), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_every_shipped_recipe_has_a_shrink_entry():
     assert sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")) == sorted(SHRINK)
 
@@ -60,9 +68,7 @@ def test_every_shipped_recipe_has_a_shrink_entry():
 @pytest.mark.slow
 def test_sentiment_edge_finetunes_distills_and_reports_accuracy(tmp_path):
     run_dir = tmp_path / "sentiment"
-    sets = [a for s in SHRINK["sentiment-edge.yaml"] for a in ("--set", s)]
-    result = compress("run", "recipes/sentiment-edge.yaml", "--out", str(run_dir), *sets)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_shrunk("sentiment-edge.yaml", run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok"}
     for variant in ["teacher-finetuned.onnx", "teacher-finetuned.int8-dynamic.onnx", "student.onnx",
@@ -74,9 +80,7 @@ def test_sentiment_edge_finetunes_distills_and_reports_accuracy(tmp_path):
 @pytest.mark.slow  # about 25 s on 2 idle cores: eight variants benched, each in its own process
 def test_digits_cnn_trains_a_factory_teacher_distills_and_reports_accuracy(tmp_path):
     run_dir = tmp_path / "digits"
-    sets = [a for s in SHRINK["digits-cnn.yaml"] for a in ("--set", s)]
-    result = compress("run", "recipes/digits-cnn.yaml", "--out", str(run_dir), *sets)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_shrunk("digits-cnn.yaml", run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     rows = {r["variant"]: r for r in report["rows"] if r["status"] == "ok"}
     assert sorted(rows) == sorted(["teacher", "teacher-finetuned.onnx", "student.onnx"] + [
@@ -88,9 +92,7 @@ def test_digits_cnn_trains_a_factory_teacher_distills_and_reports_accuracy(tmp_p
 
 def test_edge_cnn_quantizes_checked_int8_static_and_fp16_quietly(tmp_path):
     run_dir = tmp_path / "edge"
-    sets = [a for s in SHRINK["edge-cnn.yaml"] for a in ("--set", s)]
-    result = compress("run", "recipes/edge-cnn.yaml", "--out", str(run_dir), *sets)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_shrunk("edge-cnn.yaml", run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     quantized = manifest["stages"]["quantize"]["metrics"]
     assert sorted(quantized) == ["teacher-finetuned.fp16.onnx", "teacher-finetuned.int8-static.onnx"]
