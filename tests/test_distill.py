@@ -119,6 +119,21 @@ def test_distill_writes_loadable_student(tmp_path, tiny3, tiny_texts, student, l
     assert frozen == bool((_state(artifact.path)[words] == _state(tiny3)[words]).all())
 
 
+def test_distill_trains_in_the_precision_asked(tmp_path, tiny3, tiny_texts):
+    stage = ("{{kind: distill, student: {{from_teacher: {{layers: [0, 2]}}}}, max_steps: 3, batch_size: 16, "
+             "losses: {{cosine: 1.0, hidden-mse: 0.5, attention: 0.5}}, precision: {}}}")
+    states = {}
+    for precision in ("fp32", "bf16"):
+        (artifact,), ctx = _run(tmp_path / precision, _recipe(tiny3, tiny_texts, stage.format(precision)))
+        assert ctx.metrics["precision"] == precision and np.isfinite(ctx.metrics["final_loss"])
+        states[precision] = _state(artifact.path)
+
+    # bf16 autocast really ran (other weights), and the saved model is fp32 either way.
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not (states["fp32"][name] == states["bf16"][name]).all()
+    assert {str(v.dtype) for v in states["bf16"].values()} == {"torch.float32"}
+
+
 def test_distill_narrow_student_learns_hidden_states_through_projection(tmp_path, tiny3, tiny_texts):
     from compress.errors import StageError
 

@@ -124,7 +124,8 @@ def distillation(manifest: dict, headline: str) -> dict | None:
                     "quality_before": before, "quality_after": after,
                     "gain": after - before if before is not None and after is not None else None,
                     "seconds": stage.get("seconds"),
-                    **{k: metrics[k] for k in ("projection", "index_compatible", "index_note") if k in metrics}}
+                    **{k: metrics[k] for k in ("projection", "index_compatible", "index_note", "steps",
+                                               "samples_per_s", "train_seconds", "precision") if k in metrics}}
     return None
 
 

@@ -144,6 +144,8 @@ def _distillation_lines(dist: dict | None, headline: str) -> list[str]:
              f"{dist['teacher_params']:,}"),
             (f"- {headline} vs the teacher before training: {fmt(dist['quality_before'])}, after: "
              f"{fmt(dist['quality_after'])} (gain {fmt(dist['gain'], '+.4f')})"),
+            *([f"- training: {dist['steps']:,} steps in {dist['train_seconds']:.0f} s, {dist['samples_per_s']:.0f} "
+               f"samples/s, precision {dist.get('precision') or 'fp32'}"] if "steps" in dist else []),
             *([f"- embedding space: projection {dist['projection']}; index-compatible with the teacher: "
                f"{'yes' if dist['index_compatible'] else 'no'} ({dist.get('index_note') or '-'})"]
               if "index_compatible" in dist else [])]

@@ -334,7 +334,8 @@ def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs,
                 net.config.output_attentions = on and "attention" in self.losses
 
         def forward(self, target=None, labels=None, **inputs):
-            out = self.student(*(inputs[n] for n in task.INPUT_NAMES))
+            # Losses in fp32 even when the forward pass ran under bf16 autocast (training precision).
+            out = self.student(*(inputs[n] for n in task.INPUT_NAMES)).float()
             total = 0.0
             for name, weight in self.losses.items():
                 total = total + weight * self._loss(name, out, target, labels, inputs)
@@ -354,17 +355,19 @@ def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs,
                 if labels is None or cfg.alpha == 0:
                     return soft
                 return (1 - cfg.alpha) * soft + cfg.alpha * F.cross_entropy(out, labels)
-            with torch.no_grad():  # a trimmed vocabulary: the teacher reads the original ids
-                ids = inputs["input_ids"]
+            # The teacher's features are targets: fp32 whatever the student's training precision.
+            with torch.no_grad(), torch.autocast(inputs["input_ids"].device.type, enabled=False):
+                ids = inputs["input_ids"]  # a trimmed vocabulary: the teacher reads the original ids
                 ids = ids if self.to_teacher is None else self.to_teacher.to(ids.device)[ids]
                 ref = self.nets[1](**{**inputs, "input_ids": ids})
             mine, mask = self.captured["out"], inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
             if name == "hidden-mse":
-                parts = [((p(mine.hidden_states[s]) - ref.hidden_states[t]) ** 2 * mask).sum()
+                parts = [((p(mine.hidden_states[s]).float() - ref.hidden_states[t]) ** 2 * mask).sum()
                          / (mask.sum() * ref.hidden_states[t].shape[-1])
                          for (s, t), p in zip(self.pairs, self.proj)]
                 return sum(parts) / len(parts)
-            parts = [_attention_kl(mine.attentions[s - 1], ref.attentions[t - 1], mask) for s, t in self.pairs if s]
+            parts = [_attention_kl(mine.attentions[s - 1].float(), ref.attentions[t - 1], mask)
+                     for s, t in self.pairs if s]
             return sum(parts) / len(parts)
 
     return Distiller()

@@ -85,6 +85,7 @@ def classifier_module(wrapped, names: tuple[str, ...]):
             self.wrapped = wrapped
 
         def forward(self, labels, **inputs):
-            return torch.nn.functional.cross_entropy(self.wrapped(*(inputs[n] for n in names)), labels)
+            logits = self.wrapped(*(inputs[n] for n in names)).float()  # fp32 loss under bf16 autocast
+            return torch.nn.functional.cross_entropy(logits, labels)
 
     return Classifier()

@@ -100,7 +100,7 @@ def distiller_module(student, teacher, losses: dict, temperature: float):
             if "sequence" in losses:
                 total = total + losses["sequence"] * F.cross_entropy(picked.float(), input_ids[:, 1:][keep])
             if "token-kl" in losses:
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast(input_ids.device.type, enabled=False):  # fp32 targets
                     ref = self.teacher(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
                 t = temperature
                 kl = F.kl_div(F.log_softmax(picked.float() / t, -1), F.log_softmax(ref.float() / t, -1),

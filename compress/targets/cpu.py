@@ -16,7 +16,7 @@ from compress.targets.harness import parse_cpuinfo  # the one parser; harness.py
 # Features that decide int8/fp16 kernels in onnxruntime (MLAS). Linux names, as in /proc/cpuinfo.
 X86_FEATURES = (
     "sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+    "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
 )
 ARM_FEATURES = ("neon", "dotprod", "i8mm", "fp16", "bf16", "sve", "sve2")
 # aarch64 /proc/cpuinfo "Features" spells some of them differently.
