@@ -21,6 +21,7 @@ class Dataset:
     train: Split
     eval: Split
     label_names: list[str] | None
+    unlabeled: list[str] | None = None  # data.unlabeled: more texts for distillation, none also in train or eval
 
 
 def load_dataset(cfg) -> Dataset:
@@ -42,7 +43,23 @@ def load_dataset(cfg) -> Dataset:
         held = _take(texts, labels, eval_idx)
     if cfg.train_limit:
         train_idx = train_idx[: cfg.train_limit]
-    return Dataset(train=_take(texts, labels, train_idx), eval=held, label_names=names)
+    train = _take(texts, labels, train_idx)
+    extra = _unlabeled(cfg, rng, {*train.texts, *held.texts}) if getattr(cfg, "unlabeled", None) else None
+    return Dataset(train=train, eval=held, label_names=names, unlabeled=extra)
+
+
+def _unlabeled(cfg, rng, known: set[str]) -> list[str]:
+    """data.unlabeled's texts, read like data.source (labels ignored), without those in `known` (held-out texts
+    must stay unseen) or repeated, in a seeded order, at most `limit`."""
+    spec = cfg.unlabeled
+    plain = cfg.model_copy(update={"source": spec.source, "text_field": spec.text_field, "label_field": None,
+                                   "labels": None, "split": None, "eval_split": None, "unlabeled": None})
+    texts, _, _ = _rows(plain, None)
+    fresh = list(dict.fromkeys(t for t in texts if t not in known))
+    if not fresh:
+        raise SourceError(f"data.unlabeled {spec.source!r}: every text is already in the training or held-out rows")
+    order = rng.permutation(len(fresh))
+    return [fresh[i] for i in order[: spec.limit or len(fresh)]]
 
 
 def _take(texts, labels, idx) -> Split:

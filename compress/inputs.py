@@ -22,6 +22,9 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
         problems.append((("teacher", "source"), message))
     if (message := data_problem(recipe.data.source, recipe.task)) is not None:
         problems.append((("data", "source"), message))
+    extra = getattr(recipe.data, "unlabeled", None)
+    if extra and (message := data_problem(extra.source, recipe.task)) is not None:
+        problems.append((("data", "unlabeled", "source"), message))
     if problems:
         lines = _lines(recipe_file)
         raise RecipeError("\n".join(f"{_where(recipe_file, lines, key)}: {'.'.join(key)}: {message}"
@@ -90,7 +93,7 @@ def _looks_local(source: str) -> bool:
 
 
 def _lines(recipe_file) -> dict:
-    """(key, subkey) -> line number, from the recipe file's YAML (empty when there is no file or it moved)."""
+    """(key, subkey[, leaf]) -> line number, from the recipe file's YAML (empty when there is no file or it moved)."""
     import yaml
 
     if not recipe_file:
@@ -103,13 +106,15 @@ def _lines(recipe_file) -> dict:
     for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
         found[(key.value,)] = key.start_mark.line + 1
         if isinstance(value, yaml.MappingNode):
-            for sub, _ in value.value:
+            for sub, inner in value.value:
                 found[(key.value, sub.value)] = sub.start_mark.line + 1
+                for leaf, _ in inner.value if isinstance(inner, yaml.MappingNode) else []:
+                    found[(key.value, sub.value, leaf.value)] = leaf.start_mark.line + 1
     return found
 
 
 def _where(recipe_file, lines: dict, key: tuple) -> str:
-    line = lines.get(key) or lines.get(key[:1])
+    line = next((lines[key[:n]] for n in range(len(key), 0, -1) if key[:n] in lines), None)
     if recipe_file and line:
         return f"{recipe_file}:{line}"
     return "--set" if recipe_file and lines else str(recipe_file or "<recipe>")

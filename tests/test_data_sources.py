@@ -290,3 +290,34 @@ def test_data_hash_follows_a_saved_dataset_folder(tmp_path):
     for file in (tmp_path / "ds2").iterdir():
         file.replace(path / file.name)
     assert data_hash(recipe) != before
+
+
+@pytest.mark.parametrize("extra, limit, expected", [
+    (["fresh one", "fresh two", "fresh one"], None, {"fresh one", "fresh two"}),  # repeats once
+    (["fresh one", "fresh two", "fresh three"], 2, 2),                             # a seeded sample of the limit
+    (["neg review 0", "pos review 1", "fresh one"], None, {"fresh one"}),         # train and held-out texts left out
+])
+def test_load_dataset_unlabeled_texts_leave_out_known_ones(tmp_path, extra, limit, expected):
+    import pandas as pd
+
+    pd.DataFrame(rows(20)).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame({"body": extra}).to_csv(tmp_path / "more.csv", index=False)
+    cfg = DataConfig(source=str(tmp_path / "d.parquet"), eval_size=5, label_field="label",
+                     unlabeled={"source": str(tmp_path / "more.csv"), "text_field": "body", "limit": limit})
+
+    data = load_dataset(cfg)
+
+    got = data.unlabeled
+    assert (set(got) == expected) if isinstance(expected, set) else len(got) == expected
+    assert len(got) == len(set(got)) and not set(got) & {*data.train.texts, *data.eval.texts}
+    assert load_dataset(cfg).unlabeled == got  # seeded: the same sample every time
+
+
+def test_load_dataset_unlabeled_with_nothing_new_is_one_sentence(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame(rows(20)).to_parquet(tmp_path / "d.parquet")
+    cfg = DataConfig(source=str(tmp_path / "d.parquet"), eval_size=5, unlabeled={"source": str(tmp_path / "d.parquet")})
+
+    with pytest.raises(SourceError, match="every text is already in the training or held-out rows"):
+        load_dataset(cfg)

@@ -18,8 +18,10 @@ from compress.recipe import parse_recipe
 from compress.stages import STAGES, distill
 
 
-def _recipe(model: Path, data: Path, stage: str, task: str = "sentence-embedding", labels: bool = False):
+def _recipe(model: Path, data: Path, stage: str, task: str = "sentence-embedding", labels: bool = False,
+            more: str = ""):
     label = ", label_field: category, labels: [fresh, rotten]" if labels else ""
+    label += f", {more}" if more else ""
     text = (f"version: 1\nname: t\ntask: {task}\nteacher: {{source: '{model}'}}\n"
             f"data: {{source: '{data}', text_field: text, eval_size: 20, max_length: 32{label}}}\n"
             f"stages:\n  - {stage}\n")
@@ -160,6 +162,24 @@ def test_distill_classifier_with_logit_kd_and_labels(tmp_path, tiny_cls, tiny_te
     assert {"accuracy", "macro_f1", "agreement"} <= set(ctx.metrics["quality_after"])
     logits = task.load_model(artifact.path)(*_ids(artifact.path))
     assert tuple(logits.shape) == (2, 2)
+
+
+@pytest.mark.parametrize("task, labels", [("text-classification", True), ("sentence-embedding", False)])
+def test_distill_learns_from_unlabeled_texts_too(tmp_path, tiny_cls, tiny3, tiny_texts, task, labels):
+    extra = tmp_path / "more.txt"
+    extra.write_text("".join(f"an unlabelled line number {i} about a film\n" for i in range(48)))
+    stage = "{kind: distill, student: {from_teacher: {layers: [0, 2]}}, epochs: 1, batch_size: 16}"
+    model = tiny_cls if labels else tiny3
+    plain = _recipe(model, tiny_texts, stage, task=task, labels=labels)
+    recipe = _recipe(model, tiny_texts, stage, task=task, labels=labels, more=f"unlabeled: {{source: '{extra}'}}")
+
+    _, base = _run(tmp_path / "plain", plain)
+    _, more = _run(tmp_path / "more", recipe)
+
+    # 100 training rows (120 - 20 held out) in 7 batches of 16; + 48 unlabelled texts: 10 batches.
+    assert base.metrics["steps"] == 7 and more.metrics["steps"] == 10
+    assert more.metrics["unlabeled_texts"] == 48 and np.isfinite(more.metrics["final_loss"])
+    assert more.metrics["quality_after"].keys() == base.metrics["quality_after"].keys()
 
 
 def _ids(path):

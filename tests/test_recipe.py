@@ -151,3 +151,13 @@ def test_cli_validate_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "compress.cli", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "stages[1].schemes[0]: 'int3'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_recipe_unlabeled_texts_only_for_text_tasks():
+    from compress.errors import RecipeError
+    from compress.recipe import parse_recipe
+
+    text = ("version: 1\nname: r\ntask: image-classification\nteacher: {source: m}\n"
+            "data: {source: d, unlabeled: {source: more.txt}}\nstages: [{kind: export}]\n")
+    with pytest.raises(RecipeError, match="data.unlabeled: task image-classification does not take unlabelled"):
+        parse_recipe(text)

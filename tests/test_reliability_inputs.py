@@ -254,3 +254,20 @@ def test_check_paths_names_each_missing_path_with_file_line(tmp_path, monkeypatc
     assert len(str(info.value).splitlines()) == len(expected)
     for line in expected:
         assert any(got.startswith(line) for got in str(info.value).splitlines()), str(info.value)
+
+
+def test_check_paths_names_a_missing_unlabeled_source_with_its_line(tmp_path, monkeypatch):
+    from compress.errors import RecipeError
+    from compress.inputs import check_paths
+    from compress.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "texts.csv").write_text("text\nhello\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nname: r\ntask: sentence-embedding\nteacher: {source: model}\ndata:\n"
+                      "  source: texts.csv\n  unlabeled:\n    source: more.csv\nstages: [{kind: export}]\n")
+
+    with pytest.raises(RecipeError, match=r"^r\.yaml:8: data\.unlabeled\.source: 'more\.csv' does not exist"):
+        check_paths(load_recipe(recipe), "r.yaml")

@@ -28,6 +28,7 @@ StageConfig = Annotated[
 ]
 
 MAX_VARIANTS = 256
+UNLABELED_TASKS = ("sentence-embedding", "text-classification")  # distill reads data.unlabeled as more texts
 
 
 class ModelSource(StrictModel):
@@ -62,6 +63,12 @@ class ModelSource(StrictModel):
         "them (default: its sentence-transformers 1_Pooling/config.json, else mean).")
 
 
+class UnlabeledTexts(StrictModel):
+    source: str = Field(description="More in-domain texts for distillation: a file or dataset as for data.source.")
+    text_field: str = Field(default="text", description="Column or key holding the text.")
+    limit: int | None = Field(default=None, ge=1, description="At most this many texts (a seeded sample).")
+
+
 class DataConfig(StrictModel):
     source: str = Field(
         description="A .txt (one text a line), .csv, .tsv, .jsonl (optionally .gz/.bz2) or .parquet file, or a "
@@ -86,6 +93,10 @@ class DataConfig(StrictModel):
     train_limit: int | None = Field(default=None, ge=1, description="At most this many training rows.")
     seed: int = Field(default=0, description="Seed of the shuffle that splits train and eval.")
     max_length: int = Field(default=128, ge=8, le=4096, description="Tokens per text for training and eval.")
+    unlabeled: UnlabeledTexts | None = Field(
+        default=None, description="sentence-embedding and text-classification: unlabelled in-domain texts that the "
+        "distill stage adds to its training texts, the teacher's outputs as their targets (its labels, in effect). "
+        "Texts also in the held-out or training split are left out; never used for evaluation or fine-tuning.")
     image_size: Annotated[int, Field(ge=1)] | Annotated[list[Annotated[int, Field(ge=1)]], Field(
         min_length=2, max_length=2)] | None = Field(
         default=None, description="image-classification: bring every image to this size, N or [height, width] "
@@ -226,6 +237,13 @@ class Recipe(StrictModel):
             if not stage.name:
                 stage.name = base if seen[base] == 1 else f"{base}-{seen[base]}"
         return stages
+
+    @model_validator(mode="after")
+    def _check_unlabeled(self) -> Recipe:
+        if self.data.unlabeled and self.task not in UNLABELED_TASKS:
+            raise ValueError(f"data.unlabeled: task {self.task} does not take unlabelled texts (only "
+                             f"{', '.join(UNLABELED_TASKS)})")
+        return self
 
     @model_validator(mode="after")
     def _check_chain(self) -> Recipe:

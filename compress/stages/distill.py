@@ -36,6 +36,7 @@ from compress.training import (
 
 Loss = Literal["cosine", "mse", "similarity", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
 OUTPUT_LOSSES = ("cosine", "mse", "similarity", "logit-kd")
+UNLABELED = -100  # the class id of a data.unlabeled text: cross-entropy's ignore_index
 _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
 
 
@@ -125,7 +126,7 @@ def run(cfg: Config, ctx) -> list:
         raise StageError(f"loss {lm_only[0]} does not apply to task {task.NAME} (it is for causal-lm)")
     if "logit-kd" in losses and task.OUTPUT_NAME != "logits":
         raise StageError(f"loss logit-kd needs a task with logits; task {task.NAME} outputs {task.OUTPUT_NAME}")
-    data, max_length = task.load_data(ctx.recipe.data), cfg.max_length or ctx.recipe.data.max_length
+    data, max_length = with_unlabeled(task.load_data(ctx.recipe.data)), cfg.max_length or ctx.recipe.data.max_length
     teacher_net = task.load_backbone(teacher.path, trust).to(D.device()).eval()
     if set(losses) - set(OUTPUT_LOSSES) and not hasattr(teacher_net, "config"):
         raise StageError(f"losses hidden-mse and attention need a transformer's hidden states; task {task.NAME} "
@@ -157,6 +158,7 @@ def run(cfg: Config, ctx) -> list:
         ctx.metrics["projection_fit_cosine"] = round(embedding_head.fit_linear(head, own, targets["train"]), 4)
     if pca is not None:  # the student learns the teacher's space reduced to its own width
         targets = {k: embedding_head.apply_pca(pca, v) for k, v in targets.items()}
+    ctx.metrics.update(unlabeled_texts=len(getattr(data, "unlabeled", None) or []))
     ctx.metrics.update(teacher_params=param_count(teacher_net), student_params=param_count(student_net),
                        precompute_seconds=round(time.monotonic() - started, 2), targets_cached=cached,
                        losses=losses, **shaped)
@@ -204,6 +206,20 @@ def run(cfg: Config, ctx) -> list:
     meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
             "quality": ctx.metrics["quality_after"], **index, **shaped}
     return [*out, ctx.save("student", "hf-model", write, meta)]
+
+
+def with_unlabeled(data):
+    """The data with data.unlabeled's texts joined to the training split: the teacher's outputs are their targets;
+    where the split has labels, theirs is UNLABELED (the hard-label loss skips them)."""
+    extra = getattr(data, "unlabeled", None)
+    if not extra:
+        return data
+    from dataclasses import replace
+
+    from compress.data import Split
+
+    labels = data.train.labels + [UNLABELED] * len(extra) if data.train.labels is not None else None
+    return replace(data, train=Split(data.train.texts + extra, labels))
 
 
 def _widths(student_net, teacher_net) -> tuple[int, int]:
@@ -354,7 +370,11 @@ def distiller_module(task, student_net, student_dir, teacher_net, losses, pairs,
                 soft = F.kl_div(F.log_softmax(out / t, -1), F.softmax(target / t, -1), reduction="batchmean") * t * t
                 if labels is None or cfg.alpha == 0:
                     return soft
-                return (1 - cfg.alpha) * soft + cfg.alpha * F.cross_entropy(out, labels)
+                known = labels != UNLABELED  # data.unlabeled rows: soft targets only
+                if not bool(known.any()):
+                    return (1 - cfg.alpha) * soft
+                hard = F.cross_entropy(out[known], labels[known]) * known.float().mean()
+                return (1 - cfg.alpha) * soft + cfg.alpha * hard
             # The teacher's features are targets: fp32 whatever the student's training precision.
             with torch.no_grad(), torch.autocast(inputs["input_ids"].device.type, enabled=False):
                 ids = inputs["input_ids"]  # a trimmed vocabulary: the teacher reads the original ids
