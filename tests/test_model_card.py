@@ -143,6 +143,20 @@ def test_model_card_lists_lineage_stages_and_recipe_hash(tmp_path):
     assert "## Intended use and limits" in card and "AMD EPYC" in card
 
 
+@pytest.mark.parametrize("unlabeled, line", [
+    (None, None),
+    ({"source": "more.txt", "text_field": "text", "limit": 50000},
+     "- unlabelled texts the teacher labelled for distillation: `more.txt` (field `text`, at most 50,000)"),
+])
+def test_model_card_lineage_names_unlabeled_texts(tmp_path, unlabeled, line):
+    rep, manifest = make_run(tmp_path)
+    manifest["recipe"]["data"]["unlabeled"] = unlabeled
+
+    card = model_card.build_card("student.int8-dynamic.onnx", rep, manifest)
+
+    assert ("unlabelled texts" in card) == bool(line) and (line is None or line in card)
+
+
 def test_model_card_metrics_per_provider_and_cost(tmp_path):
     rep, manifest = make_run(tmp_path)
 

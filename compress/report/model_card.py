@@ -287,6 +287,7 @@ def _lineage(name: str, manifest: dict, prov: dict) -> str:
         + ", licence "
         f"{data.get('license') or 'not declared in the recipe'}; {data.get('eval_size', '?')} rows held out "
         f"for evaluation (seed {data.get('seed', 0)})"),
+        *_unlabeled_lines(data.get("unlabeled")),
         *_generated_lines(manifest),
         *student_shape_lines(manifest),
         f"- recipe: `{manifest.get('recipe_file') or '?'}`, sha256 `{manifest.get('recipe_sha256', '?')}`",
@@ -294,6 +295,15 @@ def _lineage(name: str, manifest: dict, prov: dict) -> str:
         "", "Each step, from the teacher to this model:", ""]
     lines += [_step(step, manifest) for step in reversed(lineage(name, manifest))]
     return "\n".join(lines)
+
+
+def _unlabeled_lines(extra: dict | None) -> list[str]:
+    """data.unlabeled: texts the distillation learned from beyond the training split (their targets: the teacher's)."""
+    if not extra:
+        return []
+    limit = f", at most {extra['limit']:,}" if extra.get("limit") else ""
+    return [f"- unlabelled texts the teacher labelled for distillation: `{extra.get('source', '?')}` (field "
+            f"`{extra.get('text_field', 'text')}`{limit})"]
 
 
 def student_shape_lines(manifest: dict) -> list[str]:

@@ -1,7 +1,7 @@
 """Stage distill: train a smaller student to copy the teacher (the latest hf-model with role "teacher").
 
 The student is built from the recipe (teacher layers, a config, or any model), trained on the recipe's
-training texts against the teacher's outputs, evaluated on the held-out split with the task metric, and
+training texts (and data.unlabeled's) against the teacher's outputs, evaluated on the held-out split with the task metric, and
 saved as a complete Hugging Face folder (artifact `student`). The teacher's outputs are computed once and
 cached in the work dir: on 2 cores they cost more than an epoch of training (shared/onnx-notes.md).
 Feature losses (hidden-mse, attention) need the teacher's internals, so the teacher then runs in the loop.
