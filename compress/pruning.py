@@ -6,7 +6,9 @@ training texts, measured through the model being pruned (a layer-selected studen
 weights, so this is the teacher's own computation for its kept layers). The top fraction is kept, the kept rows
 and columns of the weights are copied, and the result is a normal Hugging Face model: `intermediate_size` shrinks
 in its config, removed heads are listed in `pruned_heads` (head_dim stays; transformers re-applies it on load).
-Supported: BERT-style encoders (`encoder.layer[i].attention.self`, `.intermediate.dense`, `.output.dense`).
+Supported: BERT-style encoders (`encoder.layer[i].attention.self`, `.intermediate.dense`, `.output.dense`) and
+MPNet's (`attention.attn`); a pruned model that no longer runs (MPNet's relative position bias has one column per
+head of the unpruned model, so its heads cannot be pruned) is a one-sentence StageError, never a traceback.
 """
 
 from __future__ import annotations
@@ -32,21 +34,33 @@ def encoder_layers(model) -> list:
     return list(layers)
 
 
+def attention_parts(layer) -> tuple:
+    """(the self-attention module that knows num_attention_heads, the output projection whose input is the heads'
+    concatenated context vectors) of one encoder block: BERT's attention.self / attention.output.dense, MPNet's
+    attention.attn / attention.attn.o."""
+    attention = layer.attention
+    inner = getattr(attention, "self", None) or getattr(attention, "attn", None)
+    out = getattr(getattr(attention, "output", None), "dense", None) or getattr(inner, "o", None)
+    if inner is None or out is None or not hasattr(inner, "num_attention_heads"):
+        raise StageError(f"width pruning: {type(attention).__name__} is not a BERT- or MPNet-style attention block")
+    return inner, out
+
+
 def importance(model, batches: list[dict]) -> tuple[list, list]:
     """Per layer: head scores (num_heads) and FFN neuron scores (intermediate_size), from `batches` of
     input_ids / attention_mask tensors."""
     import torch
 
     layers = encoder_layers(model)
-    heads = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+    parts = [attention_parts(layer) for layer in layers]
+    heads = [torch.zeros(inner.num_attention_heads) for inner, _ in parts]
     neurons = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
     state: dict = {"mask": None, "tokens": 0.0}
 
     def head_hook(i):
-        def hook(_module, _inputs, output):
-            context = output[0] if isinstance(output, tuple) else output  # (batch, seq, heads * head_dim)
-            attention = layers[i].attention.self
-            per_head = context.reshape(*context.shape[:2], attention.num_attention_heads, -1).norm(dim=-1)
+        def hook(_module, inputs):
+            context = inputs[0]  # the output projection's input: (batch, seq, heads * head_dim)
+            per_head = context.reshape(*context.shape[:2], parts[i][0].num_attention_heads, -1).norm(dim=-1)
             heads[i] += (per_head * state["mask"]).sum((0, 1))
         return hook
 
@@ -55,7 +69,7 @@ def importance(model, batches: list[dict]) -> tuple[list, list]:
             neurons[i] += (output.abs() * state["mask"]).sum((0, 1))
         return hook
 
-    handles = [layer.attention.self.register_forward_hook(head_hook(i)) for i, layer in enumerate(layers)]
+    handles = [out.register_forward_pre_hook(head_hook(i)) for i, (_, out) in enumerate(parts)]
     handles += [layer.intermediate.register_forward_hook(ffn_hook(i)) for i, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
@@ -99,12 +113,27 @@ def prune(model, batches: list[dict], heads: float = 1.0, ffn: float = 1.0):
     removed = {i: [h for h in range(n_heads) if h not in kept] for i, kept in enumerate(kept_heads)}
     if any(removed.values()):
         smaller.prune_heads({i: r for i, r in removed.items() if r})
+    _check_runs(smaller, batches[0], type(model).__name__)
     smaller.train(model.training)
     record = {"heads": {"kept_per_layer": keep_h, "of": n_heads, "kept": kept_heads},
               "ffn": {"kept_per_layer": keep_f, "of": n_inner},
               "params_before": sum(p.numel() for p in model.parameters()),
               "params_after": sum(p.numel() for p in smaller.parameters())}
     return smaller, record
+
+
+def _check_runs(model, batch: dict, name: str) -> None:
+    """One forward pass of the pruned model: an architecture whose other parts assume the full head count fails
+    here, with the reason in one sentence."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    except (RuntimeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"width pruning: the pruned {name} does not run ({first[:200]}); keep its heads "
+                         "(student.from_teacher.heads: 1.0) and prune ffn only") from None
 
 
 def _prefix(model, layer) -> str:

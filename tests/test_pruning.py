@@ -80,6 +80,33 @@ def test_pruning_ranks_the_most_active_neurons_first(tiny4):
     assert torch.equal(kept, model.encoder.layer[0].intermediate.dense.weight[5])
 
 
+def _tiny_mpnet():
+    import torch
+    from transformers import MPNetConfig, MPNetModel
+
+    torch.manual_seed(0)
+    config = MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=64)
+    ids = torch.randint(3, 100, (3, 12))
+    return MPNetModel(config).eval(), [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]
+
+
+def test_pruning_mpnet_ffn_works_and_its_heads_are_one_sentence():
+    import torch
+
+    model, batch = _tiny_mpnet()
+
+    same, _ = pruning.prune(model, batch, heads=1.0, ffn=1.0)
+    small, record = pruning.prune(model, batch, heads=1.0, ffn=0.5)
+
+    with torch.no_grad():
+        assert torch.equal(model(**batch[0]).last_hidden_state, same.eval()(**batch[0]).last_hidden_state)
+    assert small.config.intermediate_size == 32 and record["ffn"]["kept_per_layer"] == 32
+    # MPNet's relative position bias is computed for every head of the unpruned model.
+    with pytest.raises(StageError, match=r"^width pruning: the pruned MPNetModel does not run .*heads: 1\.0"):
+        pruning.prune(model, batch, heads=0.5, ffn=1.0)
+
+
 def test_pruning_refuses_models_that_are_not_bert_style():
     import torch
 
