@@ -67,7 +67,11 @@ def rank_main(argv: Sequence[str]) -> int:
         torch.cuda.set_device(device())
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        return int(worker(*args) or 0)
+        code = int(worker(*args) or 0)
+        # Leave together: rank 0 still saves after the others are done, and tearing gloo down under a peer that
+        # is still connected aborted a rank once ("terminate called without an active exception", SIGABRT).
+        dist.barrier()
+        return code
     finally:
         dist.destroy_process_group()
 

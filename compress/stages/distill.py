@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from compress import pairing
 from compress.errors import StageError
 from compress.schema_base import StrictModel
-from compress.stages.distill_targets import cached_teacher_outputs, teacher_outputs
+from compress.stages.distill_targets import UNLABELED, cached_teacher_outputs, teacher_outputs, with_unlabeled
 from compress.tasks import embedding_head
 from compress.training import (
     Job,
@@ -36,7 +36,6 @@ from compress.training import (
 
 Loss = Literal["cosine", "mse", "similarity", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
 OUTPUT_LOSSES = ("cosine", "mse", "similarity", "logit-kd")
-UNLABELED = -100  # the class id of a data.unlabeled text: cross-entropy's ignore_index
 _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
 
 
@@ -206,20 +205,6 @@ def run(cfg: Config, ctx) -> list:
     meta = {"role": "student", "params": ctx.metrics["student_params"], "teacher": teacher.name,
             "quality": ctx.metrics["quality_after"], **index, **shaped}
     return [*out, ctx.save("student", "hf-model", write, meta)]
-
-
-def with_unlabeled(data):
-    """The data with data.unlabeled's texts joined to the training split: the teacher's outputs are their targets;
-    where the split has labels, theirs is UNLABELED (the hard-label loss skips them)."""
-    extra = getattr(data, "unlabeled", None)
-    if not extra:
-        return data
-    from dataclasses import replace
-
-    from compress.data import Split
-
-    labels = data.train.labels + [UNLABELED] * len(extra) if data.train.labels is not None else None
-    return replace(data, train=Split(data.train.texts + extra, labels))
 
 
 def _widths(student_net, teacher_net) -> tuple[int, int]:

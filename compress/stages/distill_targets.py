@@ -1,8 +1,25 @@
-"""The teacher's outputs that a distillation learns from: computed once per text set and cached machine-wide."""
+"""What a distillation learns from: the training texts (with data.unlabeled's) and the teacher's outputs on them,
+computed once per text set and cached machine-wide."""
 
 from __future__ import annotations
 
 from compress.training import progress_bar
+
+UNLABELED = -100  # the class id of a data.unlabeled text: cross-entropy's ignore_index
+
+
+def with_unlabeled(data):
+    """The data with data.unlabeled's texts joined to the training split: the teacher's outputs are their targets;
+    where the split has labels, theirs is UNLABELED (the hard-label loss skips them)."""
+    extra = getattr(data, "unlabeled", None)
+    if not extra:
+        return data
+    from dataclasses import replace
+
+    from compress.data import Split
+
+    labels = data.train.labels + [UNLABELED] * len(extra) if data.train.labels is not None else None
+    return replace(data, train=Split(data.train.texts + extra, labels))
 
 
 def cached_teacher_outputs(ctx, task, teacher, net, data, max_length: int) -> tuple[dict, bool]:
