@@ -44,7 +44,7 @@ def load_dataset(cfg) -> Dataset:
     if cfg.train_limit:
         train_idx = train_idx[: cfg.train_limit]
     train = _take(texts, labels, train_idx)
-    extra = _unlabeled(cfg, rng, {*train.texts, *held.texts}) if getattr(cfg, "unlabeled", None) else None
+    extra = _unlabeled(cfg, rng, {*train.texts, *held.texts}) if cfg.unlabeled else None
     return Dataset(train=train, eval=held, label_names=names, unlabeled=extra)
 
 

@@ -22,7 +22,7 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
         problems.append((("teacher", "source"), message))
     if (message := data_problem(recipe.data.source, recipe.task)) is not None:
         problems.append((("data", "source"), message))
-    extra = getattr(recipe.data, "unlabeled", None)
+    extra = recipe.data.unlabeled
     if extra and (message := data_problem(extra.source, recipe.task)) is not None:
         problems.append((("data", "unlabeled", "source"), message))
     if problems:

@@ -54,9 +54,9 @@ class TrainingConfig(StageBase):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="Arithmetic of the training steps: bf16 autocast (weights, optimizer state, "
         "the teacher's targets and every evaluation stay fp32) or fp32. auto: bf16 where the processor computes "
-        "it natively (x86 avx512_bf16 or amx_bf16, Arm bf16, a CUDA GPU with bf16), else fp32. Measured on the "
-        "quickstart's student (AMD EPYC with avx512_bf16, 2 cores): 1.5x the steps per minute, and the same "
-        "held-out cosine after 300 steps (0.9388 both).")
+        "it natively (x86 avx512_bf16 or amx_bf16, Arm bf16, a CUDA GPU with bf16), else fp32. Measured with "
+        "recipes/quickstart.yaml (AMD EPYC with avx512_bf16, 2 cores): 902 steps in its 4 minutes instead of 558, "
+        "held-out cosine 0.948 instead of 0.945.")
 
 
 # ---------------------------------------------------------------- shared by the training stages
