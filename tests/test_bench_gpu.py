@@ -32,5 +32,5 @@ def test_bench_gpu_rehearses_on_the_cpu_and_reports_cuda_honestly(tmp_path, tiny
     assert all(p["int8"].get("cosine") is not None for p in data["curve"])
     cuda = [r for r in data["onnx_rows"] if r["provider"] == "CUDAExecutionProvider"]
     assert cuda and all(r["status"] != "ok" and r["reason"] for r in cuda)  # no CPU number under the GPU's name
-    assert {r["precision"] for r in data["torch_rows"]} == {"float32", "fp16"}
+    assert {r["precision"] for r in data["torch_rows"]} == {"fp32", "fp16"}
     assert "not measured" in next(results.glob("*.md")).read_text()

@@ -217,3 +217,57 @@ def test_harness_reports_io_binding_in_its_result(linear):
                              "--min-seconds", "0")
 
     assert rc == 0 and result["status"] == "ok" and result["io_binding"] is True and result["latency_ms"]["p50"] > 0
+
+
+# onnxruntime's verbose placement log, as 1.2x-1.3x write it (session_state.cc, VerifyEachNodeIsAssignedToAnEp).
+SPLIT_LOG = """[V:onnxruntime:, session_state.cc:1598 VerifyEachNodeIsAssignedToAnEp] Node placements
+[V:onnxruntime:, session_state.cc:1601 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CUDAExecutionProvider]. Number of nodes: 340
+[V:onnxruntime:, session_state.cc:1603 VerifyEachNodeIsAssignedToAnEp]   MatMul (/layer.0/MatMul)
+[V:onnxruntime:, session_state.cc:1601 VerifyEachNodeIsAssignedToAnEp]  Node(s) placed on [CPUExecutionProvider]. Number of nodes: 4
+[V:onnxruntime:, session_state.cc:1603 VerifyEachNodeIsAssignedToAnEp]   Gather (/embeddings/Gather)
+[V:onnxruntime:, session_state.cc:1603 VerifyEachNodeIsAssignedToAnEp]   DynamicQuantizeLinear (/layer.0/q)
+[V:onnxruntime:, session_state.cc:1603 VerifyEachNodeIsAssignedToAnEp]   MatMulInteger (/layer.0/mm)
+[V:onnxruntime:, session_state.cc:1603 VerifyEachNodeIsAssignedToAnEp]   MatMulInteger (/layer.1/mm)
+[W:onnxruntime:, session_state.cc:1605 VerifyEachNodeIsAssignedToAnEp] Some nodes were not assigned to the preferred execution providers"""
+ALL_CPU_LOG = ("[V:onnxruntime:, session_state.cc:1601 VerifyEachNodeIsAssignedToAnEp]  All nodes placed on "
+               "[CPUExecutionProvider]. Number of nodes: 7")
+
+
+@pytest.mark.parametrize(("log", "nodes", "cpu_ops", "reason"), [
+    (SPLIT_LOG, {"CUDAExecutionProvider": 340, "CPUExecutionProvider": 4},
+     {"DynamicQuantizeLinear": 1, "MatMulInteger": 2}, None),  # Gather: shape arithmetic, kept on the CPU on purpose
+    (ALL_CPU_LOG, {"CPUExecutionProvider": 7}, {}, "every node on CPUExecutionProvider"),
+    ("no placement lines at all", {}, {}, None),  # nothing learnt: no claim either way
+])
+def test_harness_parse_placement_counts_nodes_and_cpu_compute_ops(log, nodes, cpu_ops, reason):
+    placement = harness.parse_placement(log)
+
+    assert placement == {"nodes": nodes, "cpu_ops": cpu_ops}
+    why = harness.placement_reason("CUDAExecutionProvider", placement)
+    assert (why is None) if reason is None else (reason in why)
+
+
+def test_harness_node_placement_reads_onnxruntimes_own_log(linear):
+    placement = harness.node_placement(str(linear["dir"] / "model.onnx"), "CPUExecutionProvider")
+
+    assert placement["nodes"] == {"CPUExecutionProvider": 2}  # Cast and MatMul
+    assert placement["cpu_ops"] == {}  # one provider took every node: the log gives the count, not the list
+
+
+@pytest.mark.parametrize(("has_preload", "fails"), [(True, False), (True, True), (False, False)])
+def test_harness_preload_cuda_libraries_keeps_stdout_clean(capsys, has_preload, fails):
+    calls = []
+
+    class FakeOrt:  # onnxruntime-gpu's preload_dlls prints what it could not load; older versions lack it
+        def preload_dlls(self):
+            calls.append(1)
+            print("Failed to load libcudnn.so.9")
+            if fails:
+                raise RuntimeError("Invalid parameter of directory")
+
+    fake = FakeOrt() if has_preload else object()
+    harness.preload_cuda_libraries(fake)
+
+    out, err = capsys.readouterr()
+    assert out == "" and calls == ([1] if has_preload else [])
+    assert ("Failed to load" in err) == has_preload and ("Invalid parameter" in err) == fails

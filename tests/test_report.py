@@ -294,3 +294,18 @@ def test_report_session_settings_are_separate_rows_and_targets_are_listed(tmp_pa
     assert {r["setting"] for r in result["rows"] if r["variant"] == "student.onnx"} >= {"b1/s128/t1",
                                                                                       "b1/s128/t1/opt-basic"}
     assert "target pi5: Cortex-A76 (aarch64, 4 cores" in (tmp_path / "report.md").read_text()
+
+
+def test_report_notes_gpu_rows_whose_compute_ran_on_the_cpu(tmp_path):
+    split = row("student.int8-dynamic.onnx", 8.2, 0.95, precision="int8-dynamic", provider="CUDAExecutionProvider")
+    split["placement"] = {"nodes": {"CUDAExecutionProvider": 340, "CPUExecutionProvider": 62},
+                          "cpu_ops": {"MatMulInteger": 36, "DynamicQuantizeLinear": 24}}
+    whole = row("student.fp16.onnx", 0.4, 0.95, precision="fp16", provider="CUDAExecutionProvider")
+    whole["placement"] = {"nodes": {"CUDAExecutionProvider": 300, "CPUExecutionProvider": 3}, "cpu_ops": {}}
+
+    report.write_reports(tmp_path, make_run(tmp_path, [*BASE, split, whole]))
+
+    notes = [line for line in (tmp_path / "report.md").read_text().splitlines() if "ran on the CPU" in line]
+    assert notes == ["- student.int8-dynamic.onnx on CUDA (b1/s128/t1): 62 of 402 nodes ran on the CPU "
+                     "(MatMulInteger x36, DynamicQuantizeLinear x24); its time includes them and the copies to and "
+                     "from the device"]

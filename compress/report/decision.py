@@ -67,6 +67,20 @@ def real_lengths_note(rows: list[dict]) -> str:
             "batch 1 unpadded, batch N padded to the longest of each group of N texts")
 
 
+def placement_notes(rows: list[dict]) -> list[str]:
+    """One line per GPU row whose compute nodes partly ran on the CPU (its time includes theirs and the copies)."""
+    notes = []
+    for row in rows:
+        placement = row.get("placement") or {}
+        cpu_ops, nodes = placement.get("cpu_ops") or {}, placement.get("nodes") or {}
+        if row.get("status") == "ok" and cpu_ops:
+            ops = ", ".join(f"{op} x{n}" for op, n in sorted(cpu_ops.items(), key=lambda kv: -kv[1]))
+            notes.append(f"{row['variant']} on {short(row.get('provider'))} ({setting_label(row)}): "
+                         f"{nodes.get('CPUExecutionProvider', 0)} of {sum(nodes.values())} nodes ran on the CPU "
+                         f"({ops}); its time includes them and the copies to and from the device")
+    return notes
+
+
 def setting_label(row: dict) -> str:
     """`b1/s128/t1` (`b1/real(med 31)/t1` at the data's real lengths), plus `/i2`, `/opt-basic`, `/parallel` and
     `@target` where they differ from the defaults."""
@@ -152,6 +166,7 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "execution_mode": row.get("execution_mode"), "provider_request": row.get("provider_request"),
         "setting": setting_label(row), "size_mb": num(row.get("size_mb")),
         "seq_len_median": row.get("seq_len_median"), "real_lengths": row.get("real_lengths"),
+        "placement": row.get("placement"),  # GPU rows: nodes per provider, compute ops left on the CPU
         "size_ratio": ratio(row.get("size_mb"), (base or {}).get("size_mb")),
         "p50_ms": p50, "p90_ms": num(latency.get("p90")), "p99_ms": num(latency.get("p99")),
         "rounds_p50_ms": latency.get("rounds_p50") or [], "throughput": num(row.get("throughput")),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from compress.report.decision import QUALITY_BASIS, TIE_MARGIN, is_recommended, real_lengths_note, where
+from compress.report.decision import (QUALITY_BASIS, TIE_MARGIN, is_recommended, placement_notes,
+                                      real_lengths_note, where)
 
 # The terminal table keeps what a decision needs; report.md has every column.
 CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
@@ -163,7 +164,8 @@ def _environment_lines(report: dict) -> list[str]:
             (f"- method: {settings.get('rounds', '?')} interleaved rounds, each >= "
              f"{settings.get('min_iterations', '?')} runs and >= {settings.get('min_seconds', '?')} s after "
              f"{settings.get('warmup', '?')} warm-up runs; quality on {settings.get('eval_size', '?')} texts"),
-            *([f"- {note}"] if (note := real_lengths_note(report.get("rows") or [])) else []), ""]
+            *([f"- {note}"] if (note := real_lengths_note(report.get("rows") or [])) else []),
+            *(f"- {note}" for note in placement_notes(report.get("rows") or [])), ""]
 
 
 def trust_line(trust: dict | None) -> str:

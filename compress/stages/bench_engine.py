@@ -277,6 +277,7 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, 
     latency["n"] = merged["latency_ms"]["n"]
     row.update(latency_ms=latency, throughput=merged["throughput"], provider_used=results[0]["providers_used"][0],
                peak_rss_mb=max(r["peak_rss_mb"] or 0.0 for r in results), machine=results[0].get("machine"),
+               placement=results[0].get("placement"),
                quality=quality.get(cell.key, {}),
                spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
     return row

@@ -17,11 +17,13 @@ never labelled as another provider) or "error" (with the reason).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -218,11 +220,82 @@ def make_session(model: str, provider: str, threads: int, graph_opt: str = "all"
     }[graph_opt]
     first = (provider, provider_options) if provider_options else provider
     providers = [first] if provider == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
+    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        preload_cuda_libraries(ort)
     return ort.InferenceSession(model, sess_options=options, providers=providers)
+
+
+def preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (as PyTorch installs them) before a CUDA session.
+
+    onnxruntime-gpu finds them there only when asked to, or when torch was imported first; this worker
+    imports no torch, so without it the CUDA provider fails to load and the session quietly runs on the CPU.
+    """
+    if not hasattr(ort, "preload_dlls"):  # onnxruntime < 1.21: CUDA must be on the library path
+        return
+    with contextlib.redirect_stdout(sys.stderr):  # it prints what it could not load; stdout may carry JSON
+        try:
+            ort.preload_dlls()
+        except (OSError, RuntimeError) as exc:
+            print(f"onnxruntime.preload_dlls: {exc}", file=sys.stderr)
 
 
 # onnxruntime's device name for a provider whose tensors live off the host (IO binding binds them there).
 DEVICE_OF = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+
+# onnxruntime's verbose log lists where each node runs; session.get_providers() does not (it names the providers
+# asked for even when the heavy nodes run on the CPU, as int8-dynamic's MatMulInteger does under CUDA).
+PLACED = re.compile(r"(?:Node\(s\)|All nodes) placed on \[(\w+)\]\. Number of nodes: (\d+)")
+PLACED_OP = re.compile(r"VerifyEachNodeIsAssignedToAnEp\]\s{3,}(\w+) \(")
+# Ops onnxruntime keeps on the CPU on purpose (shape arithmetic): not worth a note when they do.
+SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Cast", "Range", "Size",
+             "ConstantOfShape", "Equal", "Where", "Expand", "Constant", "MemcpyToHost", "MemcpyFromHost"}
+
+
+def parse_placement(log: str) -> dict:
+    """{"nodes": {provider: count}, "cpu_ops": {op type: count of compute nodes on the CPU}} from the log."""
+    nodes, cpu_ops, current = {}, {}, None
+    for line in log.splitlines():
+        placed = PLACED.search(line)
+        if placed:
+            current = placed.group(1)
+            nodes[current] = int(placed.group(2))
+            continue
+        op = PLACED_OP.search(line)
+        if op and current == "CPUExecutionProvider" and op.group(1) not in SHAPE_OPS:
+            cpu_ops[op.group(1)] = cpu_ops.get(op.group(1), 0) + 1
+    return {"nodes": nodes, "cpu_ops": cpu_ops}
+
+
+def node_placement(model: str, provider: str, provider_options: dict | None = None) -> dict:
+    """Where onnxruntime places each node of `model` under `provider`: a throwaway session with the verbose log,
+    its stderr captured at the file descriptor (the log is written by onnxruntime's C++ side)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            first = (provider, provider_options) if provider_options else provider
+            ort.InferenceSession(model, sess_options=options, providers=[first, "CPUExecutionProvider"])
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        return parse_placement(log.read().decode("utf-8", "replace"))
+
+
+def placement_reason(requested: str, placement: dict) -> str | None:
+    """Why the numbers are not `requested`'s at all (every node on another provider), else None."""
+    nodes = placement.get("nodes") or {}
+    if nodes and not nodes.get(requested):
+        return f"onnxruntime placed every node on {', '.join(nodes)} (none on {requested})"
+    return None
 
 
 def run_once(session, feeds: dict, provider: str, io_binding: str = "auto", device_id: int = 0):
@@ -447,6 +520,9 @@ def bench(args) -> dict:
     result["session_seconds"] = time.perf_counter() - t0
     result["providers_used"] = session.get_providers()
     reason = check_providers(args.provider, result["providers_used"])
+    if not reason and args.provider in DEVICE_OF:
+        result["placement"] = node_placement(args.model, args.provider, args.provider_options)
+        reason = placement_reason(args.provider, result["placement"])
     if reason:
         return {**result, "status": "unavailable", "reason": reason}
     if args.generate:
