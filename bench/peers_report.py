@@ -216,8 +216,9 @@ def shortfalls(rows: list[dict], v: dict, optimum_res: dict) -> list[str]:
                    "model cannot be 2x faster than another int8 of it; the speed has to come from a smaller model.")
     student = by.get("compress: student.int8-dynamic.onnx")
     if student and student["loss_points"] is not None:
-        out.append(f"- The 3-layer student (int8) is where the speed comes from, but after the quickstart's 4 "
-                   f"minutes of distillation on 2 cores it loses {student['loss_points']:.1f} points of cosine, well "
-                   f"over {v['max_loss_points']:g}. Closing that gap needs more distillation (more data and minutes: "
-                   "issue 3's measurements), not a different quantizer.")
+        out.append(f"- The quickstart's student (int8) is where the speed comes from, but after its 4 minutes of "
+                   f"distillation on 2 cores it loses {student['loss_points']:.1f} points of cosine, over "
+                   f"{v['max_loss_points']:g}. More minutes alone do not close that gap (on an H200, 4x the steps "
+                   "gained half a point: bench/results/2026-11-30-h200-gpu.md); a bigger student (less speed) or more "
+                   "in-domain text might, a different quantizer cannot.")
     return out or ["- Nothing: the criterion is met."]

@@ -248,6 +248,8 @@ DEVICE_OF = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda
 PLACED = re.compile(r"(?:Node\(s\)|All nodes) placed on \[(\w+)\]\. Number of nodes: (\d+)")
 PLACED_OP = re.compile(r"VerifyEachNodeIsAssignedToAnEp\]\s{3,}(\w+) \(")
 # Ops onnxruntime keeps on the CPU on purpose (shape arithmetic): not worth a note when they do.
+# GPU providers whose placement a throwaway session reads cheaply (TensorRT would build its engine twice).
+PLACEMENT_CHECKED = ("CUDAExecutionProvider", "DmlExecutionProvider")
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Cast", "Range", "Size",
              "ConstantOfShape", "Equal", "Where", "Expand", "Constant", "MemcpyToHost", "MemcpyFromHost"}
 
@@ -520,7 +522,7 @@ def bench(args) -> dict:
     result["session_seconds"] = time.perf_counter() - t0
     result["providers_used"] = session.get_providers()
     reason = check_providers(args.provider, result["providers_used"])
-    if not reason and args.provider in DEVICE_OF:
+    if not reason and args.provider in PLACEMENT_CHECKED:
         result["placement"] = node_placement(args.model, args.provider, args.provider_options)
         reason = placement_reason(args.provider, result["placement"])
     if reason:
