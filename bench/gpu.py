@@ -120,7 +120,8 @@ def markdown(data: dict) -> str:
              "| minutes | steps | samples/s | precision | fp32 cosine | fp32 top-10 | int8 cosine | int8 top-10 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in data["curve"]:
-        lines.append(f"| {p['minutes']} | {p['steps']} | {_f(p['samples_per_s'], '.0f')} | {p.get('precision') or '-'} | "
+        lines.append(f"| {p['minutes']} | {p['steps']} | {_f(p['samples_per_s'], '.0f')} | "
+                     f"{p.get('precision') or '-'} | "
                      f"{_f(p['fp32'].get('cosine'))} | {_f(p['fp32'].get('top10_agreement'))} | "
                      f"{_f(p['int8'].get('cosine'))} | {_f(p['int8'].get('top10_agreement'))} |")
     lines += ["", f"For comparison, {CPU_CURVE}.", "", "## Execution providers and PyTorch", "",

@@ -215,4 +215,16 @@ def recipe_notes(recipe) -> list[str]:
             notes.append(f"stages[{index}]: int8-dynamic turns a CNN's convolutions into ConvInteger, which "
                          "onnxruntime's CPU kernels run about 5-11x slower than fp32; int8-static is the scheme "
                          "for convolutional models (the default when schemes is not set).")
+        if getattr(stage, "kind", None) == "quantize" and "int8-dynamic" in schemes and _benches_on_cuda(recipe):
+            notes.append(f"stages[{index}]: int8-dynamic on the CUDA provider ran 20x slower than fp32 at batch 1 "
+                         "and 300x at batch 32 on an H200 (bench/results/2026-11-30-h200-gpu.md; most likely its "
+                         "quantized MatMuls running on the CPU); fp16 is the scheme for a GPU.")
     return notes
+
+
+def _benches_on_cuda(recipe) -> bool:
+    """Whether a bench stage names the CUDA provider (`cuda`, `CUDAExecutionProvider` or `{cuda: {...}}`)."""
+    names = [next(iter(spec)) if isinstance(spec, dict) else spec
+             for stage in recipe.stages if getattr(stage, "kind", None) == "bench"
+             for spec in getattr(stage, "providers", None) or []]
+    return any(str(name).lower() in ("cuda", "cudaexecutionprovider") for name in names)

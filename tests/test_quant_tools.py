@@ -181,3 +181,30 @@ stages:
 
     assert len(notes) == int(noted)
     assert not noted or ("stages[1]: int8-dynamic" in notes[0] and "ConvInteger" in notes[0])
+
+
+@pytest.mark.parametrize("providers, schemes, noted", [
+    ("[cpu, cuda]", "[int8-dynamic, fp16]", True),
+    ("[{CUDAExecutionProvider: {device_id: 0}}]", "[int8-dynamic]", True),
+    ("[cpu]", "[int8-dynamic]", False),
+    ("[cuda]", "[fp16, int8-static]", False),
+])
+def test_recipe_notes_say_int8_dynamic_is_slow_on_cuda(providers, schemes, noted):
+    from compress.recipe import parse_recipe
+
+    recipe = parse_recipe(f"""
+version: 1
+name: n
+task: sentence-embedding
+teacher: {{source: some/folder}}
+data: {{source: texts.csv, text_field: text}}
+stages:
+  - {{kind: export}}
+  - {{kind: quantize, schemes: {schemes}}}
+  - {{kind: bench, providers: {providers}}}
+""")
+
+    notes = quant_tools.recipe_notes(recipe)
+
+    assert len(notes) == int(noted)
+    assert not noted or ("stages[1]: int8-dynamic on the CUDA provider" in notes[0] and "fp16" in notes[0])

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from compress.report.decision import (QUALITY_BASIS, TIE_MARGIN, is_recommended, placement_notes,
-                                      real_lengths_note, where)
+from compress.report.decision import (
+    QUALITY_BASIS,
+    TIE_MARGIN,
+    is_recommended,
+    placement_notes,
+    real_lengths_note,
+    where,
+)
 
 # The terminal table keeps what a decision needs; report.md has every column.
 CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
