@@ -228,8 +228,8 @@ def make_session(model: str, provider: str, threads: int, graph_opt: str = "all"
 def preload_cuda_libraries(ort) -> None:
     """Load CUDA and cuDNN from the nvidia-* pip packages (as PyTorch installs them) before a CUDA session.
 
-    onnxruntime-gpu finds them there only when asked to, or when torch was imported first; this worker
-    imports no torch, so without it the CUDA provider fails to load and the session quietly runs on the CPU.
+    onnxruntime-gpu finds them there only when asked to, or when torch was imported first; this worker imports no
+    torch, so where CUDA is not on the library path the provider would not load and there would be no CUDA row.
     """
     if not hasattr(ort, "preload_dlls"):  # onnxruntime < 1.21: CUDA must be on the library path
         return
@@ -244,12 +244,12 @@ def preload_cuda_libraries(ort) -> None:
 DEVICE_OF = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 
 # onnxruntime's verbose log lists where each node runs; session.get_providers() does not (it names the providers
-# asked for even when the heavy nodes run on the CPU, as int8-dynamic's MatMulInteger does under CUDA).
+# asked for even when some heavy nodes run on the CPU, e.g. ops the GPU provider has no kernel for).
 PLACED = re.compile(r"(?:Node\(s\)|All nodes) placed on \[(\w+)\]\. Number of nodes: (\d+)")
 PLACED_OP = re.compile(r"VerifyEachNodeIsAssignedToAnEp\]\s{3,}(\w+) \(")
-# Ops onnxruntime keeps on the CPU on purpose (shape arithmetic): not worth a note when they do.
 # GPU providers whose placement a throwaway session reads cheaply (TensorRT would build its engine twice).
 PLACEMENT_CHECKED = ("CUDAExecutionProvider", "DmlExecutionProvider")
+# Ops onnxruntime keeps on the CPU on purpose (shape arithmetic): not worth a note when they do.
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Reshape", "Cast", "Range", "Size",
              "ConstantOfShape", "Equal", "Where", "Expand", "Constant", "MemcpyToHost", "MemcpyFromHost"}
 
