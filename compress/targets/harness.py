@@ -204,10 +204,11 @@ EXECUTION_MODES = ("sequential", "parallel")
 
 
 def make_session(model: str, provider: str, threads: int, graph_opt: str = "all", inter_threads: int = 1,
-                 execution_mode: str = "sequential", provider_options: dict | None = None):
+                 execution_mode: str = "sequential", provider_options: dict | None = None, log_severity: int = 2):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.log_severity_level = log_severity  # 2 (warnings) is onnxruntime's default; 0 logs node placement
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (all cores)
     options.inter_op_num_threads = inter_threads  # used by the parallel execution mode only
     options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
@@ -220,7 +221,7 @@ def make_session(model: str, provider: str, threads: int, graph_opt: str = "all"
     }[graph_opt]
     first = (provider, provider_options) if provider_options else provider
     providers = [first] if provider == "CPUExecutionProvider" else [first, "CPUExecutionProvider"]
-    if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+    if DEVICE_OF.get(provider) == "cuda":
         preload_cuda_libraries(ort)
     return ort.InferenceSession(model, sess_options=options, providers=providers)
 
@@ -269,22 +270,17 @@ def parse_placement(log: str) -> dict:
     return {"nodes": nodes, "cpu_ops": cpu_ops}
 
 
-def node_placement(model: str, provider: str, provider_options: dict | None = None) -> dict:
+def node_placement(model: str, provider: str, provider_options: dict | None = None, graph_opt: str = "all") -> dict:
     """Where onnxruntime places each node of `model` under `provider`: a throwaway session with the verbose log,
     its stderr captured at the file descriptor (the log is written by onnxruntime's C++ side)."""
     import tempfile
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 0
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         try:
-            first = (provider, provider_options) if provider_options else provider
-            ort.InferenceSession(model, sess_options=options, providers=[first, "CPUExecutionProvider"])
+            make_session(model, provider, 1, graph_opt, provider_options=provider_options, log_severity=0)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
@@ -523,7 +519,7 @@ def bench(args) -> dict:
     result["providers_used"] = session.get_providers()
     reason = check_providers(args.provider, result["providers_used"])
     if not reason and args.provider in PLACEMENT_CHECKED:
-        result["placement"] = node_placement(args.model, args.provider, args.provider_options)
+        result["placement"] = node_placement(args.model, args.provider, args.provider_options, args.graph_opt)
         reason = placement_reason(args.provider, result["placement"])
     if reason:
         return {**result, "status": "unavailable", "reason": reason}
