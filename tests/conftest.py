@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -22,7 +23,10 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 os.environ.setdefault("NODE_PATH", str(ROOT / ".venv" / "node_modules"))
 # Teacher outputs are cached machine-wide (compress/teacher_cache.py): tests, and the compress commands they start,
 # use a cache of their own session instead of the user's.
-os.environ.setdefault("COMPRESS_CACHE_DIR", tempfile.mkdtemp(prefix="compress-test-cache-"))
+# Only the process that makes it (the first to import this file) removes it; workers inherit the variable.
+if "COMPRESS_CACHE_DIR" not in os.environ:
+    os.environ["COMPRESS_CACHE_DIR"] = tempfile.mkdtemp(prefix="compress-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["COMPRESS_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
