@@ -287,10 +287,10 @@ CASES: list[Case] = [
     # --- signals
     Case("sigterm_in_export", "SIGTERM while export's parity subprocess runs",
          lambda w, i: ["run", str(_recipe(w, i)), "--out", str(w / "run")], 143,
-         "interrupted (SIGTERM) in export", ours=("run",), signal="SIGTERM", wait_for="compress.stages._parity"),
+         "interrupted (SIGTERM) in export", ours=("run",), signal="SIGTERM", wait_for="compress.stages.parity"),
     Case("sigint_in_export", "Ctrl-C (SIGINT) while export's parity subprocess runs",
          lambda w, i: ["run", str(_recipe(w, i)), "--out", str(w / "run")], 130,
-         "interrupted (Ctrl-C) in export", ours=("run",), signal="SIGINT", wait_for="compress.stages._parity",
+         "interrupted (Ctrl-C) in export", ours=("run",), signal="SIGINT", wait_for="compress.stages.parity",
          short=False),
 ]
 

@@ -129,7 +129,7 @@ def _run_signalled(command: list[str], work: Path, case: Case) -> tuple[int, str
                             text=True)
     child, deadline = None, time.monotonic() + TIMEOUT
     while child is None and proc.poll() is None and time.monotonic() < deadline:
-        child = _find_process(case.wait_for, str(work))
+        child = _find_process(case.wait_for, proc.pid)
         time.sleep(0.02)
     if proc.poll() is None:
         proc.send_signal(getattr(signal, case.signal))
@@ -144,15 +144,17 @@ def _run_signalled(command: list[str], work: Path, case: Case) -> tuple[int, str
     return proc.returncode, stderr
 
 
-def _find_process(needle: str, where: str) -> int | None:
+def _find_process(needle: str, parent: int) -> int | None:
+    """A child of `parent` with `needle` in its command line."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        if needle in cmdline and where in cmdline:
+        if needle in cmdline and ppid == parent:
             return int(pid)
     return None
 

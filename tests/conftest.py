@@ -66,11 +66,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def tiny_texts(tmp_path) -> Path:
+    return make_tiny_texts(tmp_path / "texts.csv")
+
+
+def make_tiny_texts(path: Path) -> Path:
     """A small CSV with text and fresh/rotten labels."""
     import csv
 
     words = ["good", "bad", "great", "awful", "fine", "boring", "brilliant", "dull", "moving", "flat"]
-    path = tmp_path / "texts.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "category"])

@@ -10,8 +10,6 @@ Parity with torch is checked in a fresh process on real eval examples, and recor
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -20,6 +18,7 @@ from pydantic import Field
 
 from compress.errors import StageError
 from compress.schema_base import StageBase
+from compress.stages.parity import ParityChecker
 
 
 class Config(StageBase):
@@ -43,18 +42,23 @@ class Config(StageBase):
 
 
 def run(cfg: Config, ctx) -> list:
-    out = []
-    for source in ctx.of_format("hf-model", cfg.models):
-        name = f"{source.name}.onnx"
-        meta: dict = {}
-        artifact = ctx.save(name, "onnx", lambda tmp, s=source, m=meta: _export(cfg, ctx, s, tmp, m))
-        out.append(_with_meta(artifact, source, meta))
-        ctx.metrics[name] = meta
-        ctx.console.print(
-            f"  exported {source.name} -> {name}: parity max|diff| {meta['parity_max_abs']:.2e}, "
-            f"cosine {meta['parity_cosine']:.6f}"
-        )
-    return out
+    sources = ctx.of_format("hf-model", cfg.models)
+    with ParityChecker() as checker:
+        if sources:
+            checker.start()  # its imports overlap the first export
+        return [_export_one(cfg, ctx, source, checker) for source in sources]
+
+
+def _export_one(cfg: Config, ctx, source, checker: ParityChecker):
+    name = f"{source.name}.onnx"
+    meta: dict = {}
+    artifact = ctx.save(name, "onnx", lambda tmp: _export(cfg, ctx, source, tmp, meta, checker))
+    ctx.metrics[name] = meta
+    ctx.console.print(
+        f"  exported {source.name} -> {name}: parity max|diff| {meta['parity_max_abs']:.2e}, "
+        f"cosine {meta['parity_cosine']:.6f}"
+    )
+    return _with_meta(artifact, source, meta)
 
 
 def _with_meta(artifact, source, meta: dict):
@@ -63,7 +67,7 @@ def _with_meta(artifact, source, meta: dict):
     return replace(artifact, metadata={"source": source.name, "precision": "fp32", "role": source.metadata.get("role", source.name), **meta})
 
 
-def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
+def _export(cfg: Config, ctx, source, tmp: Path, meta: dict, checker: ParityChecker) -> None:
     import torch
 
     from compress.tasks.common import copy_bundle_files, write_json
@@ -91,7 +95,7 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict) -> None:
     if hasattr(task, "preprocessing"):  # e.g. images: size and normalisation the app must apply as training did
         info["preprocessing"] = task.preprocessing(ctx.recipe.data)
     write_json(tmp / "compress.json", info)
-    meta.update(_parity(ctx, source.path, tmp, inputs.encode(examples, ctx.recipe.data.max_length)))
+    meta.update(_parity(checker, ctx, source.path, tmp, inputs.encode(examples, ctx.recipe.data.max_length)))
     if meta["parity_max_abs"] > cfg.parity_max_abs:
         raise StageError(
             f"export of {source.name}: ONNX output differs from torch by {meta['parity_max_abs']:.3g} "
@@ -113,27 +117,18 @@ def _optimize(model_path: Path, source_dir: Path) -> dict:
     return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def _parity(ctx, model_dir: Path, bundle: Path, inputs: dict) -> dict:
-    """Compare ONNX and torch outputs on `inputs` (real eval examples) in a fresh process (in-process
-    comparisons can mislead)."""
+def _parity(checker: ParityChecker, ctx, model_dir: Path, bundle: Path, inputs: dict) -> dict:
+    """Compare ONNX and torch outputs on `inputs` (real eval examples) in another process (in-process comparisons
+    can mislead: shared/onnx-notes.md)."""
     import numpy as np
-
-    from compress.procs import die_with_parent
 
     inputs_file = bundle.parent / f"{bundle.name}.parity.npz"
     with open(inputs_file, "wb") as handle:
         np.savez(handle, **inputs)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "compress.stages._parity", ctx.recipe.task, str(model_dir), str(bundle),
-             str(inputs_file)],
-            capture_output=True, text=True, timeout=600, preexec_fn=die_with_parent,
-        )  # Ctrl-C or SIGTERM here: subprocess.run kills the child; SIGKILL of this process: the kernel does
+        return checker.check(ctx.recipe.task, model_dir, bundle, inputs_file)
     finally:
         inputs_file.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise StageError(f"export parity check failed to run:\n{proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _eval_examples(ctx, n: int):
