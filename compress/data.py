@@ -105,7 +105,7 @@ def _read_source(cfg, split: str | None, where: str):
     if split:
         raise SourceError(f"{where}: {path.name} is one table; split and eval_split apply to save_to_disk "
                           "DatasetDict folders and hf: sources")
-    return _read_table(path, source), None
+    return read_table(path, source), None
 
 
 def _load_saved(path: Path, split: str | None, where: str):
@@ -226,7 +226,7 @@ def _kind(value) -> str:
         type(value), type(value).__name__)
 
 
-def _read_table(path: Path, source: str):
+def read_table(path: Path, source: str):
     import pandas as pd
 
     suffixes = [s.lower() for s in path.suffixes]

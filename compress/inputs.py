@@ -1,5 +1,6 @@
 """The recipe's local paths checked before anything runs: the teacher and the data exist and are what the recipe
-says (a model folder or a .gguf file; a data file or folder), each problem one line with file:line (exit 2).
+says (a model folder or a .gguf file; a data file or folder, with the columns text_field and label_field name),
+each problem one line with file:line (exit 2).
 
 Used by `compress validate` and by the runner before any stage. Ground floor: imports only sources and errors, and
 reads the recipe file's YAML itself for the lines (the recipe has been validated by then)."""
@@ -22,13 +23,73 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
         problems.append((("teacher", "source"), message))
     if (message := data_problem(recipe.data.source, recipe.task)) is not None:
         problems.append((("data", "source"), message))
+    else:
+        problems += field_problems(recipe.data.source, _fields(recipe), ("data",))
     extra = recipe.data.unlabeled
     if extra and (message := data_problem(extra.source, recipe.task)) is not None:
         problems.append((("data", "unlabeled", "source"), message))
+    elif extra:
+        problems += field_problems(extra.source, {"text_field": extra.text_field}, ("data", "unlabeled"))
     if problems:
         lines = _lines(recipe_file)
         raise RecipeError("\n".join(f"{_where(recipe_file, lines, key)}: {'.'.join(key)}: {message}"
                                     for key, message in problems))
+
+
+def _fields(recipe) -> dict:
+    data = recipe.data
+    if recipe.task == "image-classification":
+        return {}
+    return {"text_field": data.text_field} | ({"label_field": data.label_field} if data.label_field else {})
+
+
+def field_problems(source: str, fields: dict, key: tuple) -> list:
+    """A column named by `fields` ({"text_field": "text"}) that a local data file lacks; unknown (a folder, a
+    parquet file, a source elsewhere): nothing to say here, the run says it when it reads the data."""
+    path = _local(source)
+    head = read_head(path) if isinstance(path, Path) and path.is_file() else None
+    if head is None:
+        return []
+    columns = head[0]
+    return [((*key, name), f"{value!r} is not a column of {path.name} (its columns: {', '.join(columns)})")
+            for name, value in fields.items() if value not in columns]
+
+
+def read_head(path: Path, rows: int = 0) -> tuple[list[str], list[dict]] | None:
+    """The column names of a .csv, .tsv, .jsonl or .txt file (optionally .gz, .bz2 or .xz) and its first `rows`
+    rows, read with the standard library as pandas reads them (an empty header cell is "Unnamed: <i>", a .txt
+    file's one column is "text"); None for another kind of file or one that cannot be read."""
+    import csv
+    import itertools
+    import json
+
+    suffixes = [s.lower() for s in path.suffixes]
+    kind = next((s for s in reversed(suffixes) if s in (".txt", ".csv", ".tsv", ".jsonl", ".json")), None)
+    if kind is None:
+        return None
+    try:
+        with _open_text(path, suffixes[-1]) as handle:
+            if kind == ".txt":
+                return ["text"], [{"text": line.rstrip("\n")} for line in itertools.islice(handle, rows)]
+            if kind in (".jsonl", ".json"):
+                found = [json.loads(line) for line in itertools.islice(handle, max(rows, 1)) if line.strip()]
+                found = [row for row in found if isinstance(row, dict)]
+                return (list(dict.fromkeys(k for row in found for k in row)), found[:rows]) if found else None
+            reader = csv.reader(handle, delimiter="\t" if kind == ".tsv" else ",")
+            header = [name or f"Unnamed: {i}" for i, name in enumerate(next(reader, []))]
+            return header, [dict(zip(header, row)) for row in itertools.islice(reader, rows)]
+    except (OSError, EOFError, ValueError, UnicodeError, csv.Error):
+        return None
+
+
+def _open_text(path: Path, suffix: str):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)
+    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+
 
 ONNX_FILES = ("model.onnx", "onnx/model.onnx")  # an ONNX model folder (tasks/onnx_input.py finds the same)
 
@@ -73,6 +134,12 @@ def data_problem(source: str, task: str) -> str | None:
     if path.stat().st_size == 0:
         return f"{source!r} is an empty file"
     return None
+
+
+def local_path(source: str) -> Path | None:
+    """The local file or folder `source` names (a path or package:<pkg>/<path>), or None."""
+    path = _local(source)
+    return path if isinstance(path, Path) else None
 
 
 def _local(source: str) -> Path | None | str:

@@ -190,7 +190,9 @@ STAGES = {
   - kind: export                          # teacher and student -> ONNX, parity checked against PyTorch
 """ + QUANTIZE + BENCH,
     "text-classification": """  - kind: finetune                        # teacher -> teacher-finetuned: trains a classification head
-    epochs: 1
+    epochs: 10                            # passes over the training rows or max_minutes, whichever ends first:
+    max_minutes: 5                        # a few hundred rows need many passes (one pass of 600: at chance)
+    eval_every: 50                        # held-out accuracy every 50 steps; the best weights are kept
   - kind: distill                         # teacher-finetuned -> a smaller student
     student:
       from_teacher: {layers: [0, 5]}      # the teacher's layers to keep
@@ -262,11 +264,54 @@ teacher:
   # license: apache-2.0                   # when the model card does not say
 data:
   source: {_quote(data)}
-{DATA_COMMENTS[task]}  eval_size: 500                          # held-out examples for quality
+{_data_fields(task, data)}  eval_size: 500                          # held-out examples for quality
 stages:
 {stages}gates:                                    # `compress gate` fails CI when these do not hold
   max_quality_drop: 0.05
 """
+
+
+TEXT_NAMES = ("text", "sentence", "content", "review", "statement", "body", "document", "comment", "question",
+              "headline", "title")
+LABEL_NAMES = ("label", "labels", "category", "class", "sentiment", "target")
+
+
+def _data_fields(task: str, data: str) -> str:
+    """The data lines naming its columns: taken from the file's own header when it can be read (a .csv, .tsv,
+    .jsonl or .txt file), else the usual names for the user to change."""
+    from compress.inputs import local_path, read_head
+
+    path = local_path(data)
+    head = read_head(path, rows=5000) if task != "image-classification" and path and path.is_file() else None
+    if head is None or not head[0]:
+        return DATA_COMMENTS[task]
+    columns, rows = head
+    text = _pick(columns, TEXT_NAMES) or max(columns, key=lambda c: _mean_length(rows, c))
+    lines = f"  # columns of {path.name}: {', '.join(columns)}\n  # (the fields below are guessed from them)\n"
+    lines += f"  text_field: {_quote(text)}\n"
+    if task == "text-classification":
+        label = _pick(columns, LABEL_NAMES) or _few_values(columns, rows, text)
+        lines += (f"  label_field: {_quote(label)}\n" if label else
+                  "  label_field: label                      # set it: no column looked like labels\n")
+    return lines
+
+
+def _pick(columns: list[str], names: tuple) -> str | None:
+    lower = {c.lower(): c for c in reversed(columns)}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def _mean_length(rows: list[dict], column: str) -> float:
+    values = [str(row.get(column) or "") for row in rows]
+    return sum(map(len, values)) / max(len(values), 1)
+
+
+def _few_values(columns: list[str], rows: list[dict], text: str) -> str | None:
+    """The column other than the text with the fewest distinct values, 2 to 50 of them and some repeated: what
+    labels look like."""
+    counts = {c: len({str(row.get(c)) for row in rows}) for c in columns if c != text}
+    fits = [c for c, n in counts.items() if 2 <= n <= 50 and n < len(rows)]
+    return min(fits, key=lambda c: counts[c]) if fits else None
 
 
 def _quote(value: str) -> str:

@@ -112,3 +112,22 @@ def test_training_checkpoint_key_ignores_only_length_fields(tiny_bert, tiny_text
 
     assert (key == checkpoint_key(base, teacher, data, labels=["a", "b"])) is same
     assert key != checkpoint_key(base.model_copy(update=change), teacher, data, labels=["b", "a"])
+
+
+@pytest.mark.parametrize("quality, warned", [
+    ({"accuracy": 0.396, "chance_accuracy": 0.396}, True),    # one pass over 600 rows: the majority class only
+    ({"accuracy": 0.44, "chance_accuracy": 0.396}, True),     # within the margin of chance
+    ({"accuracy": 0.716, "chance_accuracy": 0.396}, False),
+    (None, False),
+])
+def test_finetune_warns_when_the_teacher_learned_nothing(quality, warned):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from compress.stages.finetune import warn_at_chance
+
+    ctx = SimpleNamespace(console=Console(record=True, width=200))
+    warn_at_chance(ctx, quality, 20)
+    text = ctx.console.export_text()
+    assert ("scores at chance on the held-out labels" in text and "after 20 steps" in text) == warned

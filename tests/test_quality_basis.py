@@ -14,6 +14,11 @@ TEACHER_AT_CHANCE = {"accuracy": 0.0, "agreement": 1.0, "chance_accuracy": 0.25}
     (TEACHER_OK, {}, "accuracy", None),
     (TEACHER_OK, {"has_labels": False}, "agreement", "has no labels"),
     (TEACHER_AT_CHANCE, {}, "agreement", "accuracy on these labels (0.0000) is at chance (0.2500)"),
+    (TEACHER_AT_CHANCE, {"data_labels": ["neg", "pos"], "model_labels": ["LABEL_0", "LABEL_1"]}, "agreement",
+     "is at chance"),
+    # its own classes (fine-tuned on them): it has not learned them; agreement with it would flatter its copies
+    (TEACHER_AT_CHANCE, {"data_labels": ["neg", "pos"], "model_labels": ["neg", "pos"]}, "accuracy",
+     "at chance on its own classes (0.0000; always answering the most common label scores 0.2500)"),
     (TEACHER_OK, {"data_labels": ["cat", "dog"], "model_labels": ["tench", "goldfish"]}, "agreement",
      "label names ('cat', 'dog') are not among the model's classes"),
     (TEACHER_OK, {"data_labels": ["cat", "dog"], "model_labels": ["dog", "cat", "cow"]}, "accuracy", None),
@@ -24,7 +29,8 @@ def test_decide_picks_agreement_when_labels_do_not_fit(teacher, kwargs, headline
     got, why = quality_basis.decide("accuracy", teacher, **kwargs)
 
     assert got == headline
-    assert (why is None) if reason is None else (reason in why and why.endswith("predictions"))
+    assert (why is None) if reason is None else reason in why
+    assert why is None or why.endswith("predictions") == (got == "agreement")
 
 
 @pytest.mark.parametrize("labels, expected", [([0, 0, 1, 2], 0.5), ([1, 2, 3, 4], 0.25), ([], 0.0)])

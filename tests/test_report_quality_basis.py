@@ -74,3 +74,21 @@ def test_report_never_recommends_a_classifier_below_the_agreement_budget_even_on
     assert result["headline"] == "accuracy" and result["headline_reason"] is None
     assert static["quality_drop"] == pytest.approx(0.0) and "agreement below 0.97" in static["flags"]
     assert result["recommendation"]["variant"] == "teacher.onnx"
+
+
+def test_report_never_recommends_a_variant_at_chance_when_the_teacher_has_not_learned_its_own_classes(tmp_path):
+    """A teacher fine-tuned too briefly (its classes are the data's labels) scores at chance: agreement with it
+    would crown its useless copies; accuracy stays the headline and the student that learned is recommended."""
+    rows = [row("teacher", 40.0, 0.26, 1.0, runtime="torch"), row("teacher.onnx", 8.0, 0.26, 1.0),
+            row("teacher.int8-dynamic.onnx", 3.0, 0.26, 1.0, precision="int8-dynamic"),
+            row("student.onnx", 4.0, 0.70, 0.40, role="student"),
+            row("student.int8-dynamic.onnx", 2.0, 0.20, 0.90, precision="int8-dynamic", role="student")]
+
+    result = build(tmp_path, rows, {"has_labels": True, "data": ["a", "b", "c", "d"], "model": ["a", "b", "c", "d"]})
+
+    flags = {r["variant"]: r["flags"] for r in result["rows"]}
+    assert result["headline"] == "accuracy" and "at chance on its own classes" in result["headline_reason"]
+    assert "at chance" in flags["teacher.int8-dynamic.onnx"] and "at chance" in flags["student.int8-dynamic.onnx"]
+    assert flags["student.onnx"] == []  # agreement with a teacher at chance is no budget to hold it to
+    assert result["recommendation"]["variant"] == "student.onnx"
+    assert "excluded: 4 at chance" in result["recommendation_text"]

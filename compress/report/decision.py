@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from compress.tasks.quality_basis import agreement_qualifies
+from compress.tasks.quality_basis import agreement_qualifies, at_chance
 
 DEFAULT_MAX_DROP = 0.02  # the recommendation's quality budget when the recipe sets no gate
 NOISY_SPREAD = 0.15  # per-round medians further apart than this (relative) make a row "noisy"
@@ -178,6 +178,10 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "quality_drop": (num(base_value) - value) if num(base_value) is not None and value is not None else None,
         "is_baseline": base is row,
         "target": row.get("target") or "local", "emulated": bool(row.get("emulated")),
+        # Accuracy against labels the teacher has not learned: agreement with it says nothing, and a variant that
+        # only answers the most common label is no classifier (quality_basis.decide).
+        "teacher_at_chance": headline == "accuracy" and at_chance((base or {}).get("quality")),
+        "at_chance": headline == "accuracy" and at_chance(row.get("quality")),
     }
     entry["cost_per_million"] = _cost(row, prices)
     base_cost = _cost(base, prices) if base else None
@@ -222,9 +226,11 @@ def _flags(row: dict, entry: dict, ok: list[dict], max_drop: float) -> list[str]
     if (source is not None and entry["p50_ms"] is not None
             and entry["p50_ms"] > source["latency_ms"]["p50"] * (1 + SLOWER_MARGIN)):
         flags.append(f"slower than its fp32 source ({source['variant']}, {source['latency_ms']['p50']:.2f} ms)")
-    if entry["quality_drop"] is not None and entry["quality_drop"] > max_drop:
+    if entry["at_chance"]:
+        flags.append("at chance")
+    elif entry["quality_drop"] is not None and entry["quality_drop"] > max_drop:
         flags.append(f"quality drop over {max_drop:g}")
-    elif not agreement_qualifies(quality, max_drop):
+    elif not entry["teacher_at_chance"] and not agreement_qualifies(quality, max_drop):
         flags.append(f"agreement below {1 - max_drop:g}")
     elif not quality:
         flags.append("quality not measured")
@@ -272,9 +278,12 @@ def eligibility(select: dict, max_drop: float, setting: str | None = None) -> li
         ("emulated timing", lambda r: not r.get("emulated")),
         ("NaN outputs", lambda r: "NaN" not in r.get("flags", [])),
         ("quality not measured", lambda r: r.get("quality_drop") is not None),
+        ("at chance", lambda r: not r.get("at_chance")),
         (f"quality drop over {max_drop:g}", lambda r: r["quality_drop"] <= max_drop),
-        # Whatever the headline, a classifier that changes more than the budget of the teacher's answers.
-        (f"agreement below {1 - max_drop:g}", lambda r: agreement_qualifies(r.get("quality"), max_drop)),
+        # Whatever the headline, a classifier that changes more than the budget of the teacher's answers (unless
+        # the teacher's answers are no better than chance).
+        (f"agreement below {1 - max_drop:g}",
+         lambda r: r.get("teacher_at_chance") or agreement_qualifies(r.get("quality"), max_drop)),
         (f"larger than {select.get('max_size_mb')} MB",
          lambda r: not select.get("max_size_mb") or (r.get("size_mb") or 0) <= select["max_size_mb"]),
         (f"no {objective}", lambda r: r.get(key) is not None),

@@ -71,9 +71,21 @@ def run(cfg: Config, ctx) -> list:
     ctx.metrics.update(params=param_count(net), labels=names, **train(cfg, ctx, job))
     if not ctx.is_main_process:
         return []
+    warn_at_chance(ctx, ctx.metrics.get("quality_after"), ctx.metrics.get("steps"))
     meta = {"role": "teacher", "source": teacher.name, "labels": names, "params": ctx.metrics["params"],
             "quality": ctx.metrics["quality_after"]}
     return [ctx.save(OUTPUT, "hf-model", lambda tmp: save_model(net, teacher.path, tmp), meta)]
+
+
+def warn_at_chance(ctx, quality: dict | None, steps) -> None:
+    """Say it at once when training taught the teacher nothing: everything after it would be wasted on it."""
+    from compress.tasks.quality_basis import at_chance
+
+    if at_chance(quality):
+        ctx.console.print(
+            f"  [yellow]{OUTPUT} scores at chance on the held-out labels (accuracy {quality['accuracy']:.4f}; "
+            f"always answering the most common label: {quality['chance_accuracy']:.4f}) after {steps} steps: "
+            "train it longer (epochs, max_steps or max_minutes) or check the labels[/yellow]", highlight=False)
 
 
 def classifier_module(wrapped, names: tuple[str, ...]):

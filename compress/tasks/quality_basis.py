@@ -43,13 +43,32 @@ def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = Tr
             shown = ", ".join(repr(n) for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
             return AGREEMENT, (f"the data's label names ({shown}) are not among the model's classes, so quality "
                                "is agreement with the fp32 teacher's predictions")
-    teacher_quality = teacher_quality or {}
-    accuracy, floor = teacher_quality.get("accuracy"), teacher_quality.get("chance_accuracy")
-    if isinstance(accuracy, (int, float)) and isinstance(floor, (int, float)) and accuracy <= floor + CHANCE_MARGIN:
+    if at_chance(teacher_quality):
+        accuracy, floor = teacher_quality["accuracy"], teacher_quality["chance_accuracy"]
+        if own_classes(data_labels, model_labels):
+            # Its classes are the data's labels (a teacher fine-tuned in the run, say): it has not learned them.
+            # Agreement with it would make its useless copies look perfect; accuracy shows what each variant knows.
+            return headline, (f"the fp32 teacher scores at chance on its own classes ({accuracy:.4f}; always "
+                              f"answering the most common label scores {floor:.4f}): it has not learned them, so "
+                              "no variant at chance is recommended (train it longer: finetune's epochs, max_steps "
+                              "or max_minutes)")
         return AGREEMENT, (f"the fp32 teacher's accuracy on these labels ({accuracy:.4f}) is at chance "
                            f"({floor:.4f}), so the labels do not fit the model and quality is agreement with "
                            "the fp32 teacher's predictions")
     return headline, None
+
+
+def at_chance(quality: dict | None) -> bool:
+    """A classifier's accuracy within CHANCE_MARGIN of always answering the most common label."""
+    accuracy, floor = (quality or {}).get("accuracy"), (quality or {}).get("chance_accuracy")
+    return (isinstance(accuracy, (int, float)) and isinstance(floor, (int, float))
+            and accuracy <= floor + CHANCE_MARGIN)
+
+
+def own_classes(data_labels, model_labels) -> bool:
+    """The model's classes are named, and the data's labels are among them."""
+    return bool(data_labels and model_labels and not generic(model_labels)
+                and set(map(str, data_labels)) <= set(map(str, model_labels)))
 
 
 def agreement_qualifies(quality: dict | None, max_drop: float) -> bool:
