@@ -3,7 +3,7 @@
 It reads one request per line on stdin, a JSON list [task, model_dir, bundle, inputs_npz], and answers each with
 one line `PARITY {json}` on stdout (other libraries may print to stdout too: the prefix marks ours), until stdin
 ends. One process serves every model of an export stage: its imports (torch, transformers, onnxruntime: about 5 s
-here) are paid once, not once per model.
+here) are paid once, not once per model. It starts at the stage's first check.
 """
 
 from __future__ import annotations
