@@ -56,6 +56,6 @@ def test_parity_checker_says_why_it_cannot_compare(tmp_path, bundle, tiny_bert, 
         target = tmp_path / "nowhere" if case == "missing_bundle" else bundle
         with pytest.raises(StageError, match="parity check failed to run") as err:
             checker.check("sentence-embedding", tiny_bert, target, inputs)
-        assert expected in str(err.value) or expected == "failed to run"
+        assert expected in str(err.value)
         if case == "missing_bundle":  # one model's failure leaves the process serving the next
             assert checker.check("sentence-embedding", tiny_bert, bundle, inputs)["parity_max_abs"] < 1e-3

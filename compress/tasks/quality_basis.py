@@ -5,6 +5,8 @@ names are not among the model's classes, or the teacher itself scores at chance 
 accuracy is noise around chance and every drop about 0: a variant that changes a third of the teacher's answers
 would look free. Then the headline is agreement with the fp32 teacher's predictions, and the drop is computed on
 it (the teacher agrees with itself: 1). Applies to every classification task (logits from any source).
+A teacher at chance on labels that are its own named classes (fine-tuned too briefly) is the exception: it has not
+learned them, so accuracy stays the headline and the report keeps every variant at chance from the recommendation.
 """
 
 from __future__ import annotations
