@@ -125,3 +125,23 @@ def lm_texts(tmp_path) -> Path:
     path = tmp_path / "lm.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """The reliability cases' start (bench/reliability_inputs.Inputs): a tiny model, its texts and one finished run
+    (export, quantize, bench) that cases copy or point at. Session-wide: every reliability test file shares it."""
+    import subprocess
+
+    from bench.reliability import make_texts, make_tiny_model, pipeline_recipe
+    from bench.reliability_inputs import Inputs, env
+
+    base = tmp_path_factory.mktemp("inputs")
+    model, texts = make_tiny_model(base / "tiny"), make_texts(base / "texts.csv")
+    recipe = base / "r.yaml"
+    recipe.write_text(pipeline_recipe(model, texts))
+    done = base / "done"
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(recipe), "--out", str(done)],
+                          cwd=base, env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return Inputs(model=model, texts=texts, recipe=recipe, done=done)
