@@ -345,7 +345,7 @@ def guess_task(info: GraphInfo) -> tuple[str, list[str]]:
     st = sorted({name for f in folders for name in SENTENCE_TRANSFORMERS_FILES if (f / name).exists()})
     pooled = [t for t in outputs if t.role == "pooled"]
     states = [t for t in outputs if t.role == "token states"]
-    named_embedding = [t for t in outputs if t.role and t.name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS]
+    named_embedding = [t for name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS for t in outputs if t.role and t.name == name]
 
     classifier = [a for a in architectures if a.endswith(("ForSequenceClassification", "ForTextClassification"))]
     if classifier:
