@@ -113,6 +113,9 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     if task is None and local is not None:
         task, evidence = guess_task(local)
         said.append(f"task {task}, guessed from: {'; '.join(evidence)} (--task to choose another)")
+    elif task is None:
+        said.append("task sentence-embedding, the default: the model is not on this machine to look at yet "
+                    "(--task to choose another)")
     task = task or "sentence-embedding"
     if task not in TASKS:
         raise UsageError(f"--task {task!r} is not one of {', '.join(TASKS)}")

@@ -5,6 +5,10 @@ Sources: an `.onnx` file, a folder holding `model.onnx` (or `onnx/model.onnx`; e
 and tokenizer files, `package:<pkg>/<path>` to either, or a hub repo that ships ONNX (from the local cache
 offline). The graph is adapted so that every bundle has the same interface: int64 `input_ids`,
 `attention_mask` (text) or float `pixel_values` (images) in, the task's output (`embedding` or `logits`) out.
+- the output is chosen by what it is (issue 34): float only (int outputs, such as input_ids passed through, never);
+  [batch, sequence, hidden] is token states, [batch, n] an embedding (sentence-embedding) or logits
+  (classification); names (sentence_embedding, last_hidden_state, logits) break ties, several candidates left
+  are one sentence naming them and teacher.output, which always wins;
 - token_type_ids, when the graph has it, becomes zeros computed inside the graph (one segment per text);
 - int32 token inputs are cast inside the graph;
 - token states (`last_hidden_state`) are pooled inside the graph as the task says: `teacher.pooling`, else a
