@@ -287,6 +287,7 @@ OPTIMUM = [("last_hidden_state", 1, ["b", "s", 384]), ("pooler_output", 1, ["b",
      None, "1"),
     ([("ids", 7, ["b", "s"]), ("scores", 1, ["b", 3])], "text-classification", None, "scores"),
     ([("logits", 1, ["b", 3])], "sentence-embedding", "logits", "logits"),  # teacher.output wins over the name
+    ([("output", 1, ["b", 384])], "sentence-embedding", None, "output"),  # as guessed: a name that says nothing
     ([("embedding", 1, ["b", 384]), ("last_hidden_state", 1, ["b", "s", 384])], "sentence-embedding", None,
      "embedding"),  # a compress bundle with token states too
 ])
@@ -358,6 +359,7 @@ def test_guess_task_reads_real_export_shapes(tmp_path, inputs, outputs, files, t
     _graph(tmp_path / "model.onnx", inputs, outputs)
     guessed, said = quick.guess_task(tmp_path)
     assert guessed == task and evidence in "; ".join(said), said
+    onnx_input.plan(onnx_input.inspect(tmp_path / "model.onnx"), guessed, config_dir=tmp_path)  # and it serves it
 
 
 @pytest.mark.parametrize("written, overrides", [

@@ -258,13 +258,13 @@ def _pick_output(info: GraphInfo, task: str, output: str | None) -> str:
         named = [t for name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS for t in floats if t.name == name]
         if named:
             return named[0].name
-        candidates = [t for t in floats if t.name not in LOGIT_OUTPUTS]
+        candidates = [t for t in floats if t.name not in CLASSIFIER_OUTPUTS]  # "output" says nothing either way
         # A pooled vector the graph computes (its own pooling, Dense and normalisation) before token states that
         # compress would pool; BERT's pooler_output is no sentence embedding: token states first.
         groups = ([t for t in candidates if t.role == "pooled" and t.name not in POOLER_OUTPUTS],
                   [t for t in candidates if t.role == "token states"],
                   [t for t in candidates if t.role == "pooled"])
-        if not candidates and any(t.name in LOGIT_OUTPUTS for t in floats):
+        if not candidates and floats:
             raise SourceError(f"{info.path}: the graph outputs logits ({_found(info)}), a classifier's output, not "
                               f"embeddings; set task: text-classification, or {KEY_OUTPUT}: <an embedding output>")
     else:
@@ -436,7 +436,7 @@ def write_bundle(source: Path, dest: Path, task_name: str, output: str | None = 
     labels = _labels(dest / "config.json") if task_name != "sentence-embedding" else []
     details = {"task": task_name, "output": task.OUTPUT_NAME, "inputs": list(task.INPUT_NAMES), "precision": "fp32",
                "onnx_input": {"file": model.name, "output": how.output, "inputs": [t.describe() for t in info.inputs],
-                              "outputs": [t.describe() for t in info.outputs], "opset": info.opset,
+                              "outputs": [t.describe_typed() for t in info.outputs], "opset": info.opset,
                               "notes": how.notes},
                "fixed_axes": how.fixed_axes}
     if task_name == "sentence-embedding":
