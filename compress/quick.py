@@ -160,9 +160,11 @@ def _onnx_plan(path: Path, task: str, overrides: list[str] | None):
 
     probe: dict = {"teacher": {}}
     for item in overrides or []:
-        if item.partition("=")[0].strip() in (onnx_input.KEY_OUTPUT, onnx_input.KEY_POOLING):
+        key = item.partition("=")[0].strip()
+        if key in ("teacher", onnx_input.KEY_OUTPUT, onnx_input.KEY_POOLING):
             apply_override(probe, item)
-    output, pooling = probe["teacher"].get("output"), probe["teacher"].get("pooling")
+    teacher = probe["teacher"] if isinstance(probe["teacher"], dict) else {}  # a bad value: the schema says so
+    output, pooling = teacher.get("output"), teacher.get("pooling")
     model = onnx_input.find_model(path)
     return onnx_input.plan(onnx_input.inspect(model), task, None if output is None else str(output), pooling,
                            onnx_input.tokenizer_dir(model) if task == "sentence-embedding" else None)
