@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from onnx_models import export_tiny_bert
+from onnx_models import export_tiny_bert, export_tiny_bert_numeric
 
 from compress import quick
 
@@ -115,8 +115,6 @@ def test_bench_an_onnx_export_with_numeric_int64_first_outputs(tmp_path, tiny_te
     evidence, the float pooled output is used (or the token states teacher.output names, pooled by compress), and
     every variant gets cosine and top-10 agreement."""
     import json
-
-    from onnx_models import export_tiny_bert_numeric
 
     model = export_tiny_bert_numeric(tmp_path / "export")
     for name in ("README.md", "modules.json"):
