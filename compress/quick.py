@@ -33,8 +33,9 @@ def split_list(values: list[str] | None) -> list[str]:
 # ---------------------------------------------------------------- compress bench MODEL
 
 
-def guess_task(model: Path) -> str:
-    """The task an ONNX model or a model folder fits: compress.json's, else from its inputs, outputs or config."""
+def guess_task(model: Path) -> tuple[str, list[str]]:
+    """The task an ONNX model or a model folder fits, and the evidence for a person: compress.json's task, else
+    the graph's inputs and outputs with the config files beside it, else the model folder's config."""
     from compress.tasks import onnx_input
     from compress.tasks.common import read_json
 
@@ -42,20 +43,18 @@ def guess_task(model: Path) -> str:
     if onnx is not None:
         task = read_json(onnx.parent / "compress.json").get("task")
         if task in TASKS:
-            return task
-        info = onnx_input.inspect(onnx)
-        if info.input("input_ids") is None:
-            return "image-classification"
-        names = {t.name for t in info.outputs}
-        return "text-classification" if names & set(onnx_input.LOGIT_OUTPUTS) and not names & set(
-            onnx_input.EMBEDDING_OUTPUTS + onnx_input.TOKEN_OUTPUTS) else "sentence-embedding"
-    config = read_json(model / "config.json") if model.is_dir() else {}
+            return task, [f"{onnx.parent.name}/compress.json says so (a compress bundle)"]
+        return onnx_input.guess_task(onnx_input.inspect(onnx))
+    if model.suffix == ".gguf":
+        return "causal-lm", ["a GGUF file"]
     if (model / "compress_model.json").is_file():
-        return "image-classification"
-    architectures = " ".join(config.get("architectures") or [])
-    if "ForCausalLM" in architectures or model.suffix == ".gguf":
-        return "causal-lm"
-    return "text-classification" if "ForSequenceClassification" in architectures else "sentence-embedding"
+        return "image-classification", ["compress_model.json: a Python factory's model folder"]
+    architectures = " ".join(read_json(model / "config.json").get("architectures") or []) if model.is_dir() else ""
+    if "ForCausalLM" in architectures:
+        return "causal-lm", [f"config.json: architecture {architectures}"]
+    if "ForSequenceClassification" in architectures:
+        return "text-classification", [f"config.json: architecture {architectures}"]
+    return "sentence-embedding", [f"config.json: architecture {architectures or 'not given'}, not a classifier"]
 
 
 def _made_by_run(model: Path) -> dict:
@@ -97,9 +96,10 @@ def _default_data(model: Path, task: str, data: str | None, eval_size: int) -> d
 
 def bench_recipe(model: str, task: str | None = None, data: str | None = None, providers: list[str] | None = None,
                  schemes: list[str] | None = None, name: str | None = None, eval_size: int = 200,
-                 overrides: list[str] | None = None) -> tuple[str, str]:
-    """(recipe YAML, run name) that benchmarks `model` and its quantized variants; `overrides` (--set) are
-    written into it, so that the file is what ran."""
+                 overrides: list[str] | None = None) -> tuple[str, str, list[str]]:
+    """(recipe YAML, run name, what to tell the user: the task guessed and why, the output used) that
+    benchmarks `model` and its quantized variants; `overrides` (--set) are written into it, so that the file is
+    what ran."""
     from compress.recipe import apply_override
     from compress.sources import resolve_local
     from compress.tasks import onnx_input
@@ -109,7 +109,14 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     is_onnx = local is not None and onnx_input.is_onnx_source(local)
     if local is not None and not is_onnx and not local.is_dir() and local.suffix != ".gguf":
         raise UsageError(f"{model}: not an ONNX model (.onnx), a folder holding model.onnx, or a model folder")
-    task = task or (guess_task(local) if local is not None else "sentence-embedding")
+    said = []
+    if task is None and local is not None:
+        task, evidence = guess_task(local)
+        said.append(f"task {task}, guessed from: {'; '.join(evidence)} (--task to choose another)")
+    elif task is None:
+        said.append("task sentence-embedding, the default: the model is not on this machine to look at yet "
+                    "(--task to choose another)")
+    task = task or "sentence-embedding"
     if task not in TASKS:
         raise UsageError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     if task == "causal-lm":
@@ -124,10 +131,11 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     name = name or "bench-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model")
     data_block = _default_data(path, task, data, eval_size)
     seq = data_block.get("max_length", 128) if task != "image-classification" else None
-    if is_onnx and seq:  # a fixed sequence length benches (and evaluates) at that length
-        fixed = onnx_input.plan(onnx_input.inspect(onnx_input.find_model(path)), task).fixed_axes
-        if "sequence" in fixed:
-            seq = data_block["max_length"] = fixed["sequence"]
+    if is_onnx:  # what does not fit the task fails here, before anything is written
+        how = _onnx_plan(path, task, overrides)
+        said.append("; ".join(how.notes))
+        if seq and "sequence" in how.fixed_axes:  # a fixed sequence length benches (and evaluates) at that length
+            seq = data_block["max_length"] = how.fixed_axes["sequence"]
     bench = {"kind": "bench", "providers": split_list(providers) or ["cpu"], "batch_sizes": [1], "threads": [1]}
     if seq:
         bench["seq_lens"] = [seq]
@@ -140,8 +148,26 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     for item in overrides or []:
         apply_override(recipe, item)
     header = (f"# Written by `compress bench {model}`: the recipe of this run. Repeat it (cached when nothing "
-              "changed) or put it in CI with\n#   compress run <this file> --out <this run directory>\n")
-    return header + yaml.safe_dump(recipe, sort_keys=False), name
+              "changed) or put it in CI with\n#   compress run <this file> --out <this run directory>\n"
+              + "".join(f"# {line}\n" for line in said))
+    return header + yaml.safe_dump(recipe, sort_keys=False), name, said
+
+
+def _onnx_plan(path: Path, task: str, overrides: list[str] | None):
+    """How the ONNX model at `path` serves `task`, with the teacher.output / teacher.pooling of `overrides`."""
+    from compress.recipe import apply_override
+    from compress.tasks import onnx_input
+
+    probe: dict = {"teacher": {}}
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if key in ("teacher", onnx_input.KEY_OUTPUT, onnx_input.KEY_POOLING):
+            apply_override(probe, item)
+    teacher = probe["teacher"] if isinstance(probe["teacher"], dict) else {}  # a bad value: the schema says so
+    output, pooling = teacher.get("output"), teacher.get("pooling")
+    model = onnx_input.find_model(path)
+    return onnx_input.plan(onnx_input.inspect(model), task, None if output is None else str(output), pooling,
+                           onnx_input.tokenizer_dir(model) if task == "sentence-embedding" else None)
 
 
 def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, **options) -> tuple[Path, dict]:
@@ -150,8 +176,10 @@ def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, *
     from compress.artifacts import write_text_atomic
     from compress.recipe import load_recipe, parse_recipe
 
-    text, name = bench_recipe(model, overrides=overrides, **options)
+    text, name, said = bench_recipe(model, overrides=overrides, **options)
     parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
+    for line in said:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     run_dir = run_dir or Path("runs") / name
     rundir.claim(run_dir)  # ours (or refused) before the recipe is written into it
     recipe_file = run_dir / RECIPE_FILE

@@ -59,3 +59,62 @@ def export_tiny_cnn(dest: Path, classes: int = 10, input_name: str = "pixel_valu
 def copy_onnx(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest
+
+
+def export_tiny_bert_numeric(dest: Path) -> Path:
+    """A sentence-embedding ONNX model as other tools export it (issue 34): outputs with numeric names, the first
+    two int64 (input_ids passed through [batch, sequence], the lengths [batch]), then the float token states
+    [batch, sequence, hidden] and the float mean-pooled, L2-normalised embedding [batch, hidden]. The names are
+    torch's own (no output_names given): numbers such as '461'."""
+    import torch
+    from transformers import BertModel
+
+    make_tiny_bert(dest)
+    model = BertModel.from_pretrained(dest).eval()
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            states = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=1)
+            return input_ids + 0, attention_mask.sum(1), states, pooled
+
+    sample = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))
+    inputs = ["input_ids", "attention_mask"]
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in inputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapper(model), sample, str(dest / "model.onnx"), input_names=inputs,
+                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    _rename_outputs(dest / "model.onnx", NUMERIC_OUTPUTS, ([BATCH, SEQ], [BATCH], [BATCH, SEQ, 32], [BATCH, 32]))
+    (dest / "model.safetensors").unlink()
+    return dest
+
+
+NUMERIC_OUTPUTS = ("461", "462", "1011", "1013")
+BATCH, SEQ = "batch_size", "sequence_length"
+
+
+def _rename_outputs(path: Path, names: tuple[str, ...], shapes: tuple) -> None:
+    """Give the graph outputs `names` (torch refuses numeric output_names, though its own names are numbers) and
+    the shapes an exporter declares."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for out, name, shape in zip(model.graph.output, names, shapes):
+        for node in model.graph.node:
+            node.output[:] = [name if o == out.name else o for o in node.output]
+            node.input[:] = [name if i == out.name else i for i in node.input]
+        out.name = name
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shape:
+            dims.add().CopyFrom(onnx.TensorShapeProto.Dimension(**({"dim_param": d} if isinstance(d, str) else
+                                                                   {"dim_value": d})))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

@@ -269,3 +269,111 @@ def test_plan_refuses_token_states_when_the_config_beside_has_a_dense_layer(tmp_
     info = onnx_input.inspect(_graph(tmp_path / "m.onnx", TEXT, [("last_hidden_state", 1, ["b", "s", 4])]))
     with pytest.raises(SourceError, match="Dense layer"):
         onnx_input.plan(info, "sentence-embedding", config_dir=tmp_path)
+
+
+# Issue 34: outputs chosen by what they are. (name, elem_type, dims); 7 int64, 1 float.
+ISSUE = [("461", 7, ["b", "s"]), ("462", 7, ["b"]), ("1011", 1, ["b", "s", 384]), ("1013", 1, ["b", 384])]
+ST = [("token_embeddings", 1, ["b", "s", 384]), ("sentence_embedding", 1, ["b", 384])]
+OPTIMUM = [("last_hidden_state", 1, ["b", "s", 384]), ("pooler_output", 1, ["b", 384])]
+
+
+@pytest.mark.parametrize("outputs, task, output, chosen", [
+    (ISSUE, "sentence-embedding", None, "1013"),  # int64 first: never chosen; the pooled vector
+    (ISSUE, "sentence-embedding", "1011", "1011"),  # teacher.output wins (token states, pooled by compress)
+    (ISSUE[:3], "sentence-embedding", None, "1011"),  # token states alone
+    (ST, "sentence-embedding", None, "sentence_embedding"),
+    (OPTIMUM, "sentence-embedding", None, "last_hidden_state"),  # BERT's pooler_output is no sentence embedding
+    ([("0", 1, ["b", "s", 8]), ("1", 1, ["b", 8])][::-1] + [("pooler_output", 1, ["b", 8])], "sentence-embedding",
+     None, "1"),
+    ([("ids", 7, ["b", "s"]), ("scores", 1, ["b", 3])], "text-classification", None, "scores"),
+    ([("logits", 1, ["b", 3])], "sentence-embedding", "logits", "logits"),  # teacher.output wins over the name
+    ([("output", 1, ["b", 384])], "sentence-embedding", None, "output"),  # as guessed: a name that says nothing
+    ([("embedding", 1, ["b", 384]), ("last_hidden_state", 1, ["b", "s", 384])], "sentence-embedding", None,
+     "embedding"),  # a compress bundle with token states too
+])
+def test_plan_chooses_the_output_by_dtype_and_shape(tmp_path, outputs, task, output, chosen):
+    info = onnx_input.inspect(_graph(tmp_path / "m.onnx", TEXT, outputs))
+    assert onnx_input.plan(info, task, output).output == chosen
+
+
+@pytest.mark.parametrize("outputs, task, output, error", [
+    (ISSUE, "sentence-embedding", "461", "output 461 int64 [b, s] is not float32"),
+    ([("7", 1, ["b", "s", 8]), ("9", 1, ["b", "s", 8])], "sentence-embedding", None,
+     "2 outputs could be what sentence-embedding needs (7 float [b, s, 8], 9 float [b, s, 8]); set "
+     "teacher.output: <one of 7, 9>"),
+    ([("a", 1, ["b", 3]), ("c", 1, ["b", 5])], "text-classification", None, "set teacher.output: <one of a, c>"),
+    ([("461", 7, ["b", "s"])], "sentence-embedding", None, "no output is a float32 tensor"),
+])
+def test_plan_names_the_candidates_and_the_key_when_the_output_is_not_clear(tmp_path, outputs, task, output, error):
+    info = onnx_input.inspect(_graph(tmp_path / "m.onnx", TEXT, outputs))
+    with pytest.raises(SourceError) as caught:
+        onnx_input.plan(info, task, output)
+    assert error in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+def _beside(folder: Path, files: dict) -> None:
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+
+
+TOKENIZER = {"tokenizer.json": "{}", "tokenizer_config.json": "{}"}
+ST_FILES = {"modules.json": [], "1_Pooling/config.json": {"pooling_mode": "mean"}}
+BERT = {"config.json": {"architectures": ["BertModel"], "hidden_size": 384}}
+CLASSIFIER = {"config.json": {"architectures": ["BertForSequenceClassification"],
+                              "id2label": {"0": "negative", "1": "neutral", "2": "positive"}}}
+LABELS_ONLY = {"config.json": {"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}}
+
+
+@pytest.mark.parametrize("inputs, outputs, files, task, evidence", [
+    # a sentence-transformers model exported by Optimum (library sentence_transformers)
+    (TEXT, ST, {**TOKENIZER, **ST_FILES, **BERT}, "sentence-embedding", "sentence_embedding is named as an embedding"),
+    # Optimum feature-extraction: token states, with or without BERT's pooler_output
+    (TEXT, OPTIMUM[:1], {**TOKENIZER, **BERT}, "sentence-embedding", "last_hidden_state is named as token states"),
+    (TEXT, OPTIMUM, {**TOKENIZER, **BERT}, "sentence-embedding", "last_hidden_state is named as token states"),
+    # a compress bundle: compress.json says so; without it, the embedding (and token states) say so
+    (TEXT, [("embedding", 1, ["b", 384])], {**TOKENIZER, "compress.json": {"task": "sentence-embedding"}},
+     "sentence-embedding", "compress.json says so"),
+    (TEXT, [("embedding", 1, ["b", 384]), ("last_hidden_state", 1, ["b", "s", 384])], TOKENIZER,
+     "sentence-embedding", "embedding is named as an embedding"),
+    (TEXT, [("logits", 1, ["b", 3])], {**TOKENIZER, "compress.json": {"task": "text-classification"}},
+     "text-classification", "compress.json says so"),
+    # classifier exports, with and without id2label
+    (TEXT, [("logits", 1, ["b", 3])], {**TOKENIZER, **CLASSIFIER}, "text-classification",
+     "architecture BertForSequenceClassification"),
+    (TEXT, [("logits", 1, ["b", 2])], TOKENIZER, "text-classification", "logits is named as class scores"),
+    (TEXT, [("output_0", 1, ["b", 3])], {**TOKENIZER, **LABELS_ONLY}, "text-classification",
+     "id2label has 3 labels, the size of output_0"),
+    # the issue's model: int64 outputs first, numeric names, [batch, 384] beside a tokenizer and no labels
+    (TEXT, ISSUE, TOKENIZER, "sentence-embedding", "1013 float [batch, 384] beside a tokenizer, with no id2label or "
+     "labels config: an embedding, not 384 classes"),
+    (TEXT, [("output", 1, ["b", 384])], {**TOKENIZER, **BERT}, "sentence-embedding", "not 384 classes"),
+    ([("pixel_values", 1, ["b", 3, 224, 224])], [("logits", 1, ["b", 1000])], {}, "image-classification",
+     "no input_ids"),
+])
+def test_guess_task_reads_real_export_shapes(tmp_path, inputs, outputs, files, task, evidence):
+    from compress import quick
+
+    _beside(tmp_path, files)
+    _graph(tmp_path / "model.onnx", inputs, outputs)
+    guessed, said = quick.guess_task(tmp_path)
+    assert guessed == task and evidence in "; ".join(said), said
+    onnx_input.plan(onnx_input.inspect(tmp_path / "model.onnx"), guessed, config_dir=tmp_path)  # and it serves it
+
+
+@pytest.mark.parametrize("written, overrides", [
+    ("output: 461", []),
+    ("output: '461'", []),
+    ("license: apache-2.0", ["teacher.output=461"]),
+])
+def test_recipe_teacher_output_takes_a_number_as_the_name(tmp_path, written, overrides):
+    _graph(tmp_path / "model.onnx", TEXT, ISSUE)
+    recipe = parse_recipe(f"""version: 1
+name: numbers
+task: sentence-embedding
+teacher: {{source: {tmp_path / 'model.onnx'}, {written}}}
+data: {{source: {tmp_path}}}
+stages: [{{kind: quantize}}]
+""", overrides=overrides)
+    assert recipe.teacher.output == "461"

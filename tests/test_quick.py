@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from onnx_models import export_tiny_bert
+from onnx_models import export_tiny_bert, export_tiny_bert_numeric
 
 from compress import quick
 
@@ -100,3 +101,35 @@ def test_bench_bad_input_is_one_sentence(tmp_path, tiny_texts, kind, extra, erro
     assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert error in proc.stderr and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+@pytest.mark.parametrize("extra, output, variants", [
+    ([], "1013", {"teacher.onnx", "teacher.int8-dynamic.onnx", "teacher.int8-static.onnx",
+                  "teacher.int4-weight.onnx", "teacher.fp16.onnx"}),
+    (["--schemes", "int8-dynamic", "--set", "teacher.output=1011"], "1011",
+     {"teacher.onnx", "teacher.int8-dynamic.onnx"}),
+])
+def test_bench_an_onnx_export_with_numeric_int64_first_outputs(tmp_path, tiny_texts, extra, output, variants):
+    """Issue 34: a sentence-embedding model exported by another tool (int64 outputs first, numeric names, no
+    sentence-transformers config, no model card) benches with the licence alone: the task is guessed with its
+    evidence, the float pooled output is used (or the token states teacher.output names, pooled by compress), and
+    every variant gets cosine and top-10 agreement."""
+    import json
+
+    model = export_tiny_bert_numeric(tmp_path / "export")
+    for name in ("README.md", "modules.json"):
+        (model / name).unlink()
+    shutil.rmtree(model / "1_Pooling")
+    proc = _compress("bench", str(model / "model.onnx"), "--set", "teacher.license=apache-2.0", "--data",
+                     str(tiny_texts), "--set", "data.eval_size=30", *FAST, *extra, cwd=tmp_path)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "task sentence-embedding, guessed from: outputs 461 int64 [batch_size, sequence_length]" in proc.stderr
+    assert "1013 float [batch, 32] beside a tokenizer, with no id2label or labels config: an embedding" in proc.stderr
+    assert f"output {output} float" in proc.stderr
+    run = tmp_path / "runs" / "bench-export"
+    rows = {r["variant"]: r["quality"] for r in json.loads((run / "report.json").read_text())["rows"]}
+    assert set(rows) == variants
+    assert all(q.get("cosine") is not None and q.get("top10_agreement") is not None for q in rows.values()), rows
+    bundle = json.loads((run / "artifacts" / "teacher.onnx" / "compress.json").read_text())
+    assert bundle["onnx_input"]["output"] == output

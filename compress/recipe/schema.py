@@ -56,11 +56,19 @@ class ModelSource(StrictModel):
         "tokenizer.json linked from elsewhere). Off so that a model folder cannot make compress read other files.",
     )
     output: str | None = Field(
-        default=None, description="An ONNX teacher: the graph output to use (default: the one whose name fits the "
-        "task: sentence_embedding or last_hidden_state, logits).")
+        default=None, description="An ONNX teacher: the graph output to use, by name (a number such as 461 is "
+        "taken as its name). Default: chosen by dtype and shape (float only; [batch, sequence, hidden] token "
+        "states, [batch, n] an embedding or logits as the task says), names such as sentence_embedding, "
+        "last_hidden_state or logits breaking ties.")
     pooling: Literal["mean", "cls", "max"] | None = Field(
         default=None, description="An ONNX teacher whose output is token states (sentence-embedding): how to pool "
         "them (default: its sentence-transformers 1_Pooling/config.json, else mean).")
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_name(cls, value: Any) -> Any:
+        # Exporters name outputs by number ("461"); YAML and --set read a bare 461 as an int.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class UnlabeledTexts(StrictModel):

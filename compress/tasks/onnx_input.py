@@ -5,6 +5,10 @@ Sources: an `.onnx` file, a folder holding `model.onnx` (or `onnx/model.onnx`; e
 and tokenizer files, `package:<pkg>/<path>` to either, or a hub repo that ships ONNX (from the local cache
 offline). The graph is adapted so that every bundle has the same interface: int64 `input_ids`,
 `attention_mask` (text) or float `pixel_values` (images) in, the task's output (`embedding` or `logits`) out.
+- the output is chosen by what it is (issue 34): float only (int outputs, such as input_ids passed through, never);
+  [batch, sequence, hidden] is token states, [batch, n] an embedding (sentence-embedding) or logits
+  (classification); names (sentence_embedding, last_hidden_state, logits) break ties, several candidates left
+  are one sentence naming them and teacher.output, which always wins;
 - token_type_ids, when the graph has it, becomes zeros computed inside the graph (one segment per text);
 - int32 token inputs are cast inside the graph;
 - token states (`last_hidden_state`) are pooled inside the graph as the task says: `teacher.pooling`, else a
@@ -30,10 +34,14 @@ POOLINGS = ("mean", "cls", "max")
 EMBEDDING_OUTPUTS = ("sentence_embedding", "sentence_embeddings", "embedding", "embeddings", "text_embeds")
 TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings", "hidden_states")
 LOGIT_OUTPUTS = ("logits", "output", "outputs", "probabilities")
+CLASSIFIER_OUTPUTS = ("logits", "probabilities")  # names that say "classes" (output/outputs say nothing)
+POOLER_OUTPUTS = ("pooler_output",)  # BERT's CLS + dense + tanh: not what sentence-transformers pools
 KEY_OUTPUT, KEY_POOLING = "teacher.output", "teacher.pooling"
 EXTERNAL_DATA = "model.onnx.data"  # what quantize copies beside model.onnx
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "sentencepiece.bpe.model", "spiece.model")
 INT64, INT32, FLOAT = 7, 6, 1  # onnx.TensorProto element types
+DTYPES = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+          11: "double", 16: "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,25 @@ class Tensor:
     def rank(self) -> int:
         return len(self.dims)
 
+    @property
+    def dtype(self) -> str:
+        return DTYPES.get(self.elem_type, f"type {self.elem_type}")
+
+    @property
+    def role(self) -> str | None:
+        """What a float output is by its shape: token states [batch, sequence, hidden] or a pooled vector
+        [batch, n] (an embedding or logits, as the task says); None for anything else (int outputs never serve)."""
+        if self.elem_type != FLOAT:
+            return None
+        return {3: "token states", 2: "pooled"}.get(self.rank)
+
     def describe(self) -> str:
         shape = ", ".join(str(d) if d is not None else "?" for d in self.dims)
         return f"{self.name} [{shape}]"
+
+    def describe_typed(self) -> str:
+        shape = ", ".join(str(d) if d is not None else "?" for d in self.dims)
+        return f"{self.name} {self.dtype} [{shape}]"
 
 
 @dataclass(frozen=True)
@@ -144,7 +168,7 @@ def _tensor(value) -> Tensor:
 
 def _found(info: GraphInfo) -> str:
     return (f"inputs {', '.join(t.describe() for t in info.inputs) or 'none'}; "
-            f"outputs {', '.join(t.describe() for t in info.outputs)}")
+            f"outputs {', '.join(t.describe_typed() for t in info.outputs)}")
 
 
 # ---------------------------------------------------------------- checking it against the task
@@ -161,6 +185,9 @@ def plan(info: GraphInfo, task: str, output: str | None = None, pooling: str | N
     result = _plan_image(info, task) if task == "image-classification" else _plan_text(info, task)
     result.output = _pick_output(info, task, output)
     out = info.output(result.output)
+    what = ("logits" if task != "sentence-embedding" else "token states" if out.rank == 3 else "an embedding")
+    result.notes.append(f"output {out.describe_typed()}: {what} ("
+                        + (f"{KEY_OUTPUT}" if output is not None else "chosen by its dtype, shape and name") + ")")
     if task == "sentence-embedding":
         _plan_pooling(info, result, out, pooling, config_dir)
     elif out.rank != 2:
@@ -215,28 +242,51 @@ def _plan_image(info: GraphInfo, task: str) -> Plan:
 
 
 def _pick_output(info: GraphInfo, task: str, output: str | None) -> str:
+    """The output that serves `task`, chosen by what each output is (float only; [batch, sequence, hidden] token
+    states; [batch, n] an embedding or logits as the task says), names breaking ties; `output` always wins."""
     names = [t.name for t in info.outputs]
     if output is not None:
-        if output not in names:
+        chosen = info.output(str(output))
+        if chosen is None:
             raise SourceError(f"{KEY_OUTPUT}: the graph has no output {output!r} (outputs: {', '.join(names)})")
-        return output
+        if chosen.elem_type != FLOAT:
+            raise SourceError(f"{KEY_OUTPUT}: output {chosen.describe_typed()} is not float32, so it is neither "
+                              f"embeddings nor logits ({_found(info)}); set {KEY_OUTPUT} to a float output")
+        return chosen.name
+    floats = [t for t in info.outputs if t.role]
     if task == "sentence-embedding":
-        preferred = [n for n in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS if n in names]
-        if preferred:
-            return preferred[0]
-        if any(n in LOGIT_OUTPUTS for n in names):
+        named = [t for name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS for t in floats if t.name == name]
+        if named:
+            return named[0].name
+        candidates = [t for t in floats if t.name not in CLASSIFIER_OUTPUTS]  # "output" says nothing either way
+        # A pooled vector the graph computes (its own pooling, Dense and normalisation) before token states that
+        # compress would pool; BERT's pooler_output is no sentence embedding: token states first.
+        groups = ([t for t in candidates if t.role == "pooled" and t.name not in POOLER_OUTPUTS],
+                  [t for t in candidates if t.role == "token states"],
+                  [t for t in candidates if t.role == "pooled"])
+        if not candidates and floats:
             raise SourceError(f"{info.path}: the graph outputs logits ({_found(info)}), a classifier's output, not "
                               f"embeddings; set task: text-classification, or {KEY_OUTPUT}: <an embedding output>")
     else:
-        preferred = [n for n in LOGIT_OUTPUTS if n in names]
-        if preferred:
-            return preferred[0]
-        if any(n in TOKEN_OUTPUTS + EMBEDDING_OUTPUTS for n in names):
+        named = [t for name in LOGIT_OUTPUTS for t in floats if t.name == name and t.role == "pooled"]
+        if named:
+            return named[0].name
+        embedding_names = EMBEDDING_OUTPUTS + TOKEN_OUTPUTS + POOLER_OUTPUTS
+        groups = ([t for t in floats if t.role == "pooled" and t.name not in embedding_names],)
+        if not groups[0] and any(t.name in embedding_names or t.role == "token states" for t in floats):
             raise SourceError(f"{info.path}: the graph outputs embeddings or token states ({_found(info)}), not "
                               f"logits; {task} needs a classifier head: set task: sentence-embedding, or "
                               f"{KEY_OUTPUT}: <the logits output>")
-    if len(names) == 1:
-        return names[0]
+    group = next((g for g in groups if g), [])
+    if len(group) == 1:
+        return group[0].name
+    if len(group) > 1:
+        raise SourceError(f"{info.path}: {len(group)} outputs could be what {task} needs "
+                          f"({', '.join(t.describe_typed() for t in group)}); set {KEY_OUTPUT}: <one of "
+                          f"{', '.join(t.name for t in group)}>")
+    if not floats:
+        raise SourceError(f"{info.path}: no output is a float32 tensor ({_found(info)}); {task} needs "
+                          "embeddings or logits as float32: re-export the model with such an output")
     raise SourceError(f"{info.path}: none of the outputs is recognisably what {task} needs ({_found(info)}); set "
                       f"{KEY_OUTPUT}: <one of {', '.join(names)}>")
 
@@ -272,6 +322,79 @@ def _sentence_transformers(folder: Path | None) -> dict:
     config = pooling_config(folder)
     return {"pooling": config["pooling"], "normalize": config["normalize"], "dense": bool(config.get("dense")),
             "configured": (folder / "1_Pooling" / "config.json").is_file()}
+
+
+# ---------------------------------------------------------------- guessing the task
+
+
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "1_Pooling", "config_sentence_transformers.json")
+
+
+def guess_task(info: GraphInfo) -> tuple[str, list[str]]:
+    """The task `info`'s graph fits and the evidence, for a person: its inputs and outputs (dtype and shape), the
+    config files beside it (architectures, id2label), a tokenizer, a sentence-transformers config. A [batch, n]
+    float output beside a tokenizer is an embedding unless something says it holds classes (id2label with n
+    labels, a classification architecture, an output named logits without token states beside it)."""
+    if info.input("input_ids") is None:
+        images = ", ".join(t.describe_typed() for t in info.inputs) or "none"
+        return "image-classification", [f"inputs {images}: no input_ids, so not text"]
+    outputs = list(info.outputs)
+    evidence = [f"outputs {', '.join(t.describe_typed() for t in outputs)}"]
+    folders = _folders(info.path)
+    tokenizer = tokenizer_dir(info.path)
+    config_dir = next((f for f in folders if (f / "config.json").is_file()), None)
+    config = _read_config(config_dir / "config.json") if config_dir else {}
+    labels = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
+    architectures = [str(a) for a in config.get("architectures") or [] if isinstance(a, str)]
+    st = sorted({name for f in folders for name in SENTENCE_TRANSFORMERS_FILES if (f / name).exists()})
+    pooled = [t for t in outputs if t.role == "pooled"]
+    states = [t for t in outputs if t.role == "token states"]
+    named_embedding = [t for name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS for t in outputs if t.role and t.name == name]
+
+    classifier = [a for a in architectures if a.endswith(("ForSequenceClassification", "ForTextClassification"))]
+    if classifier:
+        return "text-classification", evidence + [f"config.json: architecture {classifier[0]}"]
+    counted = [t for t in pooled if labels and t.dims[-1] == len(labels) and t.name not in EMBEDDING_OUTPUTS]
+    if counted:
+        return "text-classification", evidence + [
+            f"config.json id2label has {len(labels)} labels, the size of {counted[0].name}: class scores"]
+    logits = [t for t in pooled if t.name in CLASSIFIER_OUTPUTS]
+    if logits and not states and not named_embedding:
+        return "text-classification", evidence + [f"{logits[0].name} is named as class scores, and no output is "
+                                                  "token states or named as an embedding"]
+    if named_embedding:
+        what = "token states" if named_embedding[0].role == "token states" else "an embedding"
+        evidence.append(f"{named_embedding[0].name} is named as {what}")
+    elif states:
+        evidence.append(f"{states[0].name} is token states [batch, sequence, hidden]")
+    for t in pooled:
+        if t.name in CLASSIFIER_OUTPUTS or t.name in EMBEDDING_OUTPUTS:
+            continue
+        size = t.dims[-1] if isinstance(t.dims[-1], int) else "n"
+        beside = "beside a tokenizer, with" if tokenizer else "with"
+        evidence.append(f"{t.name} float [batch, {size}] {beside} no id2label or labels config: an embedding, "
+                        f"not {size} classes")
+        break
+    if st:
+        evidence.append(f"sentence-transformers config beside it ({', '.join(st)})")
+    if labels and not counted:
+        evidence.append(f"config.json id2label has {len(labels)} labels, the size of no output")
+    if not tokenizer:
+        evidence.append("no tokenizer beside it (compress needs one for text)")
+    return "sentence-embedding", evidence
+
+
+def _folders(model: Path) -> list[Path]:
+    """Where a model's config and tokenizer files are: beside it, and above it for hub repos' onnx/model.onnx."""
+    return [model.parent] + ([model.parent.parent] if model.parent.name == "onnx" else [])
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = common.read_json(path)
+    except (ValueError, OSError):  # a broken config.json is no evidence either way
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 # ---------------------------------------------------------------- the bundle
@@ -313,7 +436,7 @@ def write_bundle(source: Path, dest: Path, task_name: str, output: str | None = 
     labels = _labels(dest / "config.json") if task_name != "sentence-embedding" else []
     details = {"task": task_name, "output": task.OUTPUT_NAME, "inputs": list(task.INPUT_NAMES), "precision": "fp32",
                "onnx_input": {"file": model.name, "output": how.output, "inputs": [t.describe() for t in info.inputs],
-                              "outputs": [t.describe() for t in info.outputs], "opset": info.opset,
+                              "outputs": [t.describe_typed() for t in info.outputs], "opset": info.opset,
                               "notes": how.notes},
                "fixed_axes": how.fixed_axes}
     if task_name == "sentence-embedding":
