@@ -1,8 +1,10 @@
 """Model CI: decide pass/fail from a run's report.json, optionally against a baseline report.json.
 
-`compress gate` (and the GitHub Action in action.yml) calls `run_gate()`: it checks the quality budget, the
-speed-up and the latency against a previous run (compress/compare.py), and writes markdown for a CI summary
-or a PR comment. Only report.json files are read, never a model, so this runs in a blink on any CI machine.
+`compress gate` (and the GitHub Action in action.yml) calls `run_gate()`: it checks the quality budget and the
+speed-up of the best compressed variant (never the teacher's own rows), and against a previous run
+(compress/compare.py) latency, quality and failed variants, and writes markdown for a CI summary or a PR comment.
+A report in its run directory is rebuilt from the hash-checked bench results (compare.load_report); no model is
+read, so this runs in a blink on any CI machine.
 Exit codes follow the CLI convention: 0 passed, 1 a gate failed, 2 usage error or bad input (GateUsageError, and
 any report the CLI cannot read: never 1, which CI takes for a failed gate).
 """
@@ -252,7 +254,8 @@ def render_markdown(result: dict, report: dict, baseline_path: str | None = None
         lines += [(f"**Best variant:** `{best['variant']}` on {row_label(best).split(' ', 1)[1]}, "
                    f"{result['headline']} drop {best['quality_drop']:.4f} (budget {result['budget']:g})"), ""]
     else:
-        lines += [f"**Best variant:** none keeps its {result['headline']} drop within {result['budget']:g}", ""]
+        lines += [f"**Best variant:** no compressed variant keeps its {result['headline']} drop within "
+                  f"{result['budget']:g}", ""]
     if result["checks"]:
         lines += ["| gate | threshold | value | result |", "|---|---|---|---|"]
         lines += [f"| {c['gate']} | {c['threshold']} | {c['value']} | {'pass' if c['passed'] else '**FAIL**'} |"
