@@ -216,14 +216,17 @@ def compare(
                       _num(e["noise"], ".0%"),
                       _num(e["quality_delta"], "+.4f"),
                       e["verdict"] + ("; quality regression" if e.get("quality_regression") else ""),
-                      style="bold red" if e["verdict"] == "slower" or e.get("quality_regression") else None)
+                      style="bold red" if e["verdict"] == "slower" or e.get("quality_regression") or e.get("failed")
+                      else None)
     out.print(table)
     worse = [e["label"] for e in entries if e.get("quality_regression")]
     slower = [e["label"] for e in entries if e["verdict"] == "slower"]
     out.print(f"quality regressions beyond {budget:g} {after.get('headline', 'quality')}: "
               f"{', '.join(worse) if worse else 'none'}")
     out.print(f"regressions beyond {threshold:.0%} and the noise: {', '.join(slower) if slower else 'none'}")
-    if worse or slower:
+    if failed := [e["label"] for e in entries if e.get("failed")]:  # failed in NEW: a regression too
+        out.print(f"variants that failed in this run: {', '.join(failed)}")
+    if worse or slower or failed:
         raise typer.Exit(1)
 
 

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from compress.errors import CompressError
+from compress.errors import CompressError, InputError
 from compress.report import row_key, row_label
 
 DEFAULT_QUALITY_BUDGET = 0.02  # as the report's default max_quality_drop
@@ -22,8 +22,17 @@ class GateUsageError(CompressError):
     exit_code = 2
 
 
+class NothingCompared(CompressError):
+    """No row of the new run is at the same variant, provider and setting as a row of the baseline: a comparison
+    that compared nothing is a failure, not a pass (exit 1)."""
+
+
 def load_report(path: str | Path, what: str = "report") -> tuple[Path, dict]:
-    """Read a report.json given as the file, a run directory, or a folder holding exactly one (an artifact)."""
+    """Read a report.json given as the file, a run directory, or a folder holding exactly one (an artifact).
+
+    A report.json in its run directory (beside a manifest.json that lists the run's artifacts) is not taken as
+    written: the report is rebuilt from the bench results, each checked against the manifest's sha256, as
+    `compress report` does, so an edited report.json cannot pass a gate. `report["verified"]` says which it was."""
     path = Path(path)
     if path.is_dir():
         found = [path / "report.json"] if (path / "report.json").is_file() else sorted(path.rglob("report.json"))
@@ -39,7 +48,60 @@ def load_report(path: str | Path, what: str = "report") -> tuple[Path, dict]:
         raise GateUsageError(f"{what} {path}: cannot read it as JSON ({exc})") from None
     if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
         raise GateUsageError(f"{what} {path}: not a compress report.json (no 'rows')")
-    return path, report
+    manifest = _run_manifest(path.parent)
+    if manifest is None:
+        return path, {**report, "verified": False}
+    from compress.report import verified_report
+
+    try:
+        rebuilt = verified_report(path.parent, manifest)
+    except InputError as exc:  # an edited, missing or linked bench result: name the report it belongs to
+        raise GateUsageError(f"{what} {path}: {exc}") from None
+    return path, {**rebuilt, "verified": True}
+
+
+def _run_manifest(folder: Path) -> dict | None:
+    """The manifest of the run directory `folder`, or None when it is no run's (no manifest, or one that lists
+    no artifacts: a user's own manifest.json is not a run)."""
+    from compress.rundir import MANIFEST, read_json
+
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        manifest = read_json(folder / MANIFEST)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    sweep = manifest.get("sweep")
+    if isinstance(sweep, dict) and isinstance(sweep.get("variants"), list):
+        return manifest
+    artifacts = manifest.get("artifacts")
+    return manifest if isinstance(artifacts, dict) and isinstance(manifest.get("recipe"), dict) else None
+
+
+def check_comparable(report: dict, baseline: dict) -> None:
+    """Refuse, with one sentence, a baseline whose quality numbers mean something else: another task, another
+    headline metric (agreement with the teacher is not accuracy on labels), or another quality reference."""
+    def both(key):
+        now, then = report.get(key), baseline.get(key)
+        return (now, then) if now is not None and then is not None and now != then else None
+
+    if pair := both("task"):
+        raise GateUsageError(f"baseline: a {pair[1]} run, this run is {pair[0]}; compare runs of the same task "
+                             "(the same recipe)")
+    if pair := both("headline"):
+        if set(pair) == {"accuracy", "agreement"}:
+            raise GateUsageError(f"baseline: its quality is {pair[1]}, this run's is {pair[0]} (accuracy is on the "
+                                 "data's labels, agreement is with the teacher's answers): the two are not "
+                                 "comparable; compare runs whose labels fit the model alike")
+        raise GateUsageError(f"baseline: its headline metric is {pair[1]}, this run's is {pair[0]}; compare runs "
+                             "that measure the same metric")
+    if pair := both("teacher_input"):
+        kind = {"onnx": "an ONNX model", "pytorch": "a PyTorch model"}
+        raise GateUsageError(f"baseline: its teacher (what quality is measured against) was "
+                             f"{kind.get(pair[1], pair[1])}, this run's is {kind.get(pair[0], pair[0])}; compare "
+                             "runs with the same teacher")
 
 
 def round_medians(row: dict) -> list[float]:
@@ -85,6 +147,7 @@ def compare(report: dict, baseline: dict, threshold: float, max_quality_regressi
     runner) slows the teacher and the variant alike and is not taken for a regression, while a change that
     slows every ONNX variant (a new onnxruntime) still is, since the PyTorch teacher does not move with it.
     """
+    check_comparable(report, baseline)
     before = {row_key(r): r for r in baseline["rows"]}
     refs = (_references(report), _references(baseline))
     budget = quality_budget(report, max_quality_regression)
@@ -98,11 +161,37 @@ def compare(report: dict, baseline: dict, threshold: float, max_quality_regressi
         elif base and row["status"] == "ok" and base["status"] == "ok" and row.get("p50_ms") and base.get("p50_ms"):
             _judge(entry, row, base, refs, threshold)
         _judge_quality(entry, row, base, budget)
+        _judge_failed(entry, row, base)
         out.append(entry)
+    if not any(e["base"] is not None and not e["row"].get("is_baseline") for e in out):
+        raise NothingCompared(_nothing_compared(report, baseline))
     out += [{"row": base, "base": base, "label": row_label(base), "delta": None, "quality_delta": None,
-             "noise": None, "verdict": "missing in this run", "quality_regression": False}
+             "noise": None, "verdict": "missing in this run", "quality_regression": False, "failed": False}
             for base in before.values()]
     return out
+
+
+def _nothing_compared(report: dict, baseline: dict) -> str:
+    def settings(doc):
+        found = sorted({str(r.get("setting")) for r in doc["rows"] if isinstance(r, dict)})
+        return ", ".join(found[:4]) + (", ..." if len(found) > 4 else "") if found else "no rows"
+
+    return (f"baseline: no variant of this run is at the same variant, provider and setting as one of the "
+            f"baseline (this run: {settings(report)}; baseline: {settings(baseline)}), so nothing was compared; "
+            "give a baseline of the same recipe")
+
+
+# A row that ran into an error is broken; one skipped (out of time) was measured before and is not now. A provider
+# this machine lacks (unavailable) says nothing of the model.
+NOT_A_FAILURE = ("ok", "unavailable")
+
+
+def _judge_failed(entry: dict, row: dict, base: dict | None) -> None:
+    """A variant that failed in this run (an error; skipped where the baseline measured it) is a regression."""
+    status = row.get("status")
+    entry["failed"] = status not in NOT_A_FAILURE and (status != "skipped" or (base or {}).get("status") == "ok")
+    if entry["failed"]:
+        entry["verdict"] = f"{status} in this run"
 
 
 def quality_budget(report: dict, explicit: float | None = None) -> float:

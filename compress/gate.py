@@ -1,18 +1,30 @@
 """Model CI: decide pass/fail from a run's report.json, optionally against a baseline report.json.
 
-`compress gate` (and the GitHub Action in action.yml) calls `run_gate()`: it checks the quality budget, the
-speed-up and the latency against a previous run (compress/compare.py), and writes markdown for a CI summary
-or a PR comment. Only report.json files are read, never a model, so this runs in a blink on any CI machine.
+`compress gate` (and the GitHub Action in action.yml) calls `run_gate()`: it checks the quality budget and the
+speed-up of the best compressed variant (never the teacher's own rows), and against a previous run
+(compress/compare.py) latency, quality and failed variants, and writes markdown for a CI summary or a PR comment.
+A report in its run directory is rebuilt from the hash-checked bench results (compare.load_report); no model is
+read, so this runs in a blink on any CI machine.
 Exit codes follow the CLI convention: 0 passed, 1 a gate failed, 2 usage error or bad input (GateUsageError, and
 any report the CLI cannot read: never 1, which CI takes for a failed gate).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 from pathlib import Path
 
-from compress.compare import GateUsageError, compare, load_report, quality_budget, round_medians
+from compress.compare import (
+    GateUsageError,
+    NothingCompared,
+    compare,
+    finite,
+    load_report,
+    quality_budget,
+    round_medians,
+)
 from compress.report import COLUMNS, CONSOLE_COLUMNS, recommend, row_label, table_cells
 
 __all__ = ["GateUsageError", "gate", "load_report", "render_markdown", "run_gate", "write_github_output"]
@@ -48,23 +60,80 @@ def gate(report: dict, baseline: dict | None = None, *, max_quality_drop: float 
     quality_regression = _threshold("max-quality-regression", max_quality_regression)
     max_drop = max_drop if max_drop is not None else _recipe_gate(report, "max_quality_drop")
     speedup = speedup if speedup is not None else _recipe_gate(report, "min_speedup")
-    budget = max_drop if max_drop is not None else report.get("max_quality_drop", 0.02)
-    best, _ = recommend(report["rows"], report.get("select") or {}, budget)
+    budget = max_drop if max_drop is not None else quality_budget(report)
+    candidates = compressed_rows(report["rows"])
+    best, _ = recommend(candidates, _select(report), budget)
     headline = report.get("headline", "cosine")
     checks = [] if _measured(report) else [_nothing_measured_check(report)]
-    if max_drop is not None:
-        checks.append(_quality_check(report["rows"], best, max_drop, headline))
+    if _measured(report):  # with nothing measured, the check above says why already
+        checks.append(_quality_check(report["rows"], best, budget, headline))
     if speedup is not None:
         against = "the fp32 ONNX input" if report.get("teacher_input") == "onnx" else "the teacher in PyTorch fp32"
         checks.append(_speedup_check(best, speedup, against))
     comparison = None
     if baseline is not None:
         regression = DEFAULT_MAX_LATENCY_REGRESSION if regression is None else regression
-        comparison = compare(report, baseline, regression, quality_regression)
-        checks.append(_quality_regression_check(comparison, quality_budget(report, quality_regression), headline))
-        checks.append(_latency_check(comparison, regression))
+        try:
+            comparison = compare(report, baseline, regression, quality_regression)
+        except NothingCompared as exc:
+            checks.append({"gate": "baseline", "threshold": "rows in common", "passed": False,
+                           "value": "nothing compared", "message": str(exc)})
+        else:
+            checks.append(_quality_regression_check(comparison, quality_budget(report, quality_regression),
+                                                     headline))
+            checks.append(_failed_check(comparison))
+            checks.append(_latency_check(comparison, regression))
     return {"passed": all(c["passed"] for c in checks), "checks": checks, "best": best, "budget": budget,
             "comparison": comparison, "headline": headline}
+
+
+def is_compressed(row: dict) -> bool:
+    """A row the gate may pass: a distilled model (not the teacher's role) or a quantized one (not fp32).
+
+    The teacher itself, in PyTorch or as its fp32 ONNX export, is the reference a compressed variant is measured
+    against, not a compressed variant: with it in the running, the quality gate could never fail."""
+    return row.get("role") != "teacher" or (row.get("precision") or "fp32") != "fp32"
+
+
+def compressed_rows(rows: list[dict]) -> list[dict]:
+    """The rows the gate judges: compressed variants whose headline quality and drop are numbers (NaN never
+    qualifies, whatever a report says of it)."""
+    return [r for r in rows if isinstance(r, dict) and is_compressed(r) and finite(r.get("headline")) is not None
+            and finite(r.get("quality_drop")) is not None]
+
+
+def _select(report: dict) -> dict:
+    """The report's select, at the setting its recommendation is made at (the first row's, unless it names one):
+    set here since the rows left for the gate may no longer start with it."""
+    select = dict(report.get("select") or {})
+    first = next((r for r in report["rows"] if isinstance(r, dict) and r.get("setting")), None)
+    if not select.get("setting") and first is not None:
+        select["setting"] = str(first["setting"]).split("@")[0]
+    return select
+
+
+def _verified_check(report: dict, baseline: dict | None) -> dict:
+    """Whether the numbers judged are the run's hash-checked bench results or a report.json taken as written."""
+    docs = [("report", report)] + ([("baseline", baseline)] if baseline is not None else [])
+    unverified = [what for what, doc in docs if not doc.get("verified")]
+    value = "unverified: " + " and ".join(unverified) if unverified else "verified"
+    message = ("results: judged from the run's bench results, checked against manifest.json" if not unverified
+               else f"results: the {' and the '.join(unverified)} judged as written in report.json, unverified "
+                    "(not in its run directory); give the run directory to judge its hash-checked bench results")
+    return {"gate": "results", "threshold": "hash-checked", "passed": True, "value": value, "message": message}
+
+
+def _failed_check(comparison: list[dict]) -> dict:
+    failed = [c for c in comparison if c.get("failed")]
+    check = {"gate": "failed-variants", "threshold": "none", "passed": not failed,
+             "value": ", ".join(c["row"]["variant"] for c in failed[:3]) + (", ..." if len(failed) > 3 else "")
+             if failed else "none"}
+    check["message"] = "\n".join(
+        f"failed-variants: {c['label']}: {c['row'].get('status')} in this run"
+        + (f" ({str(c['row'].get('reason')).splitlines()[0][:160]})" if c["row"].get("reason") else "")
+        + (", measured in the baseline" if (c["base"] or {}).get("status") == "ok" else "") for c in failed
+    ) if failed else "failed-variants: every variant of this run ran"
+    return check
 
 
 def _quality_check(rows: list[dict], best: dict | None, threshold: float, headline: str) -> dict:
@@ -74,11 +143,18 @@ def _quality_check(rows: list[dict], best: dict | None, threshold: float, headli
         check["message"] = (f"max-quality-drop: {row_label(best)}: {headline} drop {best['quality_drop']:.4f} "
                             f"<= {threshold:g}")
         return check
-    measured = [r for r in rows if r["status"] == "ok" and r.get("quality_drop") is not None]
+    if not any(is_compressed(r) for r in rows if isinstance(r, dict)):
+        teachers = ", ".join(dict.fromkeys(str(r.get("variant")) for r in rows if isinstance(r, dict)))
+        check["value"] = "no compressed variant"
+        check["message"] = (f"max-quality-drop: the report has no compressed variant, only the teacher's own rows "
+                            f"({teachers}), which are the reference and never pass; add a quantize or distill stage")
+        return check
+    measured = [r for r in compressed_rows(rows) if r["status"] == "ok"]
     closest = min(measured, key=lambda r: r["quality_drop"], default=None)
     check["value"] = f"{closest['quality_drop']:.4f} (best)" if closest else "not measured"
-    tail = f"; the closest is {row_label(closest)} with {closest['quality_drop']:.4f}" if closest else ""
-    check["message"] = f"max-quality-drop: no variant keeps its {headline} drop within {threshold:g}{tail}"
+    tail = f"; the closest is {row_label(closest)} with {_drop(closest['quality_drop'])}" if closest else ""
+    check["message"] = (f"max-quality-drop: no compressed variant keeps its {headline} drop within "
+                        f"{threshold:g}{tail}")
     return check
 
 
@@ -117,6 +193,11 @@ def _quality_regression_check(comparison: list[dict], budget: float, headline: s
     check["message"] = (f"max-quality-regression: no variant lost more than {budget:g} {headline} against the "
                         f"baseline ({len(compared)} compared)")
     return check
+
+
+def _drop(value: float) -> str:
+    """A quality drop: 4 decimals, or 2 significant digits below them (a drop of 5.6e-08 is not 0.0000)."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-4 else f"{value:.1e}"
 
 
 def _fmt(value) -> str:
@@ -173,7 +254,8 @@ def render_markdown(result: dict, report: dict, baseline_path: str | None = None
         lines += [(f"**Best variant:** `{best['variant']}` on {row_label(best).split(' ', 1)[1]}, "
                    f"{result['headline']} drop {best['quality_drop']:.4f} (budget {result['budget']:g})"), ""]
     else:
-        lines += [f"**Best variant:** none keeps its {result['headline']} drop within {result['budget']:g}", ""]
+        lines += [f"**Best variant:** no compressed variant keeps its {result['headline']} drop within "
+                  f"{result['budget']:g}", ""]
     if result["checks"]:
         lines += ["| gate | threshold | value | result |", "|---|---|---|---|"]
         lines += [f"| {c['gate']} | {c['threshold']} | {c['value']} | {'pass' if c['passed'] else '**FAIL**'} |"
@@ -223,24 +305,41 @@ def write_github_output(path: str | Path, outputs: dict[str, str]) -> None:
                 handle.write(f"{name}={value}\n")
 
 
+@contextlib.contextmanager
+def _writing(path: str | Path, option: str):
+    """A file the gate writes that cannot be written (a full disk, no permission) is named, never taken for an
+    unreadable report (exit 2: the gate's verdict did not reach CI)."""
+    try:
+        yield
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        what = "the disk is full" if full else (exc.strerror or type(exc).__name__)
+        raise GateUsageError(f"{option} {path}: could not write it ({what}); "
+                             + ("free some space and run compress gate again" if full
+                                else "give a file compress can write")) from None
+
+
 def run_gate(report_path: str | Path, baseline: str | Path | None = None, *, summary: str | Path | None = None,
              comment: str | Path | None = None, github_output: str | Path | None = None, **thresholds) -> dict:
     """Load, evaluate, write the markdown files and outputs; return the result (the CLI maps it to 0/1)."""
     path, report = load_report(report_path)
     base_path, base = load_report(baseline, "baseline") if baseline else (None, None)
     result = gate(report, base, **thresholds)
+    result["checks"].append(_verified_check(report, base))
     markdown = render_markdown(result, report, str(base_path) if base_path else None)
     if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
+        with _writing(summary, "--summary"), open(summary, "a", encoding="utf-8") as handle:
             handle.write(markdown)
     if comment:
         from compress.artifacts import write_text_atomic  # only a comment needs it
 
-        Path(comment).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(comment), f"{COMMENT_MARKER}\n{markdown}")
+        with _writing(comment, "--comment"):
+            Path(comment).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(comment), f"{COMMENT_MARKER}\n{markdown}")
     if github_output:
         best = result["best"]
-        write_github_output(github_output, {"report-json": str(path), "passed": str(result["passed"]).lower(),
-                                            "best-variant": best["variant"] if best else ""})
+        with _writing(github_output, "--github-output"):
+            write_github_output(github_output, {"report-json": str(path), "passed": str(result["passed"]).lower(),
+                                                "best-variant": best["variant"] if best else ""})
     result["report_path"], result["markdown"] = path, markdown
     return result

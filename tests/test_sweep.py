@@ -155,3 +155,9 @@ def test_sweep_with_bench_ranks_every_variant_in_one_report(tmp_path, tiny_bert,
                                                                      for v in r.get("also_in") or []}
     assert named == set(variants)  # every variant's rows land in the one report
     assert "| 1 | " in (tmp_path / "sweep" / "report.md").read_text()
+    # compress gate judges the same report, rebuilt from every variant's hash-checked bench results (issue 29 F8)
+    from compress.compare import load_report
+
+    _, judged = load_report(tmp_path / "sweep")
+    written = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    assert judged["verified"] and json.loads(json.dumps(judged["rows"])) == written["rows"]

@@ -40,7 +40,8 @@ from compress.report.markdown import (
 __all__ = [
     "COLUMNS", "CONSOLE_COLUMNS", "DEFAULT_MAX_DROP", "OBJECTIVES", "accuracy_lines", "accuracy_searches",
     "build_report", "decision_table", "eligibility", "provider_matches", "qualifies", "recommend",
-    "render_markdown", "row_id", "row_key", "row_label", "setting_label", "table_cells", "where", "write_reports",
+    "render_markdown", "row_id", "row_key", "row_label", "setting_label", "table_cells", "verified_report", "where",
+    "write_reports",
 ]
 
 
@@ -53,3 +54,24 @@ def write_reports(run_dir: Path, manifest: dict) -> dict:
     from compress.report.run import write_run_reports
 
     return write_run_reports(Path(run_dir), manifest)
+
+
+def verified_report(run_dir: Path, manifest: dict) -> dict:
+    """The report of a finished run (or sweep) rebuilt in memory from its bench results, each checked against the
+    sha256 its manifest recorded (rundir.verify_artifacts: one sentence naming an edited file), as
+    `compress report` does; nothing is written. What `compress gate` and `compress compare` judge."""
+    from compress.rundir import read_manifest, verify_artifacts
+
+    run_dir = Path(run_dir)
+    if not manifest.get("sweep"):
+        verify_artifacts(run_dir, manifest)
+        return build_report(run_dir, manifest)
+    from compress.report import sweep
+
+    per_variant = {}
+    for variant in manifest["sweep"]["variants"]:
+        folder = run_dir / variant["run_dir"]
+        own = read_manifest(folder)
+        verify_artifacts(folder, own)
+        per_variant[variant["name"]] = sweep.tag_artifacts(build_report(folder, own), own)
+    return sweep.build_report(manifest, per_variant)

@@ -23,14 +23,18 @@ def write_reports(run_dir: Path, manifest: dict) -> dict:
     for variant in manifest["sweep"]["variants"]:
         folder = run_dir / variant["run_dir"]
         own = read_manifest(folder)
-        result = write_run_reports(folder, own)
-        for row in result.get("rows", []):  # what identifies one model across variants
-            row["artifact_sha256"] = ((own.get("artifacts") or {}).get(row["variant"]) or {}).get("sha256")
-        per_variant[variant["name"]] = result
+        per_variant[variant["name"]] = tag_artifacts(write_run_reports(folder, own), own)
     result = build_report(manifest, per_variant)
     with disk_errors(run_dir), lock(run_dir, wait=True):
         write_text_atomic(run_dir / "report.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
         write_text_atomic(run_dir / "report.md", render_markdown(result))
+    return result
+
+
+def tag_artifacts(result: dict, manifest: dict) -> dict:
+    """A variant's report with each row's artifact sha256: what identifies one model across variants."""
+    for row in result.get("rows", []):
+        row["artifact_sha256"] = ((manifest.get("artifacts") or {}).get(row["variant"]) or {}).get("sha256")
     return result
 
 
