@@ -29,8 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import reliability_cases_gate
 from bench.reliability_inputs import FIXED as INPUTS_FIXED
 from bench.reliability_inputs import Inputs
+
+# Issue 29's classes (own-file claims, sources inside the run, links followed by deletion, archive members, gate
+# semantics, label mapping, baseline matching, signal handling per command): one cases module per area.
+TRUST_AREAS = (reliability_cases_gate,)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reliability.md"
@@ -90,6 +95,7 @@ FIXED = {
         "the report did not say whether remote code was allowed: report.md and report.json now do",
     ],
     "inputs": INPUTS_FIXED,
+    "trust": [line for area in TRUST_AREAS for line in area.FIXED],
     "bounds": ["bench had no total time budget: time_budget_s, with rows 'skipped' and the reason"],
     "concurrency": [
         "the reports were written after the run released the lock: a second run could start and the two "
@@ -833,6 +839,18 @@ def check_inputs_category(work: Path, inputs, full: bool) -> Category:
     return cat
 
 
+def check_trust_category(work: Path, inputs, full: bool) -> Category:
+    """Issue 29: what an independent probe found after issue 20 (bench/reliability_cases_<area>.py)."""
+    from bench.reliability_inputs import check_inputs
+
+    cat = Category("trust", "Trust, round 2: claimed folders, sources inside the run, links, archives, gate "
+                   "semantics, label mapping, baselines, signals per command")
+    # The short version (CI) runs each area's first case: tests/test_trust_<area>.py runs every case in CI already.
+    cases = [case for area in TRUST_AREAS for case in (area.CASES if full else area.CASES[:1])]
+    check_inputs(cat, work, inputs, full, cases)
+    return cat
+
+
 def _quiet():
     from rich.console import Console
 
@@ -922,8 +940,10 @@ def main(argv: list[str] | None = None) -> int:
         categories.append(timed(check_bounds, work / "bounds", done_dir))
         categories.append(concurrency)
         (work / "inputs").mkdir()
-        categories.append(timed(check_inputs_category, work / "inputs", Inputs(model, data, work / "faults" /
-                                                                               "pipeline.yaml", done_dir), full))
+        inputs = Inputs(model, data, work / "faults" / "pipeline.yaml", done_dir)
+        categories.append(timed(check_inputs_category, work / "inputs", inputs, full))
+        (work / "trust").mkdir()
+        categories.append(timed(check_trust_category, work / "trust", inputs, full))
     seconds = time.monotonic() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(categories, "full" if full else "short", seconds, args.seed))

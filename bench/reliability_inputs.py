@@ -166,12 +166,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def check_inputs(cat, work: Path, inputs: Inputs, full: bool) -> None:
-    """Run the cases (the short version: those marked short) into `cat` (bench.reliability.Category)."""
-    from bench.reliability_cases import CASES
+def check_inputs(cat, work: Path, inputs: Inputs, full: bool, cases: list[Case] | None = None) -> None:
+    """Run the cases (bench/reliability_cases.py unless given; the short version: those marked short) into `cat`
+    (bench.reliability.Category)."""
+    if cases is None:
+        from bench.reliability_cases import CASES as cases
 
     seconds = []
-    for case in CASES:
+    for case in cases:
         if not full and not case.short:
             continue
         folder = work / case.name
