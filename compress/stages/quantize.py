@@ -23,7 +23,7 @@ from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 from compress.stages import quantize_int8
 
-Scheme = Literal["int8-dynamic", "int8-static", "int4-weight", "fp16"]
+Scheme = Literal["int8-dynamic", "int8-portable", "int8-static", "int4-weight", "fp16"]
 
 
 class Int8Options(StrictModel):
@@ -139,6 +139,8 @@ def run(cfg: Config, ctx) -> list:
 
 def _run(cfg: Config, ctx, sources: list, progress) -> list:
     """Every scheme of every source; `progress` hears of each (calibration and the accuracy search take minutes)."""
+    from compress.tasks.common import read_json
+
     out = []
     for source in sources:
         feeds = quant_check.held_out_feeds(ctx, source, cfg.check_size) if cfg.check_size else []
@@ -164,9 +166,10 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
                 ctx.metrics[name]["accuracy"] = accuracy
                 extra = {"excluded_nodes": accuracy["excluded_nodes"], "kept_precision": accuracy["kept_precision"],
                          "accuracy": {k: accuracy[k] for k in ("quality", "drop", "within_budget", "reason")}}
+            runtimes = read_json(artifact.path / "compress.json").get("runtimes") or {}
             out.append(replace(artifact, metadata={
                 "source": source.name, "role": source.metadata.get("role", source.name), "precision": scheme,
-                "scheme_options": options, "size_bytes": size, "check": check, **extra,
+                "scheme_options": options, "size_bytes": size, "check": check, "runtimes": runtimes, **extra,
             }))
             ctx.metrics[name]["check"] = check
             ctx.console.print(quant_check.summary_line(
@@ -278,7 +281,19 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
         shutil.rmtree(scratch, ignore_errors=True)
     # The timing is not written into the artifact: its bytes (and hash) must not depend on the machine's load.
     write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme,
-                                       "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"}})
+                                       "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"},
+                                       "runtimes": _runtimes(dst)})
+
+
+def _runtimes(path: Path) -> dict:
+    """Which runtimes load the model (quant_tools.runtimes), with the sentence a reader of compress.json needs."""
+    import onnx
+
+    found = quant_tools.runtimes(onnx.load(str(path), load_external_data=False))
+    note = ("standard ONNX operators only: any ONNX runtime (OpenVINO, onnxruntime-web, ...)" if found["standard_onnx"]
+            else f"onnxruntime only: {', '.join(found['onnxruntime_only'])}" if found["onnxruntime_only"]
+            else "onnxruntime and OpenVINO (com.microsoft operators that OpenVINO converts)")
+    return {**found, "note": note}
 
 
 def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options: dict, exclude, only) -> None:
@@ -286,13 +301,15 @@ def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options
 
     if scheme == "int8-dynamic":
         quantize_int8.int8_dynamic(cfg.int8, src, dst, options, exclude, only)
+    elif scheme == "int8-portable":
+        quantize_int8.int8_portable(cfg.int8, src, dst, options, exclude, only)
     elif scheme == "int8-static":
         quantize_int8.int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
     elif scheme == "int4-weight":
         llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
         opts = cfg.int4.model_copy(update={
             "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
-            "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
+            "embeddings": True if cfg.int4.embeddings is None else cfg.int4.embeddings})
         quantize_int4.int4(opts, src, dst, options, exclude, only)
     else:
         _fp16(src, dst, options)
