@@ -1,9 +1,14 @@
 """Stage quantize: one ONNX bundle per fp32 ONNX bundle and scheme, with onnxruntime.quantization.
 
-Works on the fused graph (export optimize: true) and on the plain one. Measured on MiniLM-L6 (fused,
-AVX2 EPYC, cosine to fp32 ONNX on 300 texts): int8-dynamic per-channel 0.991 at 25% of the size;
-int8-static 0.993 only with the MatMuls after GELU left in float (0.922 otherwise); int4-weight 0.977
-at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%. int4-weight: stages/quantize_int4.py.
+Works on the fused graph (export optimize: true) and on the plain one. int8-portable, int8-static and int4-weight
+first rewrite the fused Attention and EmbedLayerNormalization as standard operators (compress/unfuse.py), so that
+the embedding table and the packed QKV weights are quantized too and no onnxruntime-only operator is made.
+Measured on all-MiniLM-L6-v2 (fused, AVX2 EPYC, cosine to fp32 ONNX on 200 held-out reviews, 128 tokens):
+int8-dynamic 22.8 MB, 0.992 (QAttention/QEmbedLayerNormalization: onnxruntime only); int8-portable 23.5 MB, 0.992
+(standard operators; OpenVINO loads it); int8-static 34.1 MB (was 67), 0.989, larger than int8-dynamic because
+the MatMuls after GELU stay in float (0.922 otherwise); int4-weight 16.2 MB (was 58), 0.973 (QKV in 8 bits: all
+4-bit is 14.9 MB at 0.960); fp16 1.000 at 50%. Each bundle's compress.json says which runtimes load it.
+int4-weight: stages/quantize_int4.py; the int8 schemes: stages/quantize_int8.py.
 """
 
 from __future__ import annotations
@@ -62,8 +67,8 @@ class Int4Options(StrictModel):
         "for causal-lm, 0 for the encoder tasks (compute-bound: int4 there is about size, not speed).")
     embeddings: bool | None = Field(
         default=None, description="Also quantize the token embedding table (Gather, 4 bits): a causal LM's "
-        "largest single tensor (SmolLM2-135M: 199 -> 103 MB). Upgrades the model to opset 21. Default: yes for "
-        "causal-lm, no for the encoder tasks.")
+        "largest single tensor (SmolLM2-135M: 199 -> 103 MB), and most of a small encoder (all-MiniLM-L6-v2: "
+        "58 -> 16 MB, with its attention weights). Upgrades the model to opset 21. Default: yes.")
 
     @field_validator("block_size")
     @classmethod
@@ -113,7 +118,8 @@ class Config(StageBase):
     schemes: list[Scheme] | None = Field(
         default=None, min_length=1, description="One artifact per scheme and model (default: int8-dynamic; "
         "int8-static for image-classification, whose convolutions run about 5-11x slower than fp32 as "
-        "int8-dynamic's ConvInteger).")
+        "int8-dynamic's ConvInteger). int8-portable: int8-dynamic's size and quality in standard ONNX "
+        "operators only, for OpenVINO and other runtimes (int8-dynamic's fused QAttention is onnxruntime's own).")
     check_size: int = Field(
         default=128, ge=0, description="Held-out examples on which every artifact is compared with its fp32 "
         "source (agreement for logits, cosine otherwise) after onnx.checker and a session load; 0: no comparison.")

@@ -78,9 +78,10 @@ def standard_graph(src: Path, options: dict, op_types=None) -> Path:
 
     from compress.unfuse import FUSED, UnfuseError, unfuse
 
-    model = onnx.load(str(src))
-    if not any(n.domain == "com.microsoft" and n.op_type in (op_types or FUSED) for n in model.graph.node):
+    nodes = onnx.load(str(src), load_external_data=False).graph.node  # an LLM's GBs of weights: not needed here
+    if not any(n.domain == "com.microsoft" and n.op_type in (op_types or FUSED) for n in nodes):
         return src
+    model = onnx.load(str(src))
     try:
         model = unfuse(model, op_types or FUSED)
     except UnfuseError as exc:
