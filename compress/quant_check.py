@@ -13,7 +13,8 @@ from pathlib import Path
 from compress.errors import StageError
 
 WHAT = {"fp16": "fp16 conversion", "int8-static": "int8-static quantization",
-        "int8-dynamic": "int8-dynamic quantization", "int4-weight": "int4-weight quantization"}
+        "int8-dynamic": "int8-dynamic quantization",
+        "int8-portable": "int8-portable quantization", "int4-weight": "int4-weight quantization"}
 
 
 class ArtifactCheckError(StageError):

@@ -11,6 +11,9 @@
   compute shapes (padding sizes, Reshape targets) kept in fp32, and the graph sorted topologically (the
   converter appends the input Casts after their consumers: "Nodes in a graph must be topologically sorted").
 - `captured`: onnxruntime's and onnx's warnings, prints and protobuf dumps go to a log file, not the console.
+- `op_domains` / `runtimes`: which operator sets a graph uses, and so which runtimes load it: standard ONNX
+  only (any runtime), or com.microsoft operators, some of which only onnxruntime has (int8-dynamic's QAttention
+  and QEmbedLayerNormalization: OpenVINO has no conversion rule for them).
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ SHAPE_INPUTS = {"Pad": (1, 3), "Reshape": (1,), "Slice": (1, 2, 3, 4), "Resize":
                 "OneHot": (1,)}
 SHAPE_SOURCES = {"Shape", "Size"}  # where a shape computation starts: their input is data (any type)
 CONV_DYNAMIC_SHARE = 0.5  # above this share of weights in Conv, int8-dynamic is not offered by default
+# com.microsoft operators that OpenVINO 2026.4's ONNX frontend converts (measured on the fused tiny BERT and
+# MiniLM bundles: fp32, fp16, int8-static and int4-weight load and compile on CPU). Any other non-standard
+# operator (QAttention, QEmbedLayerNormalization, DynamicQuantizeMatMul, QGemm, ...) makes a graph
+# onnxruntime-only.
+OPENVINO_CONVERTS = {"com.microsoft": {"Attention", "EmbedLayerNormalization", "SkipLayerNormalization",
+                                       "BiasGelu", "FastGelu", "Gelu", "MatMulNBits", "GatherBlockQuantized"}}
 
 
 def preprocess(src: Path, dst: Path) -> str | None:
@@ -47,6 +56,61 @@ def preprocess(src: Path, dst: Path) -> str | None:
     if not Path(dst).exists():
         return "quant_pre_process wrote no model"
     return None
+
+
+def op_domains(model) -> dict[str, list[str]]:
+    """{operator domain: sorted operator types} of a graph (and its subgraphs); the standard domain is "ai.onnx"."""
+    found: dict[str, set[str]] = {}
+
+    def visit(graph) -> None:
+        for node in graph.node:
+            found.setdefault(node.domain or "ai.onnx", set()).add(node.op_type)
+            for attribute in node.attribute:
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    visit(sub)
+
+    visit(model.graph)
+    return {domain: sorted(ops) for domain, ops in sorted(found.items())}
+
+
+def runtimes(model) -> dict:
+    """Where a graph runs, from its operators: {"standard_onnx": only ai.onnx operators, "nonstandard": the
+    others as "domain.Op", "onnxruntime_only": those no other runtime we checked (OpenVINO) converts}."""
+    domains = op_domains(model)
+    nonstandard = [f"{d}.{op}" for d, ops in domains.items() if d != "ai.onnx" for op in ops]
+    only = [f"{d}.{op}" for d, ops in domains.items() if d != "ai.onnx" for op in ops
+            if op not in OPENVINO_CONVERTS.get(d, ())]
+    return {"standard_onnx": not nonstandard, "nonstandard": nonstandard, "onnxruntime_only": only}
+
+
+# Reduce operators whose `axes` attribute became an input in opset 18 (ReduceSum's in 13).
+REDUCE_AXES_INPUT_SINCE = {"ReduceSum": 13, **{op: 18 for op in (
+    "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
+    "ReduceSumSquare")}}
+
+
+def reduce_axes_as_inputs(model) -> int:
+    """Move Reduce* operators' `axes` attribute to an input where the model's opset wants it there (onnxruntime's
+    4-bit Gather quantizer raises an opset-17 model to 21 without converting its operators: "Unrecognized
+    attribute: axes for operator ReduceL2"). Returns how many were moved."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    moved = 0
+    for node in model.graph.node:
+        since = REDUCE_AXES_INPUT_SINCE.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        axes = next((a for a in node.attribute if a.name == "axes"), None)
+        if since is None or opset < since or axes is None:
+            continue
+        name = f"{node.name or node.op_type}_axes_{moved}"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(list(axes.ints), dtype=np.int64), name))
+        node.attribute.remove(axes)
+        if not node.input:
+            raise ValueError(f"{node.name}: a {node.op_type} without a data input")
+        node.input.append(name)
+        moved += 1
+    return moved
 
 
 def conv_share(model) -> float:

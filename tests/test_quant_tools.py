@@ -188,3 +188,63 @@ def test_recipe_notes_say_where_int8_dynamic_is_slow(task, schemes, providers, e
 
     assert len(notes) == (expected is not None)
     assert expected is None or (notes[0].startswith("stages[1]: int8-dynamic") and expected in notes[0])
+
+
+def _graph_of(ops: list[tuple[str, str]], opset: int = 17, subgraph: tuple[str, str] | None = None):
+    """A model whose nodes are `ops` ((domain, op_type), chained on one float tensor); `subgraph` puts one more
+    node inside an If's branch."""
+    from onnx import TensorProto, helper
+
+    nodes, name = [], "x"
+    for index, (domain, op) in enumerate(ops):
+        nodes.append(helper.make_node(op, [name], [f"t{index}"], domain=domain, name=f"n{index}"))
+        name = f"t{index}"
+    if subgraph:
+        branch = helper.make_graph([helper.make_node(subgraph[1], [name], ["b"], domain=subgraph[0])], "branch", [],
+                                   [helper.make_tensor_value_info("b", TensorProto.FLOAT, None)])
+        nodes.append(helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("ops, subgraph, domains, standard, only", [
+    ([("", "Relu"), ("ai.onnx", "MatMulInteger")], None, {"ai.onnx": ["MatMulInteger", "Relu"]}, True, []),
+    ([("", "Relu"), ("com.microsoft", "Attention")], None,
+     {"ai.onnx": ["Relu"], "com.microsoft": ["Attention"]}, False, []),
+    ([("com.microsoft", "QAttention"), ("com.microsoft", "MatMulNBits")], None,
+     {"com.microsoft": ["MatMulNBits", "QAttention"]}, False, ["com.microsoft.QAttention"]),
+    ([("", "Relu")], ("com.microsoft", "QEmbedLayerNormalization"),
+     {"ai.onnx": ["If", "Relu"], "com.microsoft": ["QEmbedLayerNormalization"]}, False,
+     ["com.microsoft.QEmbedLayerNormalization"]),
+], ids=["standard", "fused-fp32", "quantized-fused", "in-a-subgraph"])
+def test_runtimes_follow_op_domains(ops, subgraph, domains, standard, only):
+    model = _graph_of(ops, subgraph=subgraph)
+
+    found = quant_tools.runtimes(model)
+
+    assert quant_tools.op_domains(model) == domains
+    assert found["standard_onnx"] is standard and found["onnxruntime_only"] == only
+
+
+@pytest.mark.parametrize("op, opset, moved", [
+    ("ReduceL2", 21, 1), ("ReduceMean", 18, 1), ("ReduceL2", 17, 0), ("ReduceSum", 13, 1), ("Relu", 21, 0),
+])
+def test_reduce_axes_as_inputs_follows_the_opset(op, opset, moved):
+    import onnx
+    from onnx import helper
+
+    model = _graph_of([("", "Relu")], opset=opset)
+    model.graph.node[0].op_type = op
+    if op != "Relu":
+        model.graph.node[0].attribute.append(helper.make_attribute("axes", [0]))
+        model.graph.node[0].attribute.append(helper.make_attribute("keepdims", 1))
+
+    assert quant_tools.reduce_axes_as_inputs(model) == moved
+
+    node = model.graph.node[0]
+    assert len(node.input) == 1 + moved
+    assert any(a.name == "axes" for a in node.attribute) == (op != "Relu" and not moved)
+    if moved:
+        onnx.checker.check_model(model, full_check=True)

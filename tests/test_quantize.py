@@ -17,8 +17,8 @@ from compress.recipe import parse_recipe
 from compress.stages import export, quantize
 from compress.targets.cpu import cpu_info, pick_int8_format
 
-SCHEMES = ["int8-dynamic", "int8-static", "int4-weight", "fp16"]
-MIN_COSINE = {"int8-dynamic": 0.99, "int8-static": 0.99, "int4-weight": 0.99, "fp16": 0.999}
+SCHEMES = ["int8-dynamic", "int8-portable", "int8-static", "int4-weight", "fp16"]
+MIN_COSINE = {"int8-dynamic": 0.99, "int8-portable": 0.99, "int8-static": 0.99, "int4-weight": 0.99, "fp16": 0.999}
 
 
 def _texts_csv(path: Path) -> Path:
@@ -97,7 +97,9 @@ def test_quantize_scheme_runs_close_to_fp32(quantized, scheme):
     assert not np.allclose(got, reference, atol=0, rtol=0)  # the model really changed
 
 
-@pytest.mark.parametrize("scheme, max_ratio", [("int8-dynamic", 0.35), ("fp16", 0.55), ("int4-weight", 1.0)])
+# The tiny BERT is mostly its embedding table (30522 x 32): a scheme that leaves it in fp32 stays near 100%.
+@pytest.mark.parametrize("scheme, max_ratio", [("int8-dynamic", 0.35), ("int8-portable", 0.35), ("fp16", 0.55),
+                                               ("int8-static", 0.35), ("int4-weight", 0.2)])
 def test_quantize_shrinks_model_file(quantized, scheme, max_ratio):
     _, source, _, out = quantized
 
@@ -120,6 +122,42 @@ def test_quantize_names_bundle_and_records_metadata(quantized, scheme):
     assert (artifact.path / "tokenizer.json").is_file()
     metrics = ctx.metrics[artifact.name]
     assert metrics["size_bytes"] > 0 and metrics["seconds"] >= 0 and metrics["options"]
+
+
+# Where each scheme's model runs (compress.json and the artifact's metadata), from its operators: on the fused graph
+# int8-dynamic's QAttention/QEmbedLayerNormalization are onnxruntime's own; the unfused graph has none of them.
+@pytest.mark.parametrize("scheme, standard, onnxruntime_only", [
+    ("int8-dynamic", {"fused": False, "unfused": True},
+     {"fused": ["com.microsoft.QAttention", "com.microsoft.QEmbedLayerNormalization"], "unfused": []}),
+    ("int8-portable", {"fused": True, "unfused": True}, {"fused": [], "unfused": []}),
+    ("int8-static", {"fused": True, "unfused": True}, {"fused": [], "unfused": []}),
+    ("int4-weight", {"fused": False, "unfused": False}, {"fused": [], "unfused": []}),
+])
+def test_quantize_records_where_each_scheme_runs(quantized, scheme, standard, onnxruntime_only):
+    import onnx
+
+    _, source, _, out = quantized
+    fused = any(n.domain for n in onnx.load(str(source.path / "model.onnx")).graph.node)
+    graph, artifact = "fused" if fused else "unfused", out[scheme]
+
+    info = json.loads((artifact.path / "compress.json").read_text())["runtimes"]
+
+    assert info == artifact.metadata["runtimes"]
+    assert info["standard_onnx"] is standard[graph] and info["onnxruntime_only"] == onnxruntime_only[graph]
+    assert info["note"].startswith("standard ONNX" if standard[graph] else "onnxruntime only" if
+                                   onnxruntime_only[graph] else "onnxruntime and OpenVINO")
+
+
+@pytest.mark.parametrize("scheme", ["int8-portable", "int8-static", "int4-weight"])
+def test_quantize_scheme_quantizes_the_embedding_table(quantized, scheme):
+    import onnx
+
+    _, _, _, out = quantized
+
+    model = onnx.load(str(out[scheme].path / "model.onnx"))
+
+    tables = [i for i in model.graph.initializer if list(i.dims) == [30522, 32]]  # vocabulary x hidden size
+    assert tables and all(i.data_type != onnx.TensorProto.FLOAT for i in tables)
 
 
 def test_quantize_leaves_source_untouched(quantized):

@@ -309,3 +309,37 @@ def test_report_notes_gpu_rows_whose_compute_ran_on_the_cpu(tmp_path):
     assert notes == ["- student.int8-dynamic.onnx on CUDA (b1/s128/t1): 62 of 402 nodes ran on the CPU "
                      "(MatMulInteger x36, DynamicQuantizeLinear x24); its time includes them and the copies to and "
                      "from the device"]
+
+
+def _quantized(precision, size_mb, runtimes=None, size_note=None):
+    meta = {"source": "student.onnx", "precision": precision, "size_bytes": int(size_mb * 1e6),
+            "scheme_options": {"size_note": size_note} if size_note else {}}
+    return {"name": f"student.{precision}.onnx", "path": f"artifacts/student.{precision}.onnx", "format": "onnx",
+            "sha256": "x", "metadata": {**meta, **({"runtimes": runtimes} if runtimes is not None else {})}}
+
+
+ORT_ONLY = {"standard_onnx": False, "onnxruntime_only": ["com.microsoft.QAttention"], "note": "onnxruntime only"}
+STANDARD = {"standard_onnx": True, "onnxruntime_only": [], "note": "standard ONNX operators only"}
+OPENVINO = {"standard_onnx": False, "onnxruntime_only": [], "note": "onnxruntime and OpenVINO"}
+
+
+@pytest.mark.parametrize("artifacts, present, absent", [
+    ([_quantized("int8-dynamic", 15, ORT_ONLY), _quantized("int8-portable", 15, STANDARD)],
+     ["- onnxruntime only: student.int8-dynamic.onnx (com.microsoft.QAttention)",
+      "- any ONNX runtime (standard operators): student.int8-portable.onnx"], ["larger than int8-dynamic"]),
+    ([_quantized("int8-dynamic", 15, ORT_ONLY), _quantized("int8-static", 21, STANDARD, "GELU inputs in float"),
+      _quantized("int4-weight", 11, OPENVINO)],
+     ["- onnxruntime and OpenVINO: student.int4-weight.onnx",
+      "- student.int8-static.onnx is larger than int8-dynamic (21.0 vs 15.0 MB): GELU inputs in float"],
+     ["int4-weight.onnx is larger"]),
+    ([_quantized("int8-dynamic", 15)], [], ["## Where the variants run"]),  # an older manifest: no facts, no section
+], ids=["onnxruntime-only", "larger-says-why", "no-facts"])
+def test_report_says_where_variants_run(tmp_path, artifacts, present, absent):
+    manifest = make_run(tmp_path, BASE)
+    manifest["artifacts"].update({a["name"]: a for a in artifacts})
+
+    result = report.write_reports(tmp_path, manifest)
+
+    markdown = (tmp_path / "report.md").read_text()
+    assert all(line in markdown for line in present) and not any(text in markdown for text in absent)
+    assert set(result["runtimes"]) == {a["name"] for a in artifacts if "runtimes" in a["metadata"]}

@@ -51,6 +51,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "gates": check_gates(gates, best),
         "distillation": distillation(manifest, headline),
         "accuracy": accuracy_searches(manifest),
+        "runtimes": variant_runtimes(manifest),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": trust(recipe, manifest),
@@ -138,6 +139,27 @@ def accuracy_searches(manifest: dict) -> dict:
         for name, metrics in (stage.get("metrics") or {}).items():
             if isinstance(metrics, dict) and isinstance(metrics.get("accuracy"), dict):
                 found[name] = metrics["accuracy"]
+    return found
+
+
+def variant_runtimes(manifest: dict) -> dict:
+    """Per quantized ONNX artifact: where it runs (standard ONNX, onnxruntime and OpenVINO, onnxruntime only,
+    from its operators) and, when it came out larger than the int8-dynamic of the same source, why."""
+    artifacts = manifest.get("artifacts") or {}
+    metas = {name: a.get("metadata") or {} for name, a in artifacts.items() if a.get("format") == "onnx"}
+    dynamic = {m.get("source"): m.get("size_bytes") for m in metas.values() if m.get("precision") == "int8-dynamic"}
+    found = {}
+    for name, meta in metas.items():
+        runtimes = meta.get("runtimes")
+        if not isinstance(runtimes, dict):
+            continue
+        entry = {k: runtimes.get(k) for k in ("standard_onnx", "onnxruntime_only", "note")}
+        reference, size = dynamic.get(meta.get("source")), meta.get("size_bytes")
+        if meta.get("precision") in ("int8-static", "int4-weight") and reference and size and size > reference:
+            entry["larger_than_int8_dynamic"] = {
+                "size_bytes": size, "int8_dynamic_bytes": reference,
+                "why": (meta.get("scheme_options") or {}).get("size_note") or "no reason recorded"}
+        found[name] = entry
     return found
 
 

@@ -112,6 +112,7 @@ def render_markdown(report: dict) -> str:
     lines += _gate_lines(report["gates"])
     lines += [trust_line(report.get("trust")), ""]
     lines += _table_lines(report, headline)
+    lines += runtime_lines(report.get("runtimes") or {})
     lines += _distillation_lines(report.get("distillation"), headline)
     if report.get("accuracy"):
         lines += ["", "## Accuracy search", "", "Each step keeps one more group of the most sensitive nodes "
@@ -141,6 +142,28 @@ def _table_lines(report: dict, headline: str) -> list[str]:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(table_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
                     for r in report["rows"]]
+
+
+def runtime_lines(runtimes: dict) -> list[str]:
+    """Which quantized variants load outside onnxruntime (from their operators), and size surprises explained."""
+    if not runtimes:
+        return []
+    groups = {"onnxruntime only": [], "onnxruntime and OpenVINO": [], "any ONNX runtime (standard operators)": []}
+    for name, info in runtimes.items():
+        if info.get("onnxruntime_only"):
+            groups["onnxruntime only"].append(f"{name} ({', '.join(info['onnxruntime_only'])})")
+        else:
+            groups["any ONNX runtime (standard operators)" if info.get("standard_onnx")
+                   else "onnxruntime and OpenVINO"].append(name)
+    lines = ["", "## Where the variants run", "",
+             "From each quantized model's operators (compress.json `runtimes`); fp32 bundles are not listed.", ""]
+    lines += [f"- {group}: {', '.join(names)}" for group, names in groups.items() if names]
+    for name, info in runtimes.items():
+        larger = info.get("larger_than_int8_dynamic")
+        if larger:
+            lines.append(f"- {name} is larger than int8-dynamic ({larger['size_bytes'] / 1e6:.1f} vs "
+                         f"{larger['int8_dynamic_bytes'] / 1e6:.1f} MB): {larger['why']}")
+    return lines
 
 
 def _distillation_lines(dist: dict | None, headline: str) -> list[str]:

@@ -1,9 +1,14 @@
 """Stage quantize: one ONNX bundle per fp32 ONNX bundle and scheme, with onnxruntime.quantization.
 
-Works on the fused graph (export optimize: true) and on the plain one. Measured on MiniLM-L6 (fused,
-AVX2 EPYC, cosine to fp32 ONNX on 300 texts): int8-dynamic per-channel 0.991 at 25% of the size;
-int8-static 0.993 only with the MatMuls after GELU left in float (0.922 otherwise); int4-weight 0.977
-at 70% (embeddings and fused QKV stay fp32); fp16 1.000 at 50%. int4-weight: stages/quantize_int4.py.
+Works on the fused graph (export optimize: true) and on the plain one. int8-portable, int8-static and int4-weight
+first rewrite the fused Attention and EmbedLayerNormalization as standard operators (compress/unfuse.py), so that
+the embedding table and the packed QKV weights are quantized too and no onnxruntime-only operator is made.
+Measured on all-MiniLM-L6-v2 (fused, AVX2 EPYC, cosine to fp32 ONNX on 200 held-out reviews, 128 tokens):
+int8-dynamic 22.8 MB, 0.992 (QAttention/QEmbedLayerNormalization: onnxruntime only); int8-portable 23.5 MB, 0.992
+(standard operators; OpenVINO loads it); int8-static 34.1 MB (was 67), 0.989, larger than int8-dynamic because
+the MatMuls after GELU stay in float (0.922 otherwise); int4-weight 16.2 MB (was 58), 0.973 (QKV in 8 bits: all
+4-bit is 14.9 MB at 0.960); fp16 1.000 at 50%. Each bundle's compress.json says which runtimes load it.
+int4-weight: stages/quantize_int4.py; the int8 schemes: stages/quantize_int8.py.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 from compress.stages import quantize_int8
 
-Scheme = Literal["int8-dynamic", "int8-static", "int4-weight", "fp16"]
+Scheme = Literal["int8-dynamic", "int8-portable", "int8-static", "int4-weight", "fp16"]
 
 
 class Int8Options(StrictModel):
@@ -62,8 +67,8 @@ class Int4Options(StrictModel):
         "for causal-lm, 0 for the encoder tasks (compute-bound: int4 there is about size, not speed).")
     embeddings: bool | None = Field(
         default=None, description="Also quantize the token embedding table (Gather, 4 bits): a causal LM's "
-        "largest single tensor (SmolLM2-135M: 199 -> 103 MB). Upgrades the model to opset 21. Default: yes for "
-        "causal-lm, no for the encoder tasks.")
+        "largest single tensor (SmolLM2-135M: 199 -> 103 MB), and most of a small encoder (all-MiniLM-L6-v2: "
+        "58 -> 16 MB, with its attention weights). Upgrades the model to opset 21. Default: yes.")
 
     @field_validator("block_size")
     @classmethod
@@ -113,7 +118,8 @@ class Config(StageBase):
     schemes: list[Scheme] | None = Field(
         default=None, min_length=1, description="One artifact per scheme and model (default: int8-dynamic; "
         "int8-static for image-classification, whose convolutions run about 5-11x slower than fp32 as "
-        "int8-dynamic's ConvInteger).")
+        "int8-dynamic's ConvInteger). int8-portable: int8-dynamic's size and quality in standard ONNX "
+        "operators only, for OpenVINO and other runtimes (int8-dynamic's fused QAttention is onnxruntime's own).")
     check_size: int = Field(
         default=128, ge=0, description="Held-out examples on which every artifact is compared with its fp32 "
         "source (agreement for logits, cosine otherwise) after onnx.checker and a session load; 0: no comparison.")
@@ -139,6 +145,8 @@ def run(cfg: Config, ctx) -> list:
 
 def _run(cfg: Config, ctx, sources: list, progress) -> list:
     """Every scheme of every source; `progress` hears of each (calibration and the accuracy search take minutes)."""
+    from compress.tasks.common import read_json
+
     out = []
     for source in sources:
         feeds = quant_check.held_out_feeds(ctx, source, cfg.check_size) if cfg.check_size else []
@@ -164,9 +172,10 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
                 ctx.metrics[name]["accuracy"] = accuracy
                 extra = {"excluded_nodes": accuracy["excluded_nodes"], "kept_precision": accuracy["kept_precision"],
                          "accuracy": {k: accuracy[k] for k in ("quality", "drop", "within_budget", "reason")}}
+            runtimes = read_json(artifact.path / "compress.json").get("runtimes") or {}
             out.append(replace(artifact, metadata={
                 "source": source.name, "role": source.metadata.get("role", source.name), "precision": scheme,
-                "scheme_options": options, "size_bytes": size, "check": check, **extra,
+                "scheme_options": options, "size_bytes": size, "check": check, "runtimes": runtimes, **extra,
             }))
             ctx.metrics[name]["check"] = check
             ctx.console.print(quant_check.summary_line(
@@ -278,7 +287,19 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
         shutil.rmtree(scratch, ignore_errors=True)
     # The timing is not written into the artifact: its bytes (and hash) must not depend on the machine's load.
     write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme,
-                                       "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"}})
+                                       "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"},
+                                       "runtimes": _runtimes(dst)})
+
+
+def _runtimes(path: Path) -> dict:
+    """Which runtimes load the model (quant_tools.runtimes), with the sentence a reader of compress.json needs."""
+    import onnx
+
+    found = quant_tools.runtimes(onnx.load(str(path), load_external_data=False))
+    note = ("standard ONNX operators only: any ONNX runtime (OpenVINO, onnxruntime-web, ...)" if found["standard_onnx"]
+            else f"onnxruntime only: {', '.join(found['onnxruntime_only'])}" if found["onnxruntime_only"]
+            else "onnxruntime and OpenVINO (com.microsoft operators that OpenVINO converts)")
+    return {**found, "note": note}
 
 
 def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options: dict, exclude, only) -> None:
@@ -286,13 +307,15 @@ def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options
 
     if scheme == "int8-dynamic":
         quantize_int8.int8_dynamic(cfg.int8, src, dst, options, exclude, only)
+    elif scheme == "int8-portable":
+        quantize_int8.int8_portable(cfg.int8, src, dst, options, exclude, only)
     elif scheme == "int8-static":
         quantize_int8.int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
     elif scheme == "int4-weight":
         llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
         opts = cfg.int4.model_copy(update={
             "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
-            "embeddings": llm if cfg.int4.embeddings is None else cfg.int4.embeddings})
+            "embeddings": True if cfg.int4.embeddings is None else cfg.int4.embeddings})
         quantize_int4.int4(opts, src, dst, options, exclude, only)
     else:
         _fp16(src, dst, options)

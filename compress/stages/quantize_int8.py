@@ -49,6 +49,50 @@ def int8_dynamic(opts, src: Path, dst: Path, options: dict, exclude=None, only=N
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
+def int8_portable(opts, src: Path, dst: Path, options: dict, exclude=None, only=None) -> None:
+    """int8-dynamic in standard ONNX operators only: the fused graph rewritten back to plain operators
+    (compress/unfuse.py), then DynamicQuantizeLinear + MatMulInteger for every weight MatMul (the packed
+    attention weights too) and an int8 embedding table read by Gather + DequantizeLinear."""
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+
+    weight_type, reduce_range = int8_format(opts, options)
+    plain = standard_graph(src, options)
+    kept = kept_float(plain, dst.parent, opts.keep_float)
+    options.update({"kept_float": kept} if kept else {}, op_types=["MatMul", "Gather"],
+                   why="standard ONNX operators only (loads in OpenVINO and other runtimes); " + options["why"])
+    quantize_dynamic(plain, dst, op_types_to_quantize=["MatMul", "Gather"], per_channel=opts.per_channel,
+                     nodes_to_exclude=list(exclude or []) + kept, nodes_to_quantize=list(only or []),
+                     reduce_range=reduce_range, weight_type=weight_type,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    left = quant_tools.runtimes(onnx.load(str(dst), load_external_data=False))["nonstandard"]
+    if left:
+        raise StageError(f"int8-portable of {src.parent.name}: operators outside standard ONNX remain "
+                         f"({', '.join(left[:5])}); use int8-dynamic or int8-static for this model")
+
+
+def standard_graph(src: Path, options: dict, op_types=None) -> Path:
+    """`src`, or beside it a copy with onnxruntime's fused transformer operators rewritten as standard ones
+    (compress/unfuse.py): the quantizers then reach the embedding table and the packed QKV weights."""
+    import onnx
+
+    from compress.unfuse import FUSED, UnfuseError, unfuse
+
+    nodes = onnx.load(str(src), load_external_data=False).graph.node  # an LLM's GBs of weights: not needed here
+    if not any(n.domain == "com.microsoft" and n.op_type in (op_types or FUSED) for n in nodes):
+        return src
+    model = onnx.load(str(src))
+    try:
+        model = unfuse(model, op_types or FUSED)
+    except UnfuseError as exc:
+        raise StageError(f"quantizing {src.name}: its fused operators cannot be rewritten as standard ONNX "
+                         f"({exc}); export with optimize: false") from None
+    plain = src.with_name("model.unfused.onnx")
+    onnx.save(model, str(plain))
+    options["unfused"] = sorted(op_types or FUSED)
+    return plain
+
+
 def static_op_types(opts, task) -> list[str]:
     """The operators int8-static quantizes: the recipe's, else the task's (default: weight MatMuls)."""
     return list(opts.op_types or getattr(task, "STATIC_OP_TYPES", ["MatMul"]))
@@ -64,6 +108,11 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
     # Weight MatMuls only for text: QDQ over every op puts the attention mask (float32 min) through int8 (cosine
     # 0.36). A task may name others (image-classification: Conv, Gemm and the activations between them).
     op_types = static_op_types(opts, ctx.task)
+    text = op_types == ["MatMul"]
+    if text:  # the embedding table and the packed QKV weights are hidden inside fused operators: unfuse
+        src = standard_graph(src, options)
+        if opts.op_types is None:
+            op_types = ["MatMul", "Gather"]
     reader = calibration_reader(ctx, source, opts.calibration_size, opts.calibration != "minmax")
     prepared = src.with_name("model.pre.onnx")
     why_not = quant_tools.preprocess(src, prepared)
@@ -72,13 +121,17 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                                                        why_not)
     model = with_shapes(src) if why_not else onnx.load(str(prepared))
     excluded = after_gelu(model) if opts.skip_after_gelu else []
-    text = op_types == ["MatMul"]
     options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=opts.calibration,
                    calibration_texts=reader.count, matmul_const_b_only=True, float_after_gelu=len(excluded),
                    preprocess="quant_pre_process" if why_not is None else f"skipped: {why_not}",
-                   why=("weight MatMuls only; GELU outputs' outliers kept in float (MiniLM cosine 0.92 -> 0.99)"
+                   why=("weight MatMuls (and the embedding table) only; GELU outputs' outliers kept in float (MiniLM "
+                        "cosine 0.92 -> 0.99)"
                         if text else "onnxruntime's guidance: pre-processing, then QDQ over the task's operators "
                         "with per-channel weights"))
+    if excluded:
+        options["size_note"] = (f"its {len(excluded)} MatMul(s) fed by GELU stay in float, as int8 their activation "
+                                "outliers cost MiniLM 7 points of cosine (int8.skip_after_gelu: false trades that "
+                                "quality for size)")
     quantize_static(model, dst, reader, nodes_to_exclude=excluded + list(exclude or []),
                     nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types,
