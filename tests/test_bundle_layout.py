@@ -157,3 +157,32 @@ def test_arrange_bundle_moves_the_graph_and_its_data(tmp_path):
     assert (tmp_path / "onnx" / "model.onnx.data").read_text() == "model.onnx.data"
     assert (tmp_path / "model.onnx").is_symlink() and (tmp_path / "model.onnx").read_text() == "model.onnx"
     assert not (tmp_path / "onnx" / "tokenizer.json").exists()
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> Path:
+    from conftest import make_tiny_bert, make_tiny_texts
+
+    root = tmp_path_factory.mktemp("layout-classifier")
+    bert, texts = make_tiny_bert(root / "bert", num_labels=2), make_tiny_texts(root / "texts.csv")
+    recipe = parse_recipe(
+        f"version: 1\nname: classifier\ntask: text-classification\nteacher: {{source: {bert}}}\n"
+        f"data: {{source: {texts}, label_field: category, eval_size: 10, max_length: {MAX_LENGTH}}}\n"
+        "stages:\n  - {kind: export, parity_texts: 4}\n"
+    )
+    runner.run(recipe, root / "run", console=Console(quiet=True))
+    return root / "run" / "artifacts" / "teacher.onnx"
+
+
+@pytest.mark.parametrize(("file", "key", "expected"), [
+    ("compress.json", "outputs", [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]),
+    ("compress.json", "model", "onnx/model.onnx"),
+    ("tokenizer_config.json", "model_max_length", MAX_LENGTH),
+    ("config.json", "transformers.js_config", {"dtype": "fp32"}),
+])
+def test_bundle_classifier_keeps_logits_where_optimum_looks(classifier, file, key, expected):
+    value = _json(classifier / file)[key]
+
+    if key == "outputs":  # Optimum's ORTModelForSequenceClassification reads the output named logits
+        value = [{k: v for k, v in o.items() if k != "meaning"} for o in value]
+    assert value == expected
