@@ -26,14 +26,16 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped"
 fi
-# Remote targets are tested against Debian's sshd on 127.0.0.1, ARM under qemu-user-static: installed when we may.
+# Remote targets are tested against Debian's sshd on 127.0.0.1, ARM under qemu-user-static, the JavaScript clients
+# of a bundle with node: installed when we may.
 if [ "${1:-}" = "--test" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=()
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+  command -v npm >/dev/null || missing+=(nodejs npm)
   if [ "${#missing[@]}" -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "warning: could not install ${missing[*]}; the ssh/qemu target tests will be skipped"
+      || echo "warning: could not install ${missing[*]}; the tests that need them (ssh, qemu, node) will be skipped"
   fi
 fi
 # The arm64 Python (sysroot + aarch64 onnxruntime wheels) for the QEMU test, cached in .venv/qemu-aarch64.

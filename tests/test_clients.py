@@ -228,3 +228,22 @@ def test_client_classifies_like_onnxruntime(client, scores, classifier):
     got = scores(classifier)
 
     np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=f"{client}: class probabilities differ")
+
+
+def test_embed_mjs_command_line_prints_the_bundles_embeddings(run_dir):
+    """export/embed.mjs run as its header says (node embed.mjs BUNDLE texts...), from a folder of the user's."""
+    reason = install_reason("onnxruntime-web")
+    if reason:
+        pytest.skip(reason)
+    bundle = run_dir / "runs" / "quickstart" / "artifacts" / "teacher.int8-dynamic.onnx"
+    app = run_dir / "app"
+    app.mkdir(exist_ok=True)
+    shutil.copy2(ROOT / "export" / "embed.mjs", app / "embed.mjs")
+    (app / "node_modules").symlink_to(os.environ["NODE_PATH"], target_is_directory=True)
+
+    proc = subprocess.run(["node", "embed.mjs", str(bundle), *TEXTS], cwd=app, capture_output=True, text=True,
+                          timeout=300)
+
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.array(json.loads(proc.stdout))
+    assert 1.0 - cosines(got, reference(bundle)).min() <= FP32_TOLERANCE
