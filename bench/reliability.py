@@ -766,7 +766,7 @@ def check_bounds(work: Path, run_dir: Path) -> Category:
     from onnx import numpy_helper
 
     from compress import report, runner
-    from compress.artifacts import Artifact, sha256_path
+    from compress.artifacts import Artifact, model_file, sha256_path
     from compress.context import RunContext
     from compress.recipe import Recipe
     from compress.stages import bench
@@ -782,11 +782,11 @@ def check_bounds(work: Path, run_dir: Path) -> Category:
                          ("diverged", lambda w: w + rng.normal(0, 4 * (w.std() or 1), w.shape).astype(w.dtype))):
         folder = work / f"teacher.{name}.onnx"
         shutil.copytree(fp32.path, folder)
-        graph = onnx.load(str(folder / "model.onnx"))
+        graph = onnx.load(str(model_file(folder)))  # onnx/model.onnx: what the bench reads (not the copied link)
         big = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
         for tensor in big:
             tensor.CopyFrom(numpy_helper.from_array(damage(numpy_helper.to_array(tensor)), tensor.name))
-        onnx.save(graph, str(folder / "model.onnx"))
+        onnx.save(graph, str(model_file(folder)))
         artifacts[folder.name] = Artifact(folder.name, folder, "onnx", sha256_path(folder),
                                           {"source": "teacher.onnx", "precision": "fp32", "role": "student"})
     fast = {"warmup": 0, "min_iterations": 2, "min_seconds": 0.0, "rounds": 1, "seq_lens": [16], "eval_size": 16}

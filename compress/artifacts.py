@@ -93,6 +93,44 @@ def check_target(final: Path) -> None:
         raise InputError(f"{final} exists and is not a regular file or folder; choose another path")
 
 
+# An ONNX bundle keeps its graph where the clients people deploy with look without arguments: onnx/model.onnx
+# (transformers.js only looks there; sentence-transformers and Optimum look at the root, then there). Its external
+# data files (model.onnx.data, model.onnx_data) go beside it.
+MODEL_DIR = "onnx"
+MODEL_NAME = "model.onnx"
+# A root model.onnx (and data) link to it keeps readers of the old layout working (the quantize stage and
+# sensitivity read <bundle>/model.onnx); drop it once they all ask model_file().
+ROOT_LINKS = True
+
+
+def model_file(bundle: Path) -> Path:
+    """The graph of an ONNX bundle: onnx/model.onnx, else model.onnx at its root (run dirs before the onnx/ layout)."""
+    bundle = Path(bundle)
+    inside = bundle / MODEL_DIR / MODEL_NAME
+    return inside if inside.is_file() else bundle / MODEL_NAME
+
+
+def model_files(bundle: Path) -> list[Path]:
+    """The graph and its external data files, real files only (never the root links)."""
+    model = model_file(bundle)
+    return sorted(p for p in model.parent.glob(f"{MODEL_NAME}*") if p.is_file() and not p.is_symlink())
+
+
+def arrange_bundle(folder: Path) -> bool:
+    """Move a bundle's root model.onnx (and its data files) into onnx/, with root links when ROOT_LINKS; True when
+    it moved something. A bundle already in that layout is left as it is."""
+    folder = Path(folder)
+    found = [p for p in folder.glob(f"{MODEL_NAME}*") if p.is_file() and not p.is_symlink()]
+    if not found:
+        return False
+    (folder / MODEL_DIR).mkdir(exist_ok=True)
+    for path in found:
+        os.replace(path, folder / MODEL_DIR / path.name)
+        if ROOT_LINKS:
+            os.symlink(f"{MODEL_DIR}/{path.name}", path)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final`; rename it into place only on success.

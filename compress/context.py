@@ -76,4 +76,8 @@ class RunContext:
         final = self.run_dir / "artifacts" / check_name(name)
         with atomic_path(final) as tmp:
             write(tmp)
+            if fmt == "onnx" and tmp.is_dir():  # every stage's bundle, quantized ones included
+                from compress.tasks.common import finish_bundle
+
+                finish_bundle(tmp)
         return Artifact(name=name, path=final, format=fmt, sha256=sha256_path(final), metadata=metadata or {})

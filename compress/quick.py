@@ -127,7 +127,9 @@ def bench_recipe(model: str, task: str | None = None, data: str | None = None, p
     if unknown:
         raise UsageError(f"--schemes: {unknown[0]!r} is not one of {', '.join(SCHEMES)}")
     source = str(path.resolve()) if local is not None and not model.startswith("package:") else model
-    stem = path.parent.name if path.name == "model.onnx" else path.name
+    stem = path.name
+    if path.name == "model.onnx":  # a bundle's graph (onnx/model.onnx in today's layout): the bundle names the run
+        stem = (path.parent.parent if path.parent.name == "onnx" else path.parent).name
     name = name or "bench-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model")
     data_block = _default_data(path, task, data, eval_size)
     seq = data_block.get("max_length", 128) if task != "image-classification" else None

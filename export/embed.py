@@ -4,8 +4,9 @@ Needs only `onnxruntime`, `numpy` and `tokenizers` (no torch, no transformers, n
 
     python embed.py BUNDLE_DIR "first sentence" "second sentence"
 
-A bundle is what `compress run` writes under runs/<name>/artifacts/<variant>.onnx/: model.onnx,
-tokenizer.json and compress.json (task, output name, max_length). Pooling is inside the graph.
+A bundle is what `compress run` writes under runs/<name>/artifacts/<variant>.onnx/: the graph (compress.json's
+`model`: onnx/model.onnx; model.onnx at the root in older bundles), tokenizer.json and compress.json (task, output
+name, max_length). Pooling is inside the graph. embed.mjs is the same in JavaScript (onnxruntime-web).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def load(bundle: Path, threads: int = 1):
     tokenizer.enable_padding()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    model = bundle / info.get("model", "model.onnx")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return info, tokenizer, session
 
 

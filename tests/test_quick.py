@@ -64,7 +64,7 @@ stages: [{{kind: export}}]
 """)
     run = tmp_path / "runs" / "exported"
     assert _compress("run", str(recipe), "--out", str(run)).returncode == 0
-    model = run / "artifacts" / "teacher.onnx" / "model.onnx"
+    model = run / "artifacts" / "teacher.onnx" / "onnx" / "model.onnx"
 
     proc = _compress("bench", str(model), "--schemes", "int8-dynamic,fp16", *FAST, cwd=tmp_path)
 

@@ -230,6 +230,7 @@ def measure_dir(work_dir: Path) -> Path:
 
 
 def variants(cfg, ctx) -> list[Variant]:
+    from compress.artifacts import model_file
     from compress.sources import check_onnx
 
     out = []
@@ -237,7 +238,7 @@ def variants(cfg, ctx) -> list[Variant]:
     if cfg.baseline and teacher is not None:
         out.append(Variant("teacher", "torch", teacher.path, "teacher", "fp32", None, size_mb(teacher.path, "torch")))
     for a in ctx.of_format("onnx", cfg.models):
-        check_onnx(a.path / "model.onnx")  # a truncated or corrupt file: a StageError naming it, before any timing
+        check_onnx(model_file(a.path))  # a truncated or corrupt file: a StageError naming it, before any timing
         meta = a.metadata
         out.append(Variant(a.name, "onnxruntime", a.path, meta.get("role", "unknown"), meta.get("precision", "fp32"),
                            meta.get("source"), size_mb(a.path, "onnxruntime")))
@@ -246,7 +247,9 @@ def variants(cfg, ctx) -> list[Variant]:
 
 def size_mb(folder: Path, runtime: str) -> float:
     suffixes = (".safetensors", ".bin") if runtime == "torch" else (".onnx", ".onnx_data", ".data")
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.name.endswith(suffixes)) / 1e6
+    # Links (a bundle's root model.onnx -> onnx/model.onnx) are not counted twice.
+    return sum(p.stat().st_size for p in Path(folder).rglob("*")
+               if p.name.endswith(suffixes) and not p.is_symlink()) / 1e6
 
 
 def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, median: float | None = None) -> dict:

@@ -69,28 +69,32 @@ def _with_meta(artifact, source, meta: dict):
 def _export(cfg: Config, ctx, source, tmp: Path, meta: dict, checker: ParityChecker) -> None:
     import torch
 
-    from compress.tasks.common import copy_bundle_files, write_json
+    from compress.tasks.common import align_max_length, copy_bundle_files, write_json
 
     task = ctx.task
     tmp.mkdir()
-    model = task.load_model(source.path, ctx.recipe.teacher.trust_remote_code)
+    extra = getattr(task, "EXTRA_OUTPUTS", {})  # e.g. sentence-embedding's last_hidden_state, for the clients
+    load = task.export_model if extra else task.load_model
+    model = load(source.path, ctx.recipe.teacher.trust_remote_code)
     inputs, examples = task.inputs(source.path), _eval_examples(ctx, cfg.parity_texts)
     sample = inputs.sample(examples)
     args = tuple(torch.from_numpy(sample[n]) for n in task.INPUT_NAMES)
     raw = tmp / "model.onnx"
-    dynamic = {n: inputs.axes for n in task.INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}}
+    dynamic = {n: inputs.axes for n in task.INPUT_NAMES} | {task.OUTPUT_NAME: {0: "batch"}} | extra
     # The TorchScript exporter is deprecated but fuses fully; its tracer warnings are expected noise.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, args, str(raw), input_names=list(task.INPUT_NAMES), output_names=[task.OUTPUT_NAME],
+            model, args, str(raw), input_names=list(task.INPUT_NAMES), output_names=[task.OUTPUT_NAME, *extra],
             dynamic_axes=dynamic, opset_version=cfg.opset, dynamo=False,
         )
     if cfg.optimize and (source.path / "config.json").is_file():  # transformer fusions: HF models only
         meta["fusions"] = _optimize(raw, source.path)
     copy_bundle_files(source.path, tmp)
+    # One max length in every config file (tokenizer.json, tokenizer_config.json, sentence_bert_config.json, here).
+    max_length = align_max_length(tmp, ctx.recipe.data.max_length, sentence_transformers=bool(extra))
     info = {**task.bundle_info(source.path), "inputs": list(task.INPUT_NAMES),
-            "max_length": ctx.recipe.data.max_length, "precision": "fp32"}
+            "max_length": max_length, "precision": "fp32"}
     if hasattr(task, "preprocessing"):  # e.g. images: size and normalisation the app must apply as training did
         info["preprocessing"] = task.preprocessing(ctx.recipe.data)
     write_json(tmp / "compress.json", info)

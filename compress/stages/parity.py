@@ -24,6 +24,7 @@ def compare(task_name: str, model_dir: str, bundle: str, inputs_file: str) -> di
     import onnxruntime as ort
     import torch
 
+    from compress.artifacts import model_file
     from compress.tasks import get_task
 
     task = get_task(task_name)
@@ -32,7 +33,7 @@ def compare(task_name: str, model_dir: str, bundle: str, inputs_file: str) -> di
     model = task.load_model(Path(model_dir)).eval()
     with torch.no_grad():
         expected = model(*(torch.from_numpy(inputs[n]) for n in task.INPUT_NAMES)).numpy()
-    session = ort.InferenceSession(str(Path(bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_file(Path(bundle))), providers=["CPUExecutionProvider"])
     got = session.run(None, inputs)[0]
     count = len(expected)
     a, b = expected.reshape(count, -1), got.reshape(count, -1)

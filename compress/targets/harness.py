@@ -373,10 +373,12 @@ def run_eval(session, eval_path: str, out_path: str) -> dict:
     import numpy as np
 
     outputs = {}
-    names = [o.name for o in session.get_outputs()]
+    # The first output only: every task's result comes first (a sentence-embedding bundle's last_hidden_state,
+    # [batch, sequence, hidden], after it would be hundreds of MB over an eval set, and quality never reads it).
+    names = [o.name for o in session.get_outputs()][:1]
     start = time.perf_counter()
     for index, batch in enumerate(eval_batches(eval_path)):
-        for name, value in zip(names, session.run(None, feeds_for(session, batch))):
+        for name, value in zip(names, session.run(names, feeds_for(session, batch))):
             outputs[f"b{index}_{name}"] = value
     np.savez(out_path, **outputs)
     return {"eval_batches": len({k.split("_", 1)[0] for k in outputs}), "eval_seconds": time.perf_counter() - start}

@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from compress.artifacts import TMP_PREFIX
+from compress.artifacts import TMP_PREFIX, model_file, model_files
 from compress.errors import StageError
 
 MODEL_SUFFIXES = (".onnx", ".onnx_data", ".data")
@@ -51,9 +51,10 @@ class LocalTarget:
 
     def run_harness(self, model: Path, files: dict[str, Path], options: list[str], out: Path,
                     eval_out: Path | None, timeout: float) -> subprocess.CompletedProcess:
-        """Run the harness on `model` (a folder holding model.onnx); `files` are its --inputs/--eval npz."""
+        """Run the harness on `model` (a bundle folder: onnx/model.onnx or model.onnx); `files` are its --inputs/--eval
+        npz."""
         prefix, env = self._prefix()
-        args = ["--model", str(model / "model.onnx"), "--out", str(out)]
+        args = ["--model", str(model_file(model)), "--out", str(out)]
         for flag, path in files.items():
             args += [flag, str(path)]
         if eval_out is not None:
@@ -152,7 +153,8 @@ class SshTarget:
     def run_harness(self, model: Path, files: dict[str, Path], options: list[str], out: Path,
                     eval_out: Path | None, timeout: float) -> subprocess.CompletedProcess:
         harness_dir = self._ship([_harness()])
-        model_dir = self._ship(sorted(p for p in model.iterdir() if p.name.endswith(MODEL_SUFFIXES)))
+        # The real files of the graph (never the bundle's root links: tar would ship them as dangling links).
+        model_dir = self._ship([p for p in model_files(model) if p.name.endswith(MODEL_SUFFIXES)])
         args = ["--model", f"{model_dir}/model.onnx"]
         for flag, path in files.items():
             args += [flag, f"{self._ship([path])}/{path.name}"]

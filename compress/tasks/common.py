@@ -128,6 +128,81 @@ def copy_bundle_files(model_dir: Path, dest: Path) -> None:
             shutil.copytree(model_dir / name, dest / name, dirs_exist_ok=True)
 
 
+def align_max_length(folder: Path, max_length: int, sentence_transformers: bool = False) -> int:
+    """Write one max length into every config file of the bundle in `folder` (tokenizer.json truncation,
+    tokenizer_config.json model_max_length, sentence_bert_config.json max_seq_length; compress.json is the caller's)
+    and let tokenizer.json pad to the longest text of a batch, not to a fixed length (hub tokenizers such as
+    all-MiniLM-L6-v2's pad every text to 128 tokens: a short sentence then costs 10x the time, and int8 outputs
+    shift with the padding). Capped at the model's max_position_embeddings; returns the length written."""
+    folder = Path(folder)
+    positions = read_json(folder / "config.json").get("max_position_embeddings")
+    length = min(max_length, positions) if isinstance(positions, int) and positions > 0 else max_length
+    tokenizer = read_json(folder / "tokenizer.json")
+    if tokenizer:
+        truncation = tokenizer.get("truncation") or {"strategy": "LongestFirst", "stride": 0, "direction": "Right"}
+        tokenizer["truncation"] = {**truncation, "max_length": length}
+        if tokenizer.get("padding"):
+            tokenizer["padding"] = {**tokenizer["padding"], "strategy": "BatchLongest"}
+        # Not write_json: sorting the keys would reorder the vocabulary in the file for nothing.
+        (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, indent=2) + "\n",
+                                               encoding="utf-8")
+    if (folder / "tokenizer_config.json").is_file():
+        write_json(folder / "tokenizer_config.json",
+                   {**read_json(folder / "tokenizer_config.json"), "model_max_length": length})
+    if sentence_transformers or (folder / "sentence_bert_config.json").is_file():
+        base = {"do_lower_case": False, **read_json(folder / "sentence_bert_config.json")}
+        write_json(folder / "sentence_bert_config.json", {**base, "max_seq_length": length})
+    return length
+
+
+def describe_outputs(model_path: Path, known: list[dict] | None = None) -> list[dict]:
+    """Every output of the ONNX graph at `model_path`: name, dtype, shape (symbolic dims by name) and, from `known`
+    (entries with the same name), its meaning."""
+    import onnx
+
+    meanings = {o.get("name"): o.get("meaning") for o in known or [] if isinstance(o, dict)}
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    out = []
+    for output in graph.output:
+        tensor = output.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else None
+        shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in tensor.shape.dim]
+        entry = {"name": output.name, "dtype": dtype, "shape": shape}
+        if meanings.get(output.name):
+            entry["meaning"] = meanings[output.name]
+        out.append(entry)
+    return out
+
+
+def finish_bundle(folder: Path) -> None:
+    """Give the ONNX bundle in `folder` (any stage's) the layout clients load as is: the graph in onnx/model.onnx
+    (artifacts.arrange_bundle); compress.json naming that file and every output the graph has (dtype, shape and
+    meaning); config.json telling transformers.js which file is the model. A folder without a graph is left alone."""
+    from compress.artifacts import arrange_bundle, model_file
+
+    folder = Path(folder)
+    arrange_bundle(folder)
+    model = model_file(folder)
+    if not model.is_file():
+        return
+    info = read_json(folder / "compress.json")
+    if info:
+        info["model"] = model.relative_to(folder).as_posix()
+        info["outputs"] = describe_outputs(model, info.get("outputs"))
+        write_json(folder / "compress.json", info)
+    config = read_json(folder / "config.json")
+    if config:
+        # transformers.js picks the file by dtype (fp32: onnx/model.onnx, q8: onnx/model_quantized.onnx, ...), and in
+        # a browser defaults to q8: "fp32" names our one file whatever its precision (compress.json says that).
+        # The other names would hide the file from sentence-transformers and Optimum, which look for model.onnx.
+        js = {k: v for k, v in (config.get("transformers.js_config") or {}).items()
+              if k not in ("dtype", "device_config")}
+        js["dtype"] = "fp32"
+        if (model.parent / f"{model.name}_data").is_file():  # the external data name transformers.js knows
+            js["use_external_data_format"] = True
+        write_json(folder / "config.json", {**config, "transformers.js_config": js})
+
+
 def fixed_axes(model_dir: Path) -> dict:
     """{"batch": n, "sequence": n, ...}: the fixed axes an ONNX input declared (compress.json), else {}."""
     return read_json(Path(model_dir) / "compress.json").get("fixed_axes") or {}

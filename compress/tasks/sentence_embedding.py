@@ -27,6 +27,9 @@ NAME = "sentence-embedding"
 HEADLINE = "cosine"
 DEFAULT_LOSS = "cosine"
 OUTPUT_NAME = "embedding"
+# Exported beside the embedding (after it: readers of the first output get the embedding): the token states the
+# in-graph pooling reads, which sentence-transformers, Optimum and transformers.js pool themselves.
+EXTRA_OUTPUTS = {"last_hidden_state": {0: "batch", 1: "sequence"}}
 INPUT_NAMES = common.INPUT_NAMES
 # The input hook (tasks/common.py): texts, tokenized with the model's tokenizer.
 load_data, examples, inputs = common.load_data, common.examples, common.TextInputs
@@ -100,8 +103,9 @@ def load_backbone(path: Path, trust_remote_code: bool = False):
                                                       output_loading_info=True))
 
 
-def wrap(backbone, path: Path, head=None):
-    """Backbone + pooling (+ the Dense projection head of the folder at `path`, or `head`) + normalize."""
+def wrap(backbone, path: Path, head=None, token_states: bool = False):
+    """Backbone + pooling (+ the Dense projection head of the folder at `path`, or `head`) + normalize; with
+    `token_states`, (embedding, last_hidden_state as float32)."""
     import torch
 
     cfg = pooling_config(path)
@@ -127,13 +131,18 @@ def wrap(backbone, path: Path, head=None):
                 pooled = self.head(pooled)
             if cfg["normalize"]:
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            return pooled
+            return (pooled, hidden.float()) if token_states else pooled
 
     return SentenceEmbedder(backbone).eval()
 
 
 def load_model(path: Path, trust_remote_code: bool = False):
     return wrap(load_backbone(path, trust_remote_code), path)
+
+
+def export_model(path: Path, trust_remote_code: bool = False):
+    """The module the export traces: its outputs are OUTPUT_NAME, then EXTRA_OUTPUTS."""
+    return wrap(load_backbone(path, trust_remote_code), path, token_states=True)
 
 
 def quality(reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, float]:
@@ -175,4 +184,15 @@ def bundle_info(path: Path) -> dict:
     info = pooling_config(path)
     if info.get("dense"):  # inside the exported graph: the bundle's output is the final embedding
         info["dense"] = [d["path"] for d in info["dense"]]
-    return {"task": NAME, "output": OUTPUT_NAME, **info, **head_info(path)}
+    steps = [f"{info['pooling']} pooling"] + (["the Dense projection"] if info.get("dense") else []) + (
+        ["L2 normalisation"] if info["normalize"] else [])
+    outputs = [
+        {"name": OUTPUT_NAME, "meaning": f"the sentence embedding, {' + '.join(steps)} already applied inside the "
+                                         "graph: use it as is, do not pool or normalise again"},
+        {"name": "last_hidden_state", "meaning": "token states of the last encoder layer (float32), what the "
+                                                 "in-graph pooling reads: for clients that pool themselves "
+                                                 "(sentence-transformers, Optimum, transformers.js)"},
+    ]
+    # "pooling" and "normalized": what the graph already did to OUTPUT_NAME (normalize: the older key, kept).
+    return {"task": NAME, "output": OUTPUT_NAME, **info, "normalized": info["normalize"], "outputs": outputs,
+            **head_info(path)}

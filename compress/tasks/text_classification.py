@@ -102,4 +102,6 @@ def label_names(path: Path) -> list[str]:
 
 
 def bundle_info(path: Path) -> dict:
-    return {"task": NAME, "output": OUTPUT_NAME, "labels": label_names(path)}
+    outputs = [{"name": OUTPUT_NAME, "meaning": "one score per class, in the order of labels (config.json id2label), "
+                                                "before softmax"}]
+    return {"task": NAME, "output": OUTPUT_NAME, "labels": label_names(path), "outputs": outputs}
