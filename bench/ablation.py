@@ -103,13 +103,14 @@ def check(recipe: Path, sets: list[str]) -> str | None:
 def run_mix(mix: Mix, recipe: Path, sets: list[str], out: Path) -> dict:
     """`compress run` of a mix; its student int8 model, distill metrics and wall time (or why it failed)."""
     from bench.peers import run_timed
+    from compress.artifacts import model_file
 
     command = [sys.executable, "-m", "compress.cli", "run", str(recipe), "--out", str(out)]
     for item in sets:
         command += ["--set", item]
     print(f"ablation: {mix.name}: compress run")
     r = run_timed(command, out.parent / f"{out.name}.log")
-    model = out / "artifacts" / f"student.{SCHEME}.onnx" / "model.onnx"
+    model = model_file(out / "artifacts" / f"student.{SCHEME}.onnx")
     if r["rc"] or not model.is_file():
         lines = [line.strip() for line in r["tail"].splitlines() if line.strip()] or ["(no output)"]
         return {"status": "error", "reason": f"compress run exit {r['rc']}: {lines[-1][:300]}",

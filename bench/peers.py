@@ -296,8 +296,10 @@ def matched_distill(run_dir: Path, steps: int) -> dict:
 
 
 def compress_variants(run_dir: Path) -> dict:
-    return {f"compress: {d.name}": {"path": str(d / "model.onnx"), "steps": ["quickstart"]}
-            for d in sorted((run_dir / "artifacts").iterdir()) if (d / "model.onnx").is_file()}
+    from compress.artifacts import model_file
+
+    return {f"compress: {d.name}": {"path": str(model_file(d)), "steps": ["quickstart"]}
+            for d in sorted((run_dir / "artifacts").iterdir()) if model_file(d).is_file()}
 
 
 # ---------------------------------------------------------------- analysis (pure: tested without the tools)
@@ -377,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         return setup()
 
     from bench import peers_measure as pm
+    from compress.artifacts import model_file
     from compress.data import load_dataset
     from compress.recipe import load_recipe
     from compress.sources import package_path
@@ -418,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = pm.quality(listed, texts, tokenizer, recipe.data.max_length, reference="pytorch: fp32 teacher")
     print("harness fidelity")
     arrays = pm.timing_inputs(tokenizer, texts, 1, 128)
-    fid_models = [run_dir / "artifacts" / n / "model.onnx" for n in ("student.int8-dynamic.onnx", "teacher.onnx")]
+    fid_models = [model_file(run_dir / "artifacts" / n) for n in ("student.int8-dynamic.onnx", "teacher.onnx")]
     fid = [pm.harness_fidelity(p, arrays, PEERS / "fidelity", rounds=2 if args.quick else 5,
                                iterations=5 if args.quick else 60) for p in fid_models if p.is_file()]
 

@@ -365,6 +365,8 @@ def check_run_dir(run_dir: Path, final: bool) -> list[str]:
     """The invariants after any kill: hashes match the manifest, no truncated file has a final name."""
     import numpy as np
 
+    from compress.artifacts import model_file
+
     from compress.artifacts import sha256_path
     from compress.sources import check_onnx
 
@@ -391,8 +393,8 @@ def check_run_dir(run_dir: Path, final: bool) -> list[str]:
         if entry.name in recorded:
             continue  # checked above
         try:  # finished but not yet in the manifest (killed before the stage ended): must be whole
-            if (entry / "model.onnx").exists():
-                check_onnx(entry / "model.onnx")
+            if model_file(entry).exists():
+                check_onnx(model_file(entry))
                 json.loads((entry / "compress.json").read_text())
             elif (entry / "results.json").exists():
                 json.loads((entry / "results.json").read_text())
@@ -679,10 +681,11 @@ def _pickles(cat: Category, work: Path, model: Path, data: Path) -> None:
 
 
 def _corrupt_onnx(cat: Category, work: Path, bundle: Path) -> None:
+    from compress.artifacts import model_file
     from compress.errors import StageError
     from compress.sources import check_onnx
 
-    original = (bundle / "model.onnx").read_bytes()
+    original = model_file(bundle).read_bytes()
     rng = random.Random(0)
     flipped = bytearray(original)
     for i in rng.sample(range(len(flipped)), 64):

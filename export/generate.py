@@ -29,7 +29,9 @@ def generate(bundle: Path, prompt: str, max_new_tokens: int = 32, threads: int =
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    # compress.json names the graph (onnx/model.onnx); bundles made before that layout have model.onnx at the root.
+    session = ort.InferenceSession(str(bundle / info.get("model", "model.onnx")), options,
+                                   providers=["CPUExecutionProvider"])
     cache_inputs = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
     outputs = [o.name for o in session.get_outputs()]
     # An empty cache: batch 1, the model's key/value heads, 0 positions so far, the head size.

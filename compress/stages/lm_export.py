@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from compress.artifacts import model_file
 from compress.errors import StageError
 from compress.procs import die_with_parent
 
@@ -106,7 +107,7 @@ def parity(model_dir: str, bundle: str, texts: list[str]) -> dict:
 
     model = load_backbone(Path(model_dir)).eval()
     tokenizer = load_tokenizer(Path(model_dir))
-    lm = LMSession(ort.InferenceSession(str(Path(bundle) / "model.onnx"), providers=["CPUExecutionProvider"]))
+    lm = LMSession(ort.InferenceSession(str(model_file(Path(bundle))), providers=["CPUExecutionProvider"]))
     worst, decode = 0.0, 0.0
     for text in texts:
         ids = np.asarray([tokenizer(text, add_special_tokens=False)["input_ids"][:64] or [0]], dtype=np.int64)

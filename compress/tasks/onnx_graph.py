@@ -147,6 +147,7 @@ def check_runs(bundle: Path, task, how) -> None:
     import numpy as np
     import onnxruntime as ort
 
+    from compress.artifacts import model_file
     from compress.errors import SourceError
     from compress.tasks import common
 
@@ -161,7 +162,7 @@ def check_runs(bundle: Path, task, how) -> None:
             feeds = common.tokenize(common.load_tokenizer(bundle), texts, length or 16, pad_to_max=bool(length))
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model_file(bundle)), options, providers=["CPUExecutionProvider"])
         out = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
     except Exception as exc:  # onnxruntime raises its own types: the user needs one sentence
         raise SourceError(f"the ONNX model does not run on a sample input ({first_line(exc)})") from None
