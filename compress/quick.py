@@ -148,6 +148,7 @@ def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, *
     """Write the recipe into the run directory, run it, write the reports; returns (run dir, report)."""
     from compress import report, rundir, runner
     from compress.artifacts import write_text_atomic
+    from compress.procs import stopped_in
     from compress.recipe import load_recipe, parse_recipe
 
     text, name = bench_recipe(model, overrides=overrides, **options)
@@ -155,10 +156,12 @@ def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, *
     run_dir = run_dir or Path("runs") / name
     rundir.claim(run_dir)  # ours (or refused) before the recipe is written into it
     recipe_file = run_dir / RECIPE_FILE
-    write_text_atomic(recipe_file, text)
-    recipe = load_recipe(recipe_file)
-    manifest = runner.run(recipe, run_dir, console=console, recipe_file=str(recipe_file))
-    return run_dir, report.write_reports(run_dir, manifest)
+    with rundir.lock(run_dir):  # a run in progress there is refused before its recipe file is replaced
+        write_text_atomic(recipe_file, text)
+        recipe = load_recipe(recipe_file)
+        manifest = runner.run(recipe, run_dir, console=console, recipe_file=str(recipe_file), locked=True)
+    with stopped_in("report"):
+        return run_dir, report.write_reports(run_dir, manifest)
 
 
 # ---------------------------------------------------------------- compress init
