@@ -50,6 +50,14 @@ def _data_in_run(work: Path, inputs: Inputs) -> list[str]:
     return ["run", str(_recipe(work, inputs, texts=str(run / "texts.csv"))), "--out", str(run)]
 
 
+def _bench_in_run(work: Path, inputs: Inputs) -> list[str]:
+    """`compress bench` of a run's own ONNX teacher bundle into that run (it would rebuild artifacts/teacher.onnx,
+    its own source, after replacing the folder's recipe.yaml)."""
+    run = _done_copy(work, inputs)
+    (run / "recipe.yaml").write_text("# the recipe of an earlier compress bench here\n")
+    return ["bench", str(run / "artifacts" / "teacher.onnx"), "--out", str(run)]
+
+
 def _run_in_teacher(work: Path, inputs: Inputs) -> list[str]:
     """F17: the run directory inside the teacher folder (its hash would include the run's own outputs)."""
     model = work / "model"
@@ -166,6 +174,8 @@ CASES: list[Case] = [
     Case("teacher_inside_run", "a teacher under the run's own artifacts/ (the run would replace it)",
          _teacher_in_run, 2, "is inside the run directory"),
     Case("data_inside_run", "a data file inside the run directory", _data_in_run, 2, "is inside the run directory"),
+    Case("bench_model_inside_out", "`compress bench MODEL --out DIR` of a model inside DIR (its own "
+         "artifacts/teacher.onnx)", _bench_in_run, 2, "is inside the run directory"),
     Case("run_inside_teacher", "`--out` a folder inside the teacher folder (the teacher hash would include the "
          "run's outputs)", _run_in_teacher, 2, "is inside the teacher.source folder", gone=("model/runs",)),
     # --- never through a link (F16)
@@ -201,8 +211,9 @@ FIXED = [
     "run --out`, `compress bench --out` and `compress report` replaced a user's report.md there; only the "
     ".compress-run marker with compress's text (or an old run's manifest with compress's keys beside its "
     "resolved recipe) claims a folder, anything else is refused with one sentence",
-    "a teacher or data source inside the run directory (the run's own student as the next teacher) was overwritten "
-    "by the run while the manifest kept the old hash: refused before anything is written",
+    "a teacher or data source inside the run directory (the run's own student as the next teacher, `compress bench "
+    "RUN/artifacts/teacher.onnx --out RUN`) was overwritten by the run while the manifest kept the old hash: "
+    "refused before anything is written",
     "a run directory inside the teacher folder made the teacher hash include the run's own outputs (nothing ever "
     "cached): refused (not left out of the hash: the teacher would still be read with them in it)",
     "a work/bench link out of the run let bench's measurement clean-up delete every m* folder it pointed at "

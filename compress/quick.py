@@ -152,8 +152,9 @@ def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, *
     from compress.recipe import load_recipe, parse_recipe
 
     text, name = bench_recipe(model, overrides=overrides, **options)
-    parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
+    parsed = parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
     run_dir = run_dir or Path("runs") / name
+    rundir.check_apart(run_dir, runner.local_sources(parsed))  # the model inside --out, or --out inside it
     rundir.claim(run_dir)  # ours (or refused) before the recipe is written into it
     recipe_file = run_dir / RECIPE_FILE
     with rundir.lock(run_dir):  # a run in progress there is refused before its recipe file is replaced
