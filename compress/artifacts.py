@@ -204,11 +204,49 @@ def append_output(final: Path, text: str, option: str) -> None:
         raise InputError(f"{option} {final}: cannot append ({exc.strerror})") from None
 
 
-def remove(path: Path) -> None:
+def remove(path: Path, within: Path | None = None) -> None:
+    """Delete `path`: a file, a folder with what it holds, or a link itself, never what a link points at (rmtree
+    does not follow links inside). `within`: a folder compress made that holds `path`; when it, or a folder
+    between it and `path`, is a link, nothing is deleted (InputError): the path would reach outside it."""
+    path = Path(path)
+    if within is not None:
+        link = linked_folder(path, Path(within))
+        if link is not None:
+            raise InputError(f"{link} is a symbolic link; compress deletes nothing through a link: remove the link "
+                             "and run again")
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)
+
+
+def check_not_linked(path: Path, run_dir: Path) -> None:
+    """Refuse `path` (a folder compress makes and cleans under `run_dir`) when it, or a folder between `run_dir`
+    and it, is a symbolic link: one sentence, nothing written or deleted through the link."""
+    for current in [path, *Path(path).parents]:
+        if current == Path(run_dir):
+            return
+        if current.is_symlink():
+            raise InputError(f"{current} is a symbolic link inside the run directory; compress writes and deletes "
+                             "there and never through a link: remove the link (or choose a new --out) and run "
+                             "again")
+
+
+def linked_folder(path: Path, within: Path) -> Path | None:
+    """The first symbolic link among `within` and the folders between it and `path` (`path` itself excluded), or
+    None; `path` outside `within` counts as its own answer."""
+    try:
+        parts = Path(path).relative_to(within).parts
+    except ValueError:
+        return Path(path)
+    if ".." in parts:
+        return Path(path)
+    current = Path(within)
+    for part in ("", *parts[:-1]):
+        current = current / part if part else current
+        if current.is_symlink():
+            return current
+    return None
 
 
 def clean_temporaries(directory: Path) -> int:

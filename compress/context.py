@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from compress.artifacts import Artifact, atomic_path, check_name, sha256_path
+from compress.artifacts import Artifact, atomic_path, check_name, check_not_linked, sha256_path
 
 
 @dataclass
@@ -32,8 +32,10 @@ class RunContext:
 
     @property
     def work_dir(self) -> Path:
-        """Scratch space of this stage that survives an interruption (checkpoints)."""
+        """Scratch space of this stage that survives an interruption (checkpoints). Stages delete in it: a link
+        there (work/ or work/<stage>) is refused, never written or cleaned through."""
         path = self.run_dir / "work" / self.stage_name
+        check_not_linked(path, self.run_dir)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -176,19 +176,23 @@ def run_bench(model: str, run_dir: Path | None, overrides: list[str], console, *
     """Write the recipe into the run directory, run it, write the reports; returns (run dir, report)."""
     from compress import report, rundir, runner
     from compress.artifacts import write_text_atomic
+    from compress.procs import stopped_in
     from compress.recipe import load_recipe, parse_recipe
 
     text, name, said = bench_recipe(model, overrides=overrides, **options)
-    parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
+    parsed = parse_recipe(text, f"<compress bench {model}>")  # a bad --set fails before anything is written
     for line in said:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     run_dir = run_dir or Path("runs") / name
+    rundir.check_apart(run_dir, runner.local_sources(parsed))  # the model inside --out, or --out inside it
     rundir.claim(run_dir)  # ours (or refused) before the recipe is written into it
     recipe_file = run_dir / RECIPE_FILE
-    write_text_atomic(recipe_file, text)
-    recipe = load_recipe(recipe_file)
-    manifest = runner.run(recipe, run_dir, console=console, recipe_file=str(recipe_file))
-    return run_dir, report.write_reports(run_dir, manifest)
+    with rundir.lock(run_dir):  # a run in progress there is refused before its recipe file is replaced
+        write_text_atomic(recipe_file, text)
+        recipe = load_recipe(recipe_file)
+        manifest = runner.run(recipe, run_dir, console=console, recipe_file=str(recipe_file), locked=True)
+    with stopped_in("report"):
+        return run_dir, report.write_reports(run_dir, manifest)
 
 
 # ---------------------------------------------------------------- compress init

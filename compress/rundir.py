@@ -24,29 +24,96 @@ MARKER = ".compress-run"  # written first: the folder is compress's from then on
 REPORT_FILES = ("report.json", "report.md", "report.html")  # what a failed or interrupted run must not leave behind
 
 
+MARKER_TEXT = "compress run directory: compress may replace what it wrote here\n"
+
+
 def is_run_dir(path: Path) -> bool:
-    """A folder compress made: its marker, or (runs from before the marker) its manifest, resolved recipe or lock."""
-    return any((path / name).is_file() for name in (MARKER, MANIFEST, RESOLVED_RECIPE, ".lock"))
+    """A folder compress made: its marker with the text compress writes there, or (a run from before the marker)
+    a manifest that is provably compress's beside the resolved recipe. A manifest.json, .lock or
+    recipe.resolved.yaml alone proves nothing: any tool may leave files of those names."""
+    marker = path / MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            return marker.read_text(encoding="utf-8", errors="replace") == MARKER_TEXT
+        except OSError:
+            return False
+    return _old_run_dir(path)
 
 
-def claim(run_dir: Path) -> None:
+def _old_run_dir(path: Path) -> bool:
+    """A run directory written before the marker existed: a manifest with compress's own keys (its version, the
+    recipe and its 64-hex-digit hash) and the resolved recipe the runner writes first."""
+    manifest = path / MANIFEST
+    if not manifest.is_file() or manifest.is_symlink() or not (path / RESOLVED_RECIPE).is_file():
+        return False
+    data = read_json(manifest)
+    sha = data.get("recipe_sha256") if isinstance(data, dict) else None
+    return (isinstance(data, dict) and isinstance(data.get("compress_version"), str)
+            and isinstance(data.get("recipe"), dict) and isinstance(sha, str) and len(sha) == 64
+            and all(c in "0123456789abcdef" for c in sha)
+            and (isinstance(data.get("stages"), dict) or isinstance(data.get("sweep"), dict)))
+
+
+def claim(run_dir: Path, option: str = "--out") -> None:
     """Make `run_dir` compress's before anything in it is written or replaced: a missing or empty folder is
-    created and marked; a folder of someone else's files (no marker, no manifest) is refused with one sentence."""
+    created and marked; a folder without compress's marker (someone else's files, a manifest.json of another
+    tool) is refused with one sentence, nothing in it touched. `option` names the folder in that sentence."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"--out {run_dir} is a file, not a folder; give a folder for the run")
+        raise InputError(f"{option} {run_dir} is a file, not a folder; give a folder for the run")
     if run_dir.is_dir() and not is_run_dir(run_dir):
         try:
             used = any(True for _ in run_dir.iterdir())
         except OSError as exc:
-            raise InputError(f"--out {run_dir}: cannot list the folder ({exc.strerror})") from None
+            raise InputError(f"{option} {run_dir}: cannot list the folder ({exc.strerror})") from None
         if used:
-            raise InputError(f"--out {run_dir} holds files compress did not write (no {MANIFEST}); choose an empty "
-                             "or new folder so that none of them is replaced")
+            raise InputError(f"{option} {run_dir} holds files compress did not write (no {MARKER} written by "
+                             "compress); choose an empty or new folder so that none of them is replaced (a run "
+                             "directory of an older compress: run the recipe again into a new folder)")
+    if run_dir.is_dir():
+        check_own_folders(run_dir)
     with disk_errors(run_dir):  # an unwritable --out fails here: a message, not a traceback
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not is_run_dir(run_dir):  # new or empty: mark it (a folder already ours is left as it is)
-            write_text_atomic(run_dir / MARKER, "compress run directory: compress may replace what it wrote here\n")
+        marker = run_dir / MARKER
+        if not (marker.is_file() and marker.read_text(encoding="utf-8", errors="replace") == MARKER_TEXT):
+            # new, empty, or a run of an older compress proven by its manifest: marked from now on
+            write_text_atomic(marker, MARKER_TEXT)
+
+
+OWN_FOLDERS = ("artifacts", "work", "model_cards", "variants")
+
+
+def check_own_folders(run_dir: Path) -> None:
+    """Refuse a run directory whose folders compress writes and cleans (artifacts/, work/ and the stages' work
+    folders, model_cards/, variants/) are symbolic links: compress would write, and delete, through them."""
+    run_dir = Path(run_dir)
+    found = [run_dir / name for name in OWN_FOLDERS]
+    work = run_dir / "work"
+    if work.is_dir() and not work.is_symlink():
+        with contextlib.suppress(OSError):
+            found += sorted(work.iterdir())
+    for path in found:
+        if path.is_symlink():
+            raise InputError(f"{path} is a symbolic link inside the run directory; compress writes and deletes "
+                             "there and never through a link: remove the link (or choose a new --out) and run "
+                             "again")
+
+
+def check_apart(run_dir: Path, sources: dict[str, Path]) -> None:
+    """Refuse an input (`sources`: what it is -> its local path) inside the run directory, where the run would
+    replace or change it, and a run directory inside an input folder, whose hash would then include the run's own
+    outputs (nothing ever cached, a data folder of classes gaining one). Refused rather than left out of the hash:
+    the input would still be read (and listed) with the run's outputs in it."""
+    run = Path(run_dir).resolve()
+    for what, path in sources.items():
+        source = Path(path).resolve()
+        if source.is_relative_to(run):
+            raise InputError(f"{what} {path} is inside the run directory {run_dir}, which the run writes and "
+                             "replaces; copy it out of the run directory (or choose another --out) and run again")
+        if source.is_dir() and run.is_relative_to(source):
+            raise InputError(f"the run directory {run_dir} is inside the {what} folder {path}: its hash would "
+                             "include the run's own outputs (nothing would ever be cached); choose an --out "
+                             "outside it")
 
 
 def invalidate_reports(run_dir: Path) -> list[str]:

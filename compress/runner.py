@@ -21,16 +21,17 @@ from pathlib import Path
 from rich.console import Console
 
 from compress import __version__, teacher
-from compress.artifacts import Artifact, clean_temporaries, sha256_path, write_text_atomic
+from compress.artifacts import Artifact, check_not_linked, clean_temporaries, sha256_path, write_text_atomic
 from compress.context import RunContext
 from compress.errors import CompressError, StageError
-from compress.inputs import check_paths
+from compress.inputs import check_paths, local_path
 from compress.launch import launch
 from compress.procs import stopped_in
 from compress.ranks import rank_world
 from compress.recipe import Recipe, dump_recipe, load_recipe
 from compress.rundir import (
     RESOLVED_RECIPE,
+    check_apart,
     claim,
     disk_errors,
     invalidate_reports,
@@ -50,19 +51,21 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: int = 1,
-        recipe_file: str | None = None, shared=None) -> dict:
+        recipe_file: str | None = None, shared=None, locked: bool = False) -> dict:
     """Run every stage of `recipe` in `run_dir`, skipping those whose cache key is unchanged.
 
     One recipe without a `matrix`: a sweep (compress/sweep.py, the layer above) runs each of its variants through
     this function, with `shared` (its SharedCache: `lookup(key)`, `add(key, entry, produced, run_dir)`) finding
-    stages another variant already computed."""
+    stages another variant already computed. `locked`: the caller holds run_dir's lock already (compress bench
+    takes it before writing its recipe there)."""
     console = console or Console(stderr=True)
     if recipe.matrix:
         raise CompressError(f"internal error: recipe {recipe.name} has a matrix: it is a sweep, run by "
                             "compress.sweep.run_any, not by the runner")
     check_paths(recipe, recipe_file if shared is None else None)  # missing inputs: file:line, exit 2, nothing written
+    check_apart(run_dir, local_sources(recipe))  # a teacher or data inside the run dir, or the run dir inside them
     claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
-    with disk_errors(run_dir), lock(run_dir):
+    with disk_errors(run_dir), contextlib.nullcontext() if locked else lock(run_dir):
         # The manifest and reports are written atomically too: a kill leaves their temporaries beside them.
         removed = clean_temporaries(run_dir / "artifacts") + clean_temporaries(run_dir)
         if removed:
@@ -100,6 +103,21 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
                 manifest["stages"][stage.name] = entry
                 write_manifest(run_dir, manifest)
         return manifest
+
+
+def local_sources(recipe: Recipe) -> dict[str, Path]:
+    """The recipe's inputs that are local files or folders: teacher.source, data.source, data.unlabeled.source."""
+    found = {}
+    named = [("teacher", recipe.teacher.source), ("data", recipe.data.source)]
+    if getattr(recipe.data, "unlabeled", None) is not None:
+        named.append(("data.unlabeled", recipe.data.unlabeled.source))
+    for what, source in named:
+        if source.startswith("python:"):
+            continue
+        path = local_path(source)
+        if path is not None:
+            found[f"{what}.source"] = path
+    return found
 
 
 def _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc) -> tuple[dict, list[Artifact]]:
@@ -204,6 +222,7 @@ def run_distributed(stage_name: str, run_dir: Path, nproc: int, metrics: dict | 
     metrics (also left in work/<stage>/metrics.json)."""
     run_dir = Path(run_dir).resolve()
     work = run_dir / "work" / stage_name
+    check_not_linked(work, run_dir)  # the files below are deleted there: never through a link
     work.mkdir(parents=True, exist_ok=True)
     for name in (RESULT, METRICS, ERROR):
         (work / name).unlink(missing_ok=True)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from compress.artifacts import write_text_atomic
+from compress.artifacts import remove, write_text_atomic
 
 # Operators each scheme quantizes (with a constant weight): the candidates for exclusion.
 SCHEME_OPS = {"int8-dynamic": ("MatMul", "Attention", "Gemm"), "int8-static": ("MatMul",),
@@ -185,7 +185,7 @@ class Search:
         self.deadline = self.started + time_budget_s
         self.log_path = work / f"{name}.search.json"
         self.scratch = work / f"{name}.search"
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        remove(self.scratch)  # a leftover of an interrupted search (a link is removed itself, never followed)
         self.scratch.mkdir(parents=True)
         self.state: dict = {"artifact": name, "scheme": scheme, "max_quality_drop": max_drop,
                             "time_budget_s": time_budget_s, "kept_precision": KEPT_PRECISION[scheme],

@@ -73,6 +73,8 @@ def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, r
     variants = expand_matrix(recipe)
     run_dir = Path(run_dir)
     check_paths(recipe, recipe_file)  # missing inputs: file:line, exit 2, before anything is written
+    for _, _, variant in variants:  # a teacher or data inside the run dir, or the run dir inside them
+        rundir.check_apart(run_dir, runner.local_sources(variant))
     rundir.claim(run_dir)  # someone else's folder is refused; ours is marked before anything in it is replaced
     shared = SharedCache()
     for name, _, _ in variants:

@@ -13,10 +13,10 @@ give the same pieces, only renumbered. Supported: WordPiece tokenizers with a to
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.artifacts import remove
 from compress.errors import StageError
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
@@ -94,8 +94,7 @@ def trimmed_folder(source_dir: Path, dest: Path, trimmed: Trimmed) -> Path:
     """A copy of `source_dir`'s bundle files (pooling config, tokenizer) with the trimmed tokenizer."""
     from compress.tasks.common import copy_bundle_files
 
-    if dest.exists():
-        shutil.rmtree(dest)
+    remove(dest)  # a leftover of an interrupted run (a link is removed itself, never followed)
     dest.mkdir(parents=True)
     copy_bundle_files(Path(source_dir), dest)
     write_tokenizer(source_dir, dest, trimmed)

@@ -298,8 +298,10 @@ def test_atomic_write_under_a_file_size_limit_is_a_message_and_leaves_nothing(tm
 
 
 def test_cli_run_refuses_a_run_dir_locked_by_another_process(tmp_path, tiny_bert, tiny_texts):
+    from compress.rundir import MARKER, claim
+
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    claim(run_dir)  # compress's run directory: a lone .lock claims no folder (issue 29)
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); "
                                "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
                                str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
@@ -313,7 +315,7 @@ def test_cli_run_refuses_a_run_dir_locked_by_another_process(tmp_path, tiny_bert
         holder.kill()
         holder.wait()
     assert proc.returncode == 1 and "in use by another compress run" in proc.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # it wrote nothing
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([MARKER, ".lock"])  # it wrote nothing
 
 
 # ---------------------------------------------------------------- NaN and divergence in the report

@@ -72,8 +72,9 @@ def test_clean_temporaries_removes_only_compress_temporaries(tmp_path):
         ({}, False),  # an empty folder becomes a run dir
         ({"report.md": "mine"}, True),
         ({".tmp-draft": "mine"}, True),
-        ({"manifest.json": "{}"}, False),  # a run dir from before the marker
-        ({".compress-run": "", "report.md": "ours"}, False),
+        ({"manifest.json": "{}"}, True),  # a manifest.json alone proves nothing (issue 29; old runs: test_trust_files)
+        ({".compress-run": "compress run directory: compress may replace what it wrote here\n", "report.md": "ours"},
+         False),
     ],
 )
 def test_claim_refuses_a_folder_of_someone_elses_files(tmp_path, files, refused):

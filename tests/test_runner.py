@@ -74,8 +74,10 @@ def test_runner_reruns_a_stage_whose_artifact_was_damaged(tmp_path, tiny_bert, t
 def test_runner_refuses_a_run_dir_in_use(tmp_path, tiny_bert, tiny_texts):
     import fcntl
 
+    from compress.rundir import claim
+
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    claim(run_dir)  # compress's run directory: a lone .lock claims no folder (issue 29)
     with open(run_dir / ".lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         with pytest.raises(LockedError, match="in use by another compress run"):

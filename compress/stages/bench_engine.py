@@ -218,12 +218,17 @@ class Budget:
 
 def measure_dir(work_dir: Path) -> Path:
     """A folder of this process: the subprocesses of a run killed with SIGKILL live on for a while, and must
-    not write into the files that the next run reads."""
-    import shutil
+    not write into the files that the next run reads. Only the folders of earlier processes (m<pid>, real
+    folders, not links) are removed, and never through a link (`work_dir` is the stage's, checked by the
+    context)."""
+    import re
 
-    for stale in work_dir.glob("m*"):
-        if stale.is_dir() and stale.name != f"m{os.getpid()}":
-            shutil.rmtree(stale, ignore_errors=True)
+    from compress.artifacts import remove
+
+    for stale in sorted(work_dir.iterdir()) if work_dir.is_dir() else []:
+        if (re.fullmatch(r"m\d+", stale.name) and stale.name != f"m{os.getpid()}" and stale.is_dir()
+                and not stale.is_symlink()):
+            remove(stale, within=work_dir)
     path = work_dir / f"m{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
     return path
