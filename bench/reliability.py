@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import reliability_cases_gate
+from bench import reliability_cases_files, reliability_cases_gate
 from bench.reliability_inputs import FIXED as INPUTS_FIXED
 from bench.reliability_inputs import Inputs
 
 # Issue 29's classes (own-file claims, sources inside the run, links followed by deletion, archive members, gate
 # semantics, label mapping, baseline matching, signal handling per command): one cases module per area.
-TRUST_AREAS = (reliability_cases_gate,)
+TRUST_AREAS = (reliability_cases_files, reliability_cases_gate)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reliability.md"
@@ -850,7 +850,10 @@ def check_trust_category(work: Path, inputs, full: bool) -> Category:
                    "semantics, label mapping, baselines, signals per command")
     # The short version (CI) runs each area's first case: tests/test_trust_<area>.py runs every case in CI already.
     cases = [case for area in TRUST_AREAS for case in (area.CASES if full else area.CASES[:1])]
-    check_inputs(cat, work, inputs, full, cases)
+    try:
+        check_inputs(cat, work, inputs, full, cases)
+    finally:
+        reliability_cases_files.release_locks()  # the lock holders of the 'run in use' cases
     return cat
 
 
