@@ -77,9 +77,16 @@ def verify(path: Path, source: Path, feeds: list[dict], scheme: str) -> dict:
                   cosine=round(_cosine(got, want), 6))
     if got.ndim == 2 and got.shape[1] > 1:
         result["agreement"] = round(float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))), 6)
-    one = {n: feeds[0][n][:1] for n in names}
+    one = _first_example(feeds[0], candidate)
     result["speedup_b1"] = quick_speedup(session(source, threads=1), session(path, threads=1), one)
     return result
+
+
+def _first_example(batch: dict, session) -> dict:
+    """The batch's first example as a feed; as many as a fixed batch axis takes (an input declared [2, 16]: the
+    first two), since onnxruntime refuses any other size."""
+    sizes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}
+    return {n: batch[n][: s if isinstance(s, int) and s > 0 else 1] for n, s in sizes.items()}
 
 
 def quick_speedup(reference, candidate, feed: dict, rounds: int = 3, seconds: float = 0.1) -> float | None:

@@ -72,14 +72,17 @@ class Evaluator:
         import numpy as np
 
         task = ctx.task
-        data = task.load_data(ctx.recipe.data)
+        from compress.tasks.common import for_model
+
+        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
+        data = for_model(task, task.load_data(ctx.recipe.data), teacher.path if teacher else None,
+                         ctx.recipe.data.source)
         texts = task.examples(data.eval)[:eval_size]
         self.task, self.count = task, len(texts)
         self.labels = np.asarray(data.eval.labels[:eval_size]) if data.eval.labels else None
         self.inputs = task.inputs(source.path)
         self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
         self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
-        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
         self.reference = None
         if teacher is not None:
             self.reference = self._teacher_outputs(teacher.path)

@@ -191,10 +191,13 @@ class Provenance(StrictModel):
     )
 
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names a folder: runs/<name>
+
+
 class Recipe(StrictModel):
     version: Literal[1] = Field(description="Recipe format version.")
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; the run directory is runs/<name>."
+        pattern=RUN_NAME, description="Run name; the run directory is runs/<name>."
     )
     task: Literal[TASK_NAMES] = Field(  # type: ignore[valid-type]
         description="What the model does; picks loaders, export inputs/outputs, metric and default loss."
