@@ -43,6 +43,14 @@ def _nan_weights(model: Path) -> None:
     save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
 
 
+def _one_class_held_out(work: Path, inputs: Inputs) -> list[str]:
+    """Labels "a" and "b", every held-out row (data.seed 0's split, as compress/data.py draws it) an "a"."""
+    import numpy as np
+
+    held = set(np.random.default_rng(0).permutation(len(TEXTS))[:16].tolist())
+    return _classified(work, inputs, [(t, "a" if n in held else "ab"[n % 2]) for n, t in enumerate(TEXTS)])
+
+
 def _fixed_batch_onnx(work: Path, inputs: Inputs) -> list[str]:
     """The tiny model exported with fixed [2, 16] inputs (no PyTorch weights left), quantized and benched."""
     import shutil
@@ -154,6 +162,8 @@ CASES: list[Case] = [
     # --- labels matched to the model's classes (F5)
     Case("labels_through_id2label", "a classifier named {0: b, 1: a} on texts labelled with its own answers "
          "(accuracy 1, not 0)", _own_answers, 0, "accuracy 1.0000", ours=("run", "model")),
+    Case("labels_one_class_held_out", "every held-out label the same class (not \"the teacher scores at chance\")",
+         _one_class_held_out, 0, "the held-out part has one class only", ours=("run",)),
     Case("labels_beyond_the_model_classes", "integer labels 0, 1, 2 for a model with 2 classes",
          lambda w, i: _classified(w, i, [(t, str(n % 3)) for n, t in enumerate(TEXTS)]), 2,
          "label '2' is not a class of the model, which has 2 classes", ours=("run",)),

@@ -71,9 +71,9 @@ class Evaluator:
     def __init__(self, ctx, source, eval_size: int):
         import numpy as np
 
-        task = ctx.task
         from compress.tasks.common import for_model
 
+        task = ctx.task
         teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
         data = for_model(task, task.load_data(ctx.recipe.data), teacher.path if teacher else None,
                          ctx.recipe.data.source)

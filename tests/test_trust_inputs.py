@@ -114,13 +114,15 @@ BY_NAME_12 = sorted(str(i) for i in range(12))  # "10" before "2": how the data 
 @pytest.mark.parametrize("id2label, names, labels, expected", [
     ({0: "pos", 1: "neg"}, ["neg", "pos"], ["pos", "pos", "neg"], [0, 0, 1]),  # through label2id, not sorted
     ({0: "Negative", 1: "Neutral", 2: "Positive"}, ["Negative", "Positive"], ["Positive", "Negative"], [2, 0]),
+    ({0: "NEGATIVE", 1: "POSITIVE"}, ["negative", "positive"], ["positive", "negative"], [1, 0]),
     (GENERIC_12, BY_NAME_12, ["10", "2", "11", "0"], [10, 2, 11, 0]),  # numbers as numbers
     ({0: "neg", 1: "pos"}, ["0", "1"], ["1", "0"], [1, 0]),  # numbers are class ids of a named model too
     ({i: str(i) for i in range(12)}, BY_NAME_12, ["10", "2"], [10, 2]),
     (None, ["neg", "pos"], ["pos", "neg"], [1, 0]),  # no names: the data's order, as before (finetune's heads)
     ({0: "LABEL_0", 1: "LABEL_1"}, ["neg", "pos"], ["pos", "neg"], [1, 0]),
     ({0: "tench", 1: "goldfish"}, ["cat", "dog"], ["dog", "cat"], [1, 0]),  # not its classes: the report says so
-], ids=["named-reversed", "named-subset", "integers-12", "integers-named", "digit-names", "no-names", "generic",
+], ids=["named-reversed", "named-subset", "named-other-case", "integers-12", "integers-named", "digit-names",
+        "no-names", "generic",
         "other-names"])
 def test_for_model_maps_data_labels_to_the_models_class_ids(tmp_path, id2label, names, labels, expected):
     from compress.tasks import text_classification
@@ -209,3 +211,12 @@ def test_check_paths_refuses_lengths_beyond_the_teachers_positions(tmp_path, tas
     else:
         with pytest.raises(RecipeError, match=re.escape(problem)):
             check_paths(recipe)
+
+
+def test_decide_matches_label_names_without_case():
+    from compress.tasks import quality_basis
+
+    teacher = {"accuracy": 0.9, "agreement": 1.0, "chance_accuracy": 0.5}
+
+    assert quality_basis.decide("accuracy", teacher, data_labels=["negative", "positive"],
+                                model_labels=["NEGATIVE", "POSITIVE"]) == ("accuracy", None)

@@ -78,10 +78,14 @@ class DataConfig(StrictModel):
         "labels) or sklearn:digits."
     )
     text_field: str = Field(default="text", description="Column or key holding the text.")
-    label_field: str | None = Field(default=None, description="Column or key holding the label, if any.")
+    label_field: str | None = Field(
+        default=None, description="Column or key holding the label, if any. A classifier's labels are its class "
+        "names (its config.json id2label; case aside) or its class ids (0, 1, ...); a label it cannot have stops "
+        "the run.")
     labels: list[str] | None = Field(
-        default=None, description="Keep only rows with these labels; their order gives the class ids (default: "
-        "the names of a ClassLabel label_field in id order, else every label sorted)."
+        default=None, description="Keep only rows with these labels; their order gives the class ids of a head "
+        "that finetune trains (default: the names of a ClassLabel label_field in id order, else every label "
+        "sorted, numbers as numbers)."
     )
     eval_size: int = Field(default=1000, ge=1, description="Held-out rows for evaluation (fixed by `seed`).")
     split: str | None = Field(

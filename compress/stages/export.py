@@ -117,9 +117,10 @@ def _check_finite_weights(model, name: str) -> None:
     bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
     if bad:
         shown = ", ".join(bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
-        raise StageError(f"export of {name}: {len(bad)} weight tensor{'s' if len(bad) > 1 else ''} of the model "
-                         f"{'hold' if len(bad) > 1 else 'holds'} NaN or infinite values ({shown}); the checkpoint is damaged or its training "
-                         "diverged: use another checkpoint")
+        tensors = (f"{len(bad)} weight tensors of the model hold" if len(bad) > 1
+                   else "1 weight tensor of the model holds")
+        raise StageError(f"export of {name}: {tensors} NaN or infinite values ({shown}); the checkpoint is damaged "
+                         "or its training diverged: use another checkpoint")
 
 
 def _optimize(model_path: Path, source_dir: Path) -> dict:

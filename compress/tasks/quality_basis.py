@@ -40,7 +40,7 @@ def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = Tr
         return AGREEMENT, ("the held-out data has no labels, so quality is agreement with the fp32 teacher's "
                            "predictions")
     if data_labels and model_labels and not generic(model_labels):
-        missing = [n for n in data_labels if n not in set(model_labels)]
+        missing = [n for n in data_labels if str(n).casefold() not in {str(m).casefold() for m in model_labels}]
         if missing:
             shown = ", ".join(repr(n) for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
             return AGREEMENT, (f"the data's label names ({shown}) are not among the model's classes, so quality "
@@ -81,7 +81,7 @@ def one_class(quality: dict | None) -> bool:
 def own_classes(data_labels, model_labels) -> bool:
     """The model's classes are named, and the data's labels are among them."""
     return bool(data_labels and model_labels and not generic(model_labels)
-                and set(map(str, data_labels)) <= set(map(str, model_labels)))
+                and {str(n).casefold() for n in data_labels} <= {str(m).casefold() for m in model_labels})
 
 
 def agreement_qualifies(quality: dict | None, max_drop: float) -> bool:

@@ -103,10 +103,11 @@ def label_names(path: Path) -> list[str]:
 
 def class_ids(data, model_dir: Path, where: str = "the data"):
     """`data` (compress/data.py Dataset) with its labels as the class ids of the model at `model_dir`, matched
-    through the model's id2label: by name when every data label is one of the model's class names, else numbers as
-    numbers (label "2" is class 2). Labels the model cannot have (a number beyond its classes, more classes than it
-    has) are refused in one sentence; names of a named model that are not its classes are left to the report
-    (compress/tasks/quality_basis.py: quality becomes agreement with the teacher)."""
+    through the model's id2label: by name when every data label is one of the model's class names (without case:
+    "positive" is "POSITIVE"), else numbers as numbers (label "2" is class 2). Labels the model cannot have (a
+    number beyond its classes, more classes than it has) are refused in one sentence; names of a named model that
+    are not its classes are left to the report (compress/tasks/quality_basis.py: quality becomes agreement with
+    the teacher)."""
     from dataclasses import replace
 
     from compress.errors import SourceError
@@ -119,8 +120,11 @@ def class_ids(data, model_dir: Path, where: str = "the data"):
     # No id2label in config.json (an encoder saved without a head): transformers gives the new head 2 classes.
     count = len(model) or int(read_json(Path(model_dir) / "config.json").get("num_labels") or 2)
     shown = ", ".join(repr(n) for n in model[:6]) + (" ..." if len(model) > 6 else "")
+    folded = [str(m).casefold() for m in model]
     if set(names) <= set(model):
         target = {n: model.index(n) for n in names}
+    elif len(set(folded)) == len(folded) and {str(n).casefold() for n in names} <= set(folded):
+        target = {n: folded.index(str(n).casefold()) for n in names}  # "positive" is the model's "POSITIVE"
     elif all(_class_number(n) is not None for n in names):
         outside = [n for n in names if _class_number(n) >= count]
         if outside:
