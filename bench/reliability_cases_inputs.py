@@ -163,7 +163,7 @@ CASES: list[Case] = [
     Case("labels_through_id2label", "a classifier named {0: b, 1: a} on texts labelled with its own answers "
          "(accuracy 1, not 0)", _own_answers, 0, "accuracy 1.0000", ours=("run", "model")),
     Case("labels_one_class_held_out", "every held-out label the same class (not \"the teacher scores at chance\")",
-         _one_class_held_out, 0, "the held-out part has one class only", ours=("run",)),
+         _one_class_held_out, 0, "the held-out part has one class only", ours=("run",), short=False),
     Case("labels_beyond_the_model_classes", "integer labels 0, 1, 2 for a model with 2 classes",
          lambda w, i: _classified(w, i, [(t, str(n % 3)) for n, t in enumerate(TEXTS)]), 2,
          "label '2' is not a class of the model, which has 2 classes", ours=("run",)),

@@ -77,7 +77,7 @@ def verify(path: Path, source: Path, feeds: list[dict], scheme: str) -> dict:
                   cosine=round(_cosine(got, want), 6))
     if got.ndim == 2 and got.shape[1] > 1:
         result["agreement"] = round(float(np.mean(got.argmax(axis=1) == want.argmax(axis=1))), 6)
-    one = _first_example(feeds[0], candidate)
+    one = first_example(feeds[0], candidate)
     result["speedup_b1"] = quick_speedup(session(source, threads=1), session(path, threads=1), one)
     size = len(next(iter(one.values()))) if one else 1
     if size != 1:  # a fixed batch axis: timed at its size
@@ -85,7 +85,7 @@ def verify(path: Path, source: Path, feeds: list[dict], scheme: str) -> dict:
     return result
 
 
-def _first_example(batch: dict, session) -> dict:
+def first_example(batch: dict, session) -> dict:
     """The batch's first example as a feed; as many as a fixed batch axis takes (an input declared [2, 16]: the
     first two), since onnxruntime refuses any other size."""
     sizes = {i.name: i.shape[0] if i.shape else None for i in session.get_inputs()}

@@ -220,3 +220,22 @@ def test_decide_matches_label_names_without_case():
 
     assert quality_basis.decide("accuracy", teacher, data_labels=["negative", "positive"],
                                 model_labels=["NEGATIVE", "POSITIVE"]) == ("accuracy", None)
+
+
+# ---------------------------------------------------------------- F10: a fixed batch axis
+
+
+def test_quant_check_times_a_fixed_batch_axis_at_its_size(tmp_path):
+    import numpy as np
+
+    from compress import quant_check
+
+    class Session:  # what onnxruntime says of an input declared [2, 16]
+        def get_inputs(self):
+            return [type("Input", (), {"name": "input_ids", "shape": [2, 16]})()]
+
+    batch = {"input_ids": np.ones((2, 16), dtype=np.int64), "attention_mask": np.ones((2, 16), dtype=np.int64)}
+    check = {"checker": "ok", "examples": 4, "cosine": 1.0, "speedup_b1": 1.5, "speedup_batch": 2}
+
+    assert quant_check.first_example(batch, Session())["input_ids"].shape == (2, 16)
+    assert "1.50x fp32's speed at batch 2" in quant_check.summary_line("m.onnx", 10**6, 0.25, check, 0, None)
