@@ -146,7 +146,8 @@ def summary_line(name: str, size_bytes: int, ratio: float, check: dict, log_line
         parts.append(f"cosine {check['cosine']:.4f} to fp32 on {check['examples']} held-out")
     speed = check.get("speedup_b1")
     if speed is not None:
-        parts.append(f"{speed:.2f}x fp32's speed at batch {check.get('speedup_batch', 1)}" + (" (slower: see the bench)" if speed < 0.95 else ""))
+        parts.append(f"{speed:.2f}x fp32's speed at batch {check.get('speedup_batch', 1)}"
+                     + (" (slower: see the bench)" if speed < 0.95 else ""))
     if log_lines and log is not None:
         shown = log.relative_to(base) if base is not None and log.is_relative_to(base) else log
         parts.append(f"{log_lines} warning line(s) in {shown}")
