@@ -170,7 +170,7 @@ def _labels(frame, cfg, known: list[str] | None = None, where: str = "", blank_o
             raise SourceError(f"{where}: {_row(cfg.source, frame, wrong.idxmax())}: {cfg.label_field!r} is "
                               f"{_kind(column[wrong.idxmax()])}, not a label; fix or remove that row")
     raw = column.map(_label_text)
-    names = list(cfg.labels) if cfg.labels else (list(known) if known else sorted(raw.unique()))
+    names = list(cfg.labels) if cfg.labels else (list(known) if known else _sorted_names(raw.unique()))
     keep = raw.isin(names)
     if not keep.any():
         seen = sorted(raw.unique())[:5]
@@ -194,6 +194,14 @@ def _check_classes(cfg, labels, names) -> None:
     if len(present) < 2:
         raise SourceError(f"data source {cfg.source!r}: every row has the label {present[0]!r} in "
                           f"{cfg.label_field!r}; a classifier needs at least two classes")
+
+
+def _sorted_names(values) -> list[str]:
+    """Label names in order; numbers as numbers ("2" before "10"), so that label "k" is class k of a new head."""
+    values = [str(v) for v in values]
+    if all(v.isdigit() for v in values):
+        return sorted(values, key=lambda v: (int(v), v))
+    return sorted(values)
 
 
 def _label_text(value) -> str:

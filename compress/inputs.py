@@ -21,6 +21,8 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
     problems = []
     if (message := teacher_problem(recipe.teacher.source)) is not None:
         problems.append((("teacher", "source"), message))
+    else:
+        problems += length_problems(recipe)
     if (message := data_problem(recipe.data.source, recipe.task)) is not None:
         problems.append((("data", "source"), message))
     else:
@@ -34,6 +36,52 @@ def check_paths(recipe, recipe_file: str | Path | None = None) -> None:
         lines = _lines(recipe_file)
         raise RecipeError("\n".join(f"{_where(recipe_file, lines, key)}: {'.'.join(key)}: {message}"
                                     for key, message in problems))
+
+
+# Position ids of these models start after the padding id: pad_token_id + 1 positions are never a token's.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def max_positions(model_dir: Path) -> int | None:
+    """The most tokens one input of the model in `model_dir` can hold, from its config.json; None when it does not
+    say (another kind of model)."""
+    import json
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    limit = next((config[k] for k in ("max_position_embeddings", "n_positions", "max_seq_len")
+                  if isinstance(config.get(k), int) and config[k] > 0), None)
+    if limit and config.get("model_type") in OFFSET_POSITIONS:
+        limit -= int(config.get("pad_token_id") or 0) + 1
+    return limit
+
+
+def length_problems(recipe) -> list:
+    """Token lengths the teacher cannot take (a bench stage's seq_lens, data.max_length beyond its positions): a
+    traceback inside a report cell otherwise. The student and the exports have the teacher's positions."""
+    path = _local(recipe.teacher.source)
+    limit = max_positions(path) if isinstance(path, Path) and path.is_dir() else None
+    if not limit:
+        return []
+    problems = []
+    if recipe.data.max_length > limit and "max_length" in recipe.data.model_fields_set:
+        problems.append((("data", "max_length"), f"{recipe.data.max_length} tokens is more than the teacher's "
+                         f"{limit} positions; use at most {limit}"))
+    for index, stage in enumerate(recipe.stages):
+        if getattr(stage, "kind", None) != "bench":
+            continue
+        extra = stage.new_tokens if recipe.task == "causal-lm" else 0
+        long = [n for n in stage.seq_lens if isinstance(n, int) and n + extra > limit]
+        if long:
+            what = f"{long[0]} prompt tokens + new_tokens {extra}" if extra else f"{long[0]} tokens"
+            problems.append((("stages", str(index), "seq_lens"), f"{what} is more than the teacher's {limit} "
+                             f"positions (its config.json); use at most {limit - extra}"))
+    return problems
 
 
 def _fields(recipe) -> dict:
@@ -50,9 +98,18 @@ def field_problems(source: str, fields: dict, key: tuple) -> list:
     head = read_head(path) if isinstance(path, Path) and path.is_file() else None
     if head is None:
         return []
-    columns = head[0]
-    return [((*key, name), f"{value!r} is not a column of {path.name} (its columns: {', '.join(columns)})")
-            for name, value in fields.items() if value not in columns]
+    return [((*key, name), f"{value!r} is not a column of {path.name} (its columns: {shown_columns(head[0])})")
+            for name, value in fields.items() if value not in head[0]]
+
+
+def shown_columns(columns: list[str], most: int = 12, width: int = 40) -> str:
+    """Column names for a message: at most `most`, each escaped (no control bytes) and at most `width` long."""
+    def one(name: str) -> str:
+        text = name if name.isprintable() else repr(name)[1:-1]
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    more = f", ... ({len(columns) - most} more)" if len(columns) > most else ""
+    return ", ".join(one(c) for c in columns[:most]) + more
 
 
 def read_head(path: Path, rows: int = 0) -> tuple[list[str], list[dict]] | None:
@@ -80,6 +137,14 @@ def read_head(path: Path, rows: int = 0) -> tuple[list[str], list[dict]] | None:
             return header, [dict(zip(header, row)) for row in itertools.islice(reader, rows)]
     except (OSError, EOFError, ValueError, UnicodeError, csv.Error):
         return None
+
+
+def _open_bytes(path: Path, suffix: str):
+    import bz2
+    import gzip
+    import lzma
+
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix, open)(path, "rb")
 
 
 def _open_text(path: Path, suffix: str):
@@ -133,6 +198,36 @@ def data_problem(source: str, task: str) -> str | None:
         return f"{source!r} is not a file or folder"
     if path.stat().st_size == 0:
         return f"{source!r} is an empty file"
+    return encoding_problem(path, source)
+
+
+TEXT_KINDS = (".txt", ".csv", ".tsv", ".jsonl", ".json")
+
+
+def encoding_problem(path: Path, source: str) -> str | None:
+    """A text data file (.csv, .tsv, .txt, .jsonl) that is not UTF-8 text, from its first 64 KB: UTF-16 (a
+    spreadsheet's "Unicode text" export), binary data, or another encoding. One sentence, no raw bytes."""
+    import codecs
+
+    suffixes = [s.lower() for s in path.suffixes]
+    if not any(s in TEXT_KINDS for s in suffixes):
+        return None
+    try:
+        with _open_bytes(path, suffixes[-1]) as handle:
+            start = handle.read(65536)
+    except (OSError, EOFError, ValueError):
+        return f"{source!r} cannot be read as a {suffixes[-1]} file (damaged or not that kind of compression)"
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return (f"{source!r} is UTF-16 text (a spreadsheet's \"Unicode text\" export, say); save it as UTF-8 "
+                "(CSV UTF-8) and point at that file")
+    if b"\0" in start:
+        return (f"{source!r} holds binary data (NUL bytes), not UTF-8 text; is it the right file? (UTF-16 text must "
+                "be saved as UTF-8)")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+    except UnicodeDecodeError as exc:
+        return (f"{source!r} is not UTF-8 text (byte 0x{start[exc.start]:02x} at offset {exc.start}); save it "
+                "as UTF-8 and point at that file")
     return None
 
 
@@ -172,6 +267,11 @@ def _lines(recipe_file) -> dict:
     found = {}
     for key, value in getattr(root, "value", []) if isinstance(root, yaml.MappingNode) else []:
         found[(key.value,)] = key.start_mark.line + 1
+        if isinstance(value, yaml.SequenceNode):  # stages: (stages, "2", kind) keys
+            for index, item in enumerate(value.value):
+                found[(key.value, str(index))] = item.start_mark.line + 1
+                for leaf, _ in item.value if isinstance(item, yaml.MappingNode) else []:
+                    found[(key.value, str(index), leaf.value)] = leaf.start_mark.line + 1
         if isinstance(value, yaml.MappingNode):
             for sub, inner in value.value:
                 found[(key.value, sub.value)] = sub.start_mark.line + 1

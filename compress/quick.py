@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from compress.errors import CompressError, RecipeError
+from compress.recipe.schema import RUN_NAME
 
 TASKS = ("sentence-embedding", "text-classification", "image-classification", "causal-lm")
 SCHEMES = ("int8-dynamic", "int8-static", "int4-weight", "fp16")
@@ -285,13 +286,16 @@ def init_recipe(task: str, teacher: str | None = None, data: str | None = None, 
     if is_onnx and task == "causal-lm":
         raise UsageError("an ONNX model as the teacher of task causal-lm is not supported")
     name = name or f"my-{task}"
+    if not re.fullmatch(RUN_NAME, name):
+        raise UsageError(f"--name {name!r} is not a run name: it names the run directory runs/<name>, so use letters, "
+                         "digits, '.', '_' and '-' (starting with a letter or digit)")
     stages = ONNX_STAGES if is_onnx else STAGES[task]
     note = ("# An ONNX teacher: quantize and bench take it as it is (distill, finetune and generate need a PyTorch "
             "teacher).\n" if is_onnx else "")
     return f"""# A starter recipe for task {task}, written by `compress init`. Check it: compress validate <this file>;
 # run it: compress run <this file>. Every key is documented in `compress schema`.
 {note}version: 1
-name: {name}  # the run directory is runs/<name>
+name: {_quote(name)}  # the run directory is runs/<name>
 task: {task}
 teacher:
   source: {_quote(teacher)}
@@ -321,13 +325,19 @@ def _data_fields(task: str, data: str) -> str:
         return DATA_COMMENTS[task]
     columns, rows = head
     text = _pick(columns, TEXT_NAMES) or max(columns, key=lambda c: _mean_length(rows, c))
-    lines = f"  # columns of {path.name}: {', '.join(columns)}\n  # (the fields below are guessed from them)\n"
+    lines = (f"  # columns of {_one_line(path.name)}: {_one_line(', '.join(columns))}\n"
+             "  # (the fields below are guessed from them)\n")
     lines += f"  text_field: {_quote(text)}\n"
     if task == "text-classification":
         label = _pick(columns, LABEL_NAMES) or _few_values(columns, rows, text)
         lines += (f"  label_field: {_quote(label)}\n" if label else
                   "  label_field: label                      # set it: no column looked like labels\n")
     return lines
+
+
+def _one_line(text: str) -> str:
+    """A comment stays one line whatever a file or column name holds."""
+    return " ".join(str(text).split())
 
 
 def _pick(columns: list[str], names: tuple) -> str | None:
@@ -349,7 +359,11 @@ def _few_values(columns: list[str], rows: list[dict], text: str) -> str | None:
 
 
 def _quote(value: str) -> str:
-    return yaml.safe_dump(value, default_style=None).strip().removesuffix("...").strip()
+    """`value` as one YAML scalar that reads back as the same string (quoted, escaped, on one line when needed)."""
+    plain = yaml.safe_dump(value, default_style=None, width=10**9).strip().removesuffix("...").strip()
+    if "\n" not in plain and yaml.safe_load(plain) == value:
+        return plain
+    return yaml.safe_dump(value, default_style='"', width=10**9).strip()
 
 
 def write_init(path: Path, force: bool, **options) -> str:

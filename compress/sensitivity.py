@@ -71,15 +71,18 @@ class Evaluator:
     def __init__(self, ctx, source, eval_size: int):
         import numpy as np
 
+        from compress.tasks.common import for_model
+
         task = ctx.task
-        data = task.load_data(ctx.recipe.data)
+        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
+        data = for_model(task, task.load_data(ctx.recipe.data), teacher.path if teacher else None,
+                         ctx.recipe.data.source)
         texts = task.examples(data.eval)[:eval_size]
         self.task, self.count = task, len(texts)
         self.labels = np.asarray(data.eval.labels[:eval_size]) if data.eval.labels else None
         self.inputs = task.inputs(source.path)
         self.batches = self.inputs.batches(texts, ctx.recipe.data.max_length, 32)
         self.timing = self.inputs.encode(texts[:1], ctx.recipe.data.max_length, pad_to_max=True)
-        teacher, onnx_teacher = ctx.teacher(required=False), ctx.onnx_teacher()
         self.reference = None
         if teacher is not None:
             self.reference = self._teacher_outputs(teacher.path)

@@ -86,10 +86,14 @@ class DataConfig(StrictModel):
         "labels) or sklearn:digits."
     )
     text_field: str = Field(default="text", description="Column or key holding the text.")
-    label_field: str | None = Field(default=None, description="Column or key holding the label, if any.")
+    label_field: str | None = Field(
+        default=None, description="Column or key holding the label, if any. A classifier's labels are its class "
+        "names (its config.json id2label; case aside) or its class ids (0, 1, ...); a label it cannot have stops "
+        "the run.")
     labels: list[str] | None = Field(
-        default=None, description="Keep only rows with these labels; their order gives the class ids (default: "
-        "the names of a ClassLabel label_field in id order, else every label sorted)."
+        default=None, description="Keep only rows with these labels; their order gives the class ids of a head "
+        "that finetune trains (default: the names of a ClassLabel label_field in id order, else every label "
+        "sorted, numbers as numbers)."
     )
     eval_size: int = Field(default=1000, ge=1, description="Held-out rows for evaluation (fixed by `seed`).")
     split: str | None = Field(
@@ -199,10 +203,13 @@ class Provenance(StrictModel):
     )
 
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # it names a folder: runs/<name>
+
+
 class Recipe(StrictModel):
     version: Literal[1] = Field(description="Recipe format version.")
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name; the run directory is runs/<name>."
+        pattern=RUN_NAME, description="Run name; the run directory is runs/<name>."
     )
     task: Literal[TASK_NAMES] = Field(  # type: ignore[valid-type]
         description="What the model does; picks loaders, export inputs/outputs, metric and default loss."

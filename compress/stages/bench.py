@@ -85,6 +85,22 @@ class Config(StageBase):
             raise ValueError(f"a provider is listed twice: {labels}")
         return specs
 
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_unique_batches(cls, sizes: list[int]) -> list[int]:
+        if any(n < 1 for n in sizes):
+            raise ValueError(f"batch sizes must be at least 1: {sizes}")
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"a batch size is listed twice: {sizes}")
+        return sizes
+
+    @field_validator("threads", "inter_op_threads")
+    @classmethod
+    def _no_negative_threads(cls, counts: list[int]) -> list[int]:
+        if any(n < 0 for n in counts):
+            raise ValueError(f"thread counts must be 0 (onnxruntime's default) or more: {counts}")
+        return counts
+
     @field_validator("seq_lens")
     @classmethod
     def _positive_unique_lengths(cls, lengths: list) -> list:
@@ -110,7 +126,11 @@ def run(cfg: Config, ctx) -> list:
         envs = {name: t.environment() for name, t in targets.items()}
         unavailable = engine.check_providers(cfg, envs)
         cells = engine.cells(cfg, variants, targets)
-        data = ctx.task.load_data(ctx.recipe.data)
+        from compress.tasks.common import for_model
+
+        teacher = ctx.teacher(required=False)
+        data = for_model(ctx.task, ctx.task.load_data(ctx.recipe.data), teacher.path if teacher else None,
+                         ctx.recipe.data.source)
         examples = ctx.task.examples(data.eval)
         n_eval = min(cfg.eval_size or ctx.recipe.data.eval_size, len(examples))
         inputs = engine.Inputs(ctx.work_dir, examples[:n_eval], ctx.recipe.data.max_length, ctx.task)

@@ -125,7 +125,10 @@ def run(cfg: Config, ctx) -> list:
         raise StageError(f"loss {lm_only[0]} does not apply to task {task.NAME} (it is for causal-lm)")
     if "logit-kd" in losses and task.OUTPUT_NAME != "logits":
         raise StageError(f"loss logit-kd needs a task with logits; task {task.NAME} outputs {task.OUTPUT_NAME}")
-    data, max_length = with_unlabeled(task.load_data(ctx.recipe.data)), cfg.max_length or ctx.recipe.data.max_length
+    from compress.tasks.common import for_model
+
+    data = with_unlabeled(for_model(task, task.load_data(ctx.recipe.data), teacher.path, ctx.recipe.data.source))
+    max_length = cfg.max_length or ctx.recipe.data.max_length
     teacher_net = task.load_backbone(teacher.path, trust).to(D.device()).eval()
     if set(losses) - set(OUTPUT_LOSSES) and not hasattr(teacher_net, "config"):
         raise StageError(f"losses hidden-mse and attention need a transformer's hidden states; task {task.NAME} "

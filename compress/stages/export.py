@@ -10,6 +10,7 @@ Parity with torch is checked in a fresh process on real eval examples, and recor
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -73,10 +74,12 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict, checker: ParityChec
 
     task = ctx.task
     tmp.mkdir()
+    examples = _eval_examples(ctx, cfg.parity_texts, source.path)  # first: labels the model cannot have stop here
     extra = getattr(task, "EXTRA_OUTPUTS", {})  # e.g. sentence-embedding's last_hidden_state, for the clients
     load = task.export_model if extra else task.load_model
     model = load(source.path, ctx.recipe.teacher.trust_remote_code)
-    inputs, examples = task.inputs(source.path), _eval_examples(ctx, cfg.parity_texts)
+    _check_finite_weights(model, source.name)
+    inputs = task.inputs(source.path)
     sample = inputs.sample(examples)
     args = tuple(torch.from_numpy(sample[n]) for n in task.INPUT_NAMES)
     raw = tmp / "model.onnx"
@@ -99,11 +102,29 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict, checker: ParityChec
         info["preprocessing"] = task.preprocessing(ctx.recipe.data)
     write_json(tmp / "compress.json", info)
     meta.update(_parity(checker, ctx, source.path, tmp, inputs.encode(examples, ctx.recipe.data.max_length)))
+    if meta.pop("nonfinite_outputs", 0) or not math.isfinite(meta["parity_max_abs"]):
+        raise StageError(f"export of {source.name}: its outputs on the held-out examples hold NaN or infinite "
+                         "values (in PyTorch too), so quantize and bench would measure nothing; check the model's "
+                         "weights and its training (a diverged distill or finetune, say)")
     if meta["parity_max_abs"] > cfg.parity_max_abs:
         raise StageError(
             f"export of {source.name}: ONNX output differs from torch by {meta['parity_max_abs']:.3g} "
             f"(> parity_max_abs {cfg.parity_max_abs}); try optimize: false or another opset"
         )
+
+
+def _check_finite_weights(model, name: str) -> None:
+    """NaN or infinite weights (a damaged checkpoint, a diverged training) pass the parity check (NaN is never
+    more than the limit) and end in onnxruntime's quantizer as an AssertionError: one sentence here instead."""
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        shown = ", ".join(bad[:2]) + (f" and {len(bad) - 2} more" if len(bad) > 2 else "")
+        tensors = (f"{len(bad)} weight tensors of the model hold" if len(bad) > 1
+                   else "1 weight tensor of the model holds")
+        raise StageError(f"export of {name}: {tensors} NaN or infinite values ({shown}); the checkpoint is damaged "
+                         "or its training diverged: use another checkpoint")
 
 
 def _optimize(model_path: Path, source_dir: Path) -> dict:
@@ -134,7 +155,10 @@ def _parity(checker: ParityChecker, ctx, model_dir: Path, bundle: Path, inputs: 
         inputs_file.unlink(missing_ok=True)
 
 
-def _eval_examples(ctx, n: int):
-    """The first `n` held-out examples (texts, images) of the recipe's data."""
+def _eval_examples(ctx, n: int, model_dir: Path):
+    """The first `n` held-out examples (texts, images) of the recipe's data, whose labels (if any) must be classes
+    of the model at `model_dir` (tasks/common.py for_model)."""
+    from compress.tasks.common import for_model
+
     task = ctx.task
-    return task.examples(task.load_data(ctx.recipe.data).eval)[:n]
+    return task.examples(for_model(task, task.load_data(ctx.recipe.data), model_dir, ctx.recipe.data.source).eval)[:n]

@@ -79,9 +79,14 @@ def run(cfg: Config, ctx) -> list:
 
 def warn_at_chance(ctx, quality: dict | None, steps) -> None:
     """Say it at once when training taught the teacher nothing: everything after it would be wasted on it."""
-    from compress.tasks.quality_basis import at_chance
+    from compress.tasks.quality_basis import at_chance, one_class
 
-    if at_chance(quality):
+    if one_class(quality):
+        ctx.console.print(
+            f"  [yellow]the held-out part has one class only: {OUTPUT}'s held-out accuracy "
+            f"({quality['accuracy']:.4f}) says nothing about what it learned; give data.eval_size more rows, or an "
+            "eval split with every class[/yellow]", highlight=False)
+    elif at_chance(quality):
         ctx.console.print(
             f"  [yellow]{OUTPUT} scores at chance on the held-out labels (accuracy {quality['accuracy']:.4f}; "
             f"always answering the most common label: {quality['chance_accuracy']:.4f}) after {steps} steps: "

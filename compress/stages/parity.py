@@ -39,7 +39,7 @@ def compare(task_name: str, model_dir: str, bundle: str, inputs_file: str) -> di
     a, b = expected.reshape(count, -1), got.reshape(count, -1)
     cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     return {"parity_max_abs": float(np.max(np.abs(a - b))), "parity_cosine": float(np.min(cos)),
-            "parity_texts": count}
+            "parity_texts": count, "nonfinite_outputs": int(np.sum(~np.isfinite(expected)))}
 
 
 def serve(requests, answers) -> None:

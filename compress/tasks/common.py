@@ -245,6 +245,15 @@ def load_data(cfg):
     return load_dataset(cfg)
 
 
+def for_model(task, data, model_dir: Path | None, source: str):
+    """`data` with its labels as the class ids of the model at `model_dir`, for a task that maps them (a task's
+    class_ids: text-classification reads the model's id2label); unchanged otherwise."""
+    align = getattr(task, "class_ids", None)
+    if align is None or model_dir is None:
+        return data
+    return align(data, Path(model_dir), where=f"data source {source!r}")
+
+
 def examples(split) -> list[str]:
     return split.texts
 

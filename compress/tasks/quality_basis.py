@@ -40,11 +40,15 @@ def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = Tr
         return AGREEMENT, ("the held-out data has no labels, so quality is agreement with the fp32 teacher's "
                            "predictions")
     if data_labels and model_labels and not generic(model_labels):
-        missing = [n for n in data_labels if n not in set(model_labels)]
+        missing = [n for n in data_labels if str(n).casefold() not in {str(m).casefold() for m in model_labels}]
         if missing:
             shown = ", ".join(repr(n) for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
             return AGREEMENT, (f"the data's label names ({shown}) are not among the model's classes, so quality "
                                "is agreement with the fp32 teacher's predictions")
+    if one_class(teacher_quality):
+        return AGREEMENT, ("the held-out part has one class only, so accuracy cannot tell a model from one that "
+                           "always answers it (a larger data.eval_size, or an eval split with every class, fixes "
+                           "that) and quality is agreement with the fp32 teacher's predictions")
     if at_chance(teacher_quality):
         accuracy, floor = teacher_quality["accuracy"], teacher_quality["chance_accuracy"]
         if own_classes(data_labels, model_labels):
@@ -61,16 +65,23 @@ def decide(headline: str, teacher_quality: dict | None, *, has_labels: bool = Tr
 
 
 def at_chance(quality: dict | None) -> bool:
-    """A classifier's accuracy within CHANCE_MARGIN of always answering the most common label."""
+    """A classifier's accuracy within CHANCE_MARGIN of always answering the most common label (not judged when
+    the labels have one class only: then every accuracy is "at chance", see one_class)."""
     accuracy, floor = (quality or {}).get("accuracy"), (quality or {}).get("chance_accuracy")
     return (isinstance(accuracy, (int, float)) and isinstance(floor, (int, float))
-            and accuracy <= floor + CHANCE_MARGIN)
+            and not one_class(quality) and accuracy <= floor + CHANCE_MARGIN)
+
+
+def one_class(quality: dict | None) -> bool:
+    """Every held-out label is the same class: always answering it scores 1."""
+    floor = (quality or {}).get("chance_accuracy")
+    return isinstance(floor, (int, float)) and floor >= 1.0
 
 
 def own_classes(data_labels, model_labels) -> bool:
     """The model's classes are named, and the data's labels are among them."""
     return bool(data_labels and model_labels and not generic(model_labels)
-                and set(map(str, data_labels)) <= set(map(str, model_labels)))
+                and {str(n).casefold() for n in data_labels} <= {str(m).casefold() for m in model_labels})
 
 
 def agreement_qualifies(quality: dict | None, max_drop: float) -> bool:

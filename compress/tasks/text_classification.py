@@ -101,6 +101,56 @@ def label_names(path: Path) -> list[str]:
     return [id2label[k] for k in sorted(id2label, key=int)]
 
 
+def class_ids(data, model_dir: Path, where: str = "the data"):
+    """`data` (compress/data.py Dataset) with its labels as the class ids of the model at `model_dir`, matched
+    through the model's id2label: by name when every data label is one of the model's class names (without case:
+    "positive" is "POSITIVE"), else numbers as numbers (label "2" is class 2). Labels the model cannot have (a
+    number beyond its classes, more classes than it has) are refused in one sentence; names of a named model that
+    are not its classes are left to the report (compress/tasks/quality_basis.py: quality becomes agreement with
+    the teacher)."""
+    from dataclasses import replace
+
+    from compress.errors import SourceError
+    from compress.tasks.quality_basis import generic
+
+    names = list(getattr(data, "label_names", None) or [])
+    if not names or data.train.labels is None and data.eval.labels is None:
+        return data
+    model = label_names(model_dir)
+    # No id2label in config.json (an encoder saved without a head): transformers gives the new head 2 classes.
+    count = len(model) or int(read_json(Path(model_dir) / "config.json").get("num_labels") or 2)
+    shown = ", ".join(repr(n) for n in model[:6]) + (" ..." if len(model) > 6 else "")
+    folded = [str(m).casefold() for m in model]
+    if set(names) <= set(model):
+        target = {n: model.index(n) for n in names}
+    elif len(set(folded)) == len(folded) and {str(n).casefold() for n in names} <= set(folded):
+        target = {n: folded.index(str(n).casefold()) for n in names}  # "positive" is the model's "POSITIVE"
+    elif all(_class_number(n) is not None for n in names):
+        outside = [n for n in names if _class_number(n) >= count]
+        if outside:
+            raise SourceError(f"{where}: label {outside[0]!r} is not a class of the model, which has {count} "
+                              f"classes (ids 0 to {count - 1}: {shown}); check label_field, or list the classes "
+                              "in data.labels")
+        target = {n: _class_number(n) for n in names}
+    elif generic(model) and len(names) > count:
+        raise SourceError(f"{where}: {len(names)} classes in the labels ({', '.join(map(repr, names[:6]))}"
+                          f"{' ...' if len(names) > 6 else ''}) but the model has {count}; fine-tune it on them "
+                          "(a finetune stage) or list the classes it was trained on in data.labels")
+    else:  # a model with unnamed classes keeps the data's order; names it does not have: the report says so
+        return data
+    ids = [target[n] for n in names]
+
+    def split(part):
+        return part if part.labels is None else replace(part, labels=[ids[i] for i in part.labels])
+
+    return replace(data, train=split(data.train), eval=split(data.eval))
+
+
+def _class_number(name: str) -> int | None:
+    text = str(name).strip()
+    return int(text) if text.isdigit() else None
+
+
 def bundle_info(path: Path) -> dict:
     outputs = [{"name": OUTPUT_NAME, "meaning": "one score per class, in the order of labels (config.json id2label), "
                                                 "before softmax"}]
