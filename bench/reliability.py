@@ -29,13 +29,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import reliability_cases_files, reliability_cases_gate
+from bench import reliability_cases_files, reliability_cases_gate, reliability_cases_inputs
 from bench.reliability_inputs import FIXED as INPUTS_FIXED
 from bench.reliability_inputs import Inputs
 
 # Issue 29's classes (own-file claims, sources inside the run, links followed by deletion, archive members, gate
 # semantics, label mapping, baseline matching, signal handling per command): one cases module per area.
-TRUST_AREAS = (reliability_cases_files, reliability_cases_gate)
+TRUST_AREAS = (reliability_cases_files, reliability_cases_gate, reliability_cases_inputs)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "reliability.md"
