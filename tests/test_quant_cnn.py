@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from compress import quant_cnn, runner
+from compress.report import build, markdown
 from compress.recipe import parse_recipe
 
 
@@ -134,3 +135,6 @@ stages:
         assert cnn["chosen"]["agreement"] == max(r["agreement"] for r in cnn["tried"])
         assert metrics["options"]["calibration"] == cnn["chosen"]["calibration"]
     assert agreement >= agreement_at_least and (agreement_below is None or agreement < agreement_below), metrics
+    report = "\n".join(markdown.int8_choice_lines(build.int8_choices(manifest)))
+    assert "## int8-static calibration (convolutional model)" in report
+    assert ("weight-range ratio" in report) == equalized and report.count("| per-") == tried

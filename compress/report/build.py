@@ -51,6 +51,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "gates": check_gates(gates, best),
         "distillation": distillation(manifest, headline),
         "accuracy": accuracy_searches(manifest),
+        "int8_choices": int8_choices(manifest),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": trust(recipe, manifest),
@@ -138,6 +139,20 @@ def accuracy_searches(manifest: dict) -> dict:
         for name, metrics in (stage.get("metrics") or {}).items():
             if isinstance(metrics, dict) and isinstance(metrics.get("accuracy"), dict):
                 found[name] = metrics["accuracy"]
+    return found
+
+
+def int8_choices(manifest: dict) -> dict:
+    """int8-static of CNNs (compress/quant_cnn.py), by artifact: the equalization and the calibration choices
+    tried, with the one kept."""
+    found = {}
+    for stage in (manifest.get("stages") or {}).values():
+        if stage.get("kind") != "quantize":
+            continue
+        for name, metrics in (stage.get("metrics") or {}).items():
+            cnn = metrics.get("options", {}).get("cnn") if isinstance(metrics, dict) else None
+            if isinstance(cnn, dict):
+                found[name] = cnn
     return found
 
 
