@@ -88,10 +88,11 @@ def matrix(model: Path, photos: Path, work: Path) -> list[dict]:
     base = onnx.load(str(pre))
     convs = [n.name for n in base.graph.node if n.op_type in ("Conv", "Gemm")]
     depthwise = [n.name for n in base.graph.node if n.op_type == "Conv" and "depthwise" in n.name]
-    choices = [(eq, m, pc, "none", 256) for eq in (False, True) for pc in (True, False)
+    choices = [(eq, m, pc, "none", 256, 8) for eq in (False, True) for pc in (True, False)
                for m in ("minmax", "percentile", "entropy")]
-    choices += [(eq, "minmax", True, kept, 256) for eq in (False, True) for kept in ("first+last", "depthwise")]
-    choices += [(True, m, True, "none", size) for m in ("minmax", "percentile") for size in (32, 64)]
+    choices += [(eq, "minmax", True, kept, 256, 8) for eq in (False, True) for kept in ("first+last", "depthwise")]
+    choices += [(True, m, True, "none", size, 8) for m in ("minmax", "percentile") for size in (32, 64)]
+    choices += [(True, "minmax", True, "none", size, 16) for size in (64, 256)]  # A16W8: activations 16-bit
     reference = session(model).run(None, {"pixel_values": held_out})[0].argmax(-1)
 
     class Reader(CalibrationDataReader):
@@ -102,7 +103,7 @@ def matrix(model: Path, photos: Path, work: Path) -> list[dict]:
             return next(self.batches, None)
 
     rows, paths = [], {"fp32": model}
-    for index, (eq, method, per_channel, kept, size) in enumerate(choices):
+    for index, (eq, method, per_channel, kept, size, bits) in enumerate(choices):
         graph = onnx.ModelProto()
         graph.CopyFrom(base)
         if eq:
@@ -110,15 +111,17 @@ def matrix(model: Path, photos: Path, work: Path) -> list[dict]:
         path = work / f"choice-{index}.onnx"
         exclude = {"none": [], "first+last": [convs[0], convs[-1]], "depthwise": depthwise}[kept]
         quantize_static(graph, path, Reader(size), quant_format=QuantFormat.QDQ, op_types_to_quantize=STATIC_OP_TYPES,
-                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=QuantType.QUInt16 if bits == 16 else QuantType.QUInt8,
                         weight_type=QuantType.QInt8 if weight == "int8" else QuantType.QUInt8,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method],
                         nodes_to_exclude=exclude)
         top1 = session(path).run(None, {"pixel_values": held_out})[0].argmax(-1)
-        name = f"{'equalized' if eq else 'as exported'}, {method}, {'per-channel' if per_channel else 'per-tensor'}"
+        name = (f"{'equalized' if eq else 'as exported'}, {method}, {'per-channel' if per_channel else 'per-tensor'}"
+                f"{', activations 16-bit' if bits == 16 else ''}")
         rows.append({"choice": name, "equalized": eq, "calibration": method, "per_channel": per_channel,
-                     "kept_fp32": kept, "calibration_images": size,
+                     "kept_fp32": kept, "calibration_images": size, "activation_bits": bits,
                      "agreement": round(float((top1 == reference).mean()), 4)})
         paths[index] = path
     rounds = interleaved(paths, held_out[:1])
