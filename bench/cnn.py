@@ -6,13 +6,17 @@ then quantized to int8-static (quant_pre_process, per-channel QDQ), fp16 and, fo
 (ConvInteger). Agreement with the fp32 model's predictions on the 360 held-out images, and latency at batch 1,
 1 thread, as per-round ratios to the fp32 ONNX model over interleaved rounds (the bench stage's A B C A B C).
 Acceptance: int8-static agreement >= 0.97 and faster than fp32 at batch 1; fp16 valid with agreement >= 0.99.
+Then issue 34's measurement (bench/cnn_wide.py): the same network with the weakness of real edge CNNs, benched on
+photos outside its classes, and the calibration choices tried.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 
+from bench import cnn_wide
 from bench.common import ROOT, WORK, row, run_compress, write_results
 
 RECIPE = ROOT / "recipes" / "edge-cnn.yaml"
@@ -47,10 +51,16 @@ def measure() -> dict:
         "fp16 valid (onnx.checker, session load)": fp16["check"].get("checker") == "ok",
         "fp16 agreement >= 0.99": (fp16["row"]["quality"].get("agreement") or 0) >= 0.99,
     }
-    return {"wall_seconds": result["wall_seconds"], "cpu": platform.processor() or platform.machine(),
+    return {"wall_seconds": result["wall_seconds"], "cpu": cpu_name(),
             "stage_seconds": {k: v["seconds"] for k, v in stages.items()},
             "finetune": stages["finetune"]["metrics"].get("quality_after"), "variants": variants,
             "passed": passed, "rows": report["rows"]}
+
+
+def cpu_name() -> str:
+    from compress.targets.cpu import cpu_info
+
+    return cpu_info().get("model") or platform.processor() or platform.machine()
 
 
 def render(d: dict) -> str:
@@ -76,9 +86,16 @@ def render(d: dict) -> str:
     lines += ["", f"int8-static per-round speed-ups: {static['speedup']['rounds']}; pre-processing: "
               f"{static.get('options', {}).get('preprocess')}.", "",
               "Run: `python -m bench cnn` (wall time {:.0f} s).".format(d["wall_seconds"]), ""]
+    if "issue_34" in d:
+        lines += cnn_wide.render(d["issue_34"])
+        lines += ["", f"CPU: {d['cpu']}. The machine was shared with other sessions while this ran: the speed-ups "
+                  "are ratios within one run (interleaved rounds), not absolute timings; another run will differ. "
+                  f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (training on a loaded 2-core "
+                  "machine runs about 10x faster with 1).", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     data = measure()
+    data["issue_34"] = cnn_wide.measure()
     write_results("cnn", render(data), data)

@@ -52,6 +52,7 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
         "distillation": distillation(manifest, headline),
         "accuracy": accuracy_searches(manifest),
         "runtimes": variant_runtimes(manifest),
+        "int8_choices": int8_choices(manifest),
         "stages": {name: {k: s.get(k) for k in ("kind", "status", "seconds")}
                    for name, s in (manifest.get("stages") or {}).items()},
         "trust": trust(recipe, manifest),
@@ -160,6 +161,20 @@ def variant_runtimes(manifest: dict) -> dict:
                 "size_bytes": size, "int8_dynamic_bytes": reference,
                 "why": (meta.get("scheme_options") or {}).get("size_note") or "no reason recorded"}
         found[name] = entry
+    return found
+
+
+def int8_choices(manifest: dict) -> dict:
+    """int8-static of CNNs (compress/quant_cnn.py), by artifact: the equalization and the calibration choices
+    tried, with the one kept."""
+    found = {}
+    for stage in (manifest.get("stages") or {}).values():
+        if stage.get("kind") != "quantize":
+            continue
+        for name, metrics in (stage.get("metrics") or {}).items():
+            cnn = metrics.get("options", {}).get("cnn") if isinstance(metrics, dict) else None
+            if isinstance(cnn, dict):
+                found[name] = cnn
     return found
 
 

@@ -118,8 +118,32 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Accuracy search", "", "Each step keeps one more group of the most sensitive nodes "
                   "(ranked by the drop each causes alone) in higher precision; p50 is a quick timing at batch 1, "
                   "1 thread.", "", *accuracy_lines(report["accuracy"], headline)]
+    lines += int8_choice_lines(report.get("int8_choices") or {})
     lines += _environment_lines(report)
     return "\n".join(lines)
+
+
+def int8_choice_lines(choices: dict) -> list[str]:
+    """int8-static of a CNN: the cross-layer equalization done and every calibration choice tried."""
+    if not choices:
+        return []
+    lines = ["", "## int8-static calibration (convolutional model)", ""]
+    for name, cnn in choices.items():
+        eq = cnn.get("equalization")
+        done = ("off" if not isinstance(eq, dict) else f"{eq.get('pairs')} convolution pairs, widest per-channel "
+                f"weight-range ratio {eq.get('weight_range_spread_before')} -> {eq.get('weight_range_spread_after')}")
+        chosen = cnn.get("chosen") or {}
+        lines += [f"### {name}", "", f"- cross-layer equalization: {done}",
+                  f"- kept: {chosen.get('calibration', 'as configured')}, "
+                  f"{'per-channel' if chosen.get('per_channel', True) else 'per-tensor'} weights "
+                  f"(top-1 agreement with fp32 {fmt(chosen.get('agreement'))} on {cnn.get('scored_on')} held-out "
+                  "inputs)", ""]
+        if cnn.get("tried"):
+            lines += ["| calibration | weights | agreement |", "|---|---|---|"]
+            lines += [f"| {r['calibration']} | {'per-channel' if r['per_channel'] else 'per-tensor'} | "
+                      f"{fmt(r['agreement'])} |" for r in cnn["tried"]]
+            lines.append("")
+    return lines
 
 
 def _gate_lines(gates: dict) -> list[str]:

@@ -45,6 +45,13 @@ class Int8Options(StrictModel):
         default="minmax", description="int8-static: how activation ranges are found."
     )
     calibration_size: int = Field(default=128, ge=1, description="int8-static: texts used to calibrate.")
+    calibration_search: list[Literal["minmax", "entropy", "percentile"]] | None = Field(
+        default=None, description="int8-static of a conv-dominated model: the calibration methods tried, each with "
+        "per-channel weights on and off, scored by top-1 agreement with fp32 on the held-out check images; the "
+        "best is kept and reported (default: all three; []: calibration and per_channel as given).")
+    equalize: bool | None = Field(
+        default=None, description="int8-static of a conv-dominated model: cross-layer equalization of consecutive "
+        "convolutions first (exact in fp32; evens out depthwise channels' ranges). Default: yes.")
     op_types: list[str] | None = Field(
         default=None, description="Operator types to quantize (default: the scheme's safe set, e.g. MatMul)."
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from compress import quant_tools
+from compress import quant_cnn, quant_tools
 from compress.errors import StageError
 from compress.quant_rules import kept_float
 
@@ -103,8 +103,8 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     weight_type, reduce_range = int8_format(opts, options)
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[opts.calibration]
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
     # Weight MatMuls only for text: QDQ over every op puts the attention mask (float32 min) through int8 (cosine
     # 0.36). A task may name others (image-classification: Conv, Gemm and the activations between them).
     op_types = static_op_types(opts, ctx.task)
@@ -113,7 +113,6 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
         src = standard_graph(src, options)
         if opts.op_types is None:
             op_types = ["MatMul", "Gather"]
-    reader = calibration_reader(ctx, source, opts.calibration_size, opts.calibration != "minmax")
     prepared = src.with_name("model.pre.onnx")
     why_not = quant_tools.preprocess(src, prepared)
     if why_not is not None:
@@ -121,23 +120,41 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                                                        why_not)
     model = with_shapes(src) if why_not else onnx.load(str(prepared))
     excluded = after_gelu(model) if opts.skip_after_gelu else []
-    options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=opts.calibration,
-                   calibration_texts=reader.count, matmul_const_b_only=True, float_after_gelu=len(excluded),
+    counted: dict = {}
+
+    def write(model, path: Path, calibration: str, per_channel: bool) -> None:
+        reader = calibration_reader(ctx, source, opts.calibration_size, calibration != "minmax")
+        counted["texts"] = reader.count
+        quantize_static(model, path, reader, nodes_to_exclude=excluded + list(exclude or []),
+                        nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=op_types,
+                        per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                        weight_type=weight_type, calibrate_method=methods[calibration],
+                        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+
+    calibration, per_channel = opts.calibration, opts.per_channel
+    if not text and quant_tools.conv_dominated(src):  # a CNN: equalize, then the calibration that keeps top-1
+        search = opts.calibration_search if opts.calibration_search is not None else list(methods)
+        model, chosen, chosen_pc = quant_cnn.tune(
+            model, write, src, options.get("feeds") or [], search,
+            True if opts.equalize is None else opts.equalize, dst.with_name("calibration-choices"), options)
+        calibration = chosen or calibration
+        per_channel = per_channel if chosen_pc is None else chosen_pc
+    write(model, dst, calibration, per_channel)
+    options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=calibration,
+                   per_channel=per_channel, calibration_texts=counted.get("texts"), matmul_const_b_only=True,
+                   float_after_gelu=len(excluded),
                    preprocess="quant_pre_process" if why_not is None else f"skipped: {why_not}",
                    why=("weight MatMuls (and the embedding table) only; GELU outputs' outliers kept in float (MiniLM "
                         "cosine 0.92 -> 0.99)"
                         if text else "onnxruntime's guidance: pre-processing, then QDQ over the task's operators "
-                        "with per-channel weights"))
+                        "with per-channel weights" + ("; a CNN: cross-layer equalization and the calibration "
+                                                      "with the best agreement on held-out inputs"
+                                                      if "cnn" in options else "")))
     if excluded:
         options["size_note"] = (f"its {len(excluded)} MatMul(s) fed by GELU stay in float, as int8 their activation "
                                 "outliers cost MiniLM 7 points of cosine (int8.skip_after_gelu: false trades that "
                                 "quality for size)")
-    quantize_static(model, dst, reader, nodes_to_exclude=excluded + list(exclude or []),
-                    nodes_to_quantize=list(only or []), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types,
-                    per_channel=opts.per_channel, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                    weight_type=weight_type, calibrate_method=method,
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def with_shapes(src: Path):
