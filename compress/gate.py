@@ -156,9 +156,8 @@ def _quality_check(rows: list[dict], best: dict | None, threshold: float, headli
     closest = min(measured, key=drop_upper, default=None)
     check["value"] = f"{_drop_with_interval(closest)} (best)" if closest else "not measured"
     tail = f"; the closest is {row_label(closest)} with {_drop_with_interval(closest)}" if closest else ""
-    check["message"] = (f"max-quality-drop: no compressed variant keeps its {headline} drop"
-                        f"{' (its 95% upper bound)' if closest and closest.get('drop_ci') else ''} within "
-                        f"{threshold:g}{tail}")
+    check["message"] = (f"max-quality-drop: no compressed variant keeps its {headline} drop within {threshold:g}"
+                        f"{' (judged on its 95% upper bound)' if closest and closest.get('drop_ci') else ''}{tail}")
     return check
 
 
@@ -200,7 +199,8 @@ def _quality_regression_check(comparison: list[dict], budget: float, headline: s
 
 
 def _drop_with_interval(row: dict) -> str:
-    return drop_text(row) if row.get("drop_ci") else _drop(row["quality_drop"])
+    interval = row.get("drop_ci")
+    return _drop(row["quality_drop"]) + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
 
 
 def _drop(value: float) -> str:

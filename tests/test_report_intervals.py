@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 
 from compress import report
-from compress.gate import gate
+from compress.gate import gate, render_markdown
 from compress.recipe.schema import Select
 from compress.report.decision import frontier
 from compress.tasks import intervals, sentence_embedding, text_classification
 
 
 def correct(n: int, right: int, flips: tuple[int, int] = (0, 0), seed: int = 0) -> tuple[list, list]:
-    """(teacher, variant) 1/0 per item: the teacher right on `right` of n; the variant loses `flips[0]` of the
-    teacher's right answers and gains `flips[1]` of its wrong ones (binary labels: agreement 1 - sum/n)."""
-    rng = np.random.default_rng(seed)
+    """(teacher, variant) 1/0 per item: the teacher right on `right` of n (the same items whatever the seed); the
+    variant loses `flips[0]` of the teacher's right answers and gains `flips[1]` of its wrong ones (binary labels:
+    agreement 1 - sum/n), which ones drawn with `seed`."""
     teacher = np.zeros(n)
-    teacher[rng.permutation(n)[:right]] = 1
+    teacher[np.random.default_rng(0).permutation(n)[:right]] = 1
+    rng = np.random.default_rng(seed + 1)
     variant = teacher.copy()
     lost, gained = flips
     variant[rng.permutation(np.flatnonzero(teacher == 1))[:lost]] = 0
@@ -121,6 +122,9 @@ def test_report_recommends_sentiment_edges_student_on_the_interval_rule(tmp_path
     assert result["gates"]["passed"] and verdict["passed"]
     assert verdict["best"]["variant"] == "student.int8-dynamic.onnx"
     assert "agreement 0.905" in markdown  # agreement stays a column
+    assert (f"accuracy drop -0.0025 [{low:.4f}, {high:.4f}] (budget 0.025, judged on the 95% upper bound)"
+            in render_markdown(verdict, result))
+    assert f"max_quality_drop: -0.0025 [{low:.4f}, {high:.4f}] (upper bound judged) vs 0.025 (pass)" in markdown
 
 
 def test_report_speedup_interval_spans_the_per_round_ratios(tmp_path):
@@ -229,3 +233,12 @@ def test_text_classification_item_scores_average_to_its_quality():
 
     assert {k: np.mean(v) for k, v in items.items()} == pytest.approx(
         {k: scores[k] for k in ("accuracy", "agreement")})
+
+
+@pytest.mark.parametrize("interval, point, judged", [
+    ([-0.01, 0.02], 0.005, 0.02),  # the upper bound
+    (None, 0.01, 0.01),  # no per-item scores (an older report): the point drop
+    ([-0.01, 0.0], 0.005, 0.005),  # never below the drop measured (rounded items, an edited report.json)
+])
+def test_upper_judges_the_bound_never_below_the_point_drop(interval, point, judged):
+    assert intervals.upper(interval, point) == pytest.approx(judged)

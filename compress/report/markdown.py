@@ -152,8 +152,9 @@ def metric_line(report: dict) -> str:
     metric = report.get("quality_metric")
     if not metric:
         return ""
-    return (f"Quality judged: {metric['judged']} ({metric['chosen_by']}; the task's default is {metric['default']};"
-            " `select: {quality: ...}` names another). A drop is shown with its 95% interval (paired bootstrap over "
+    source = ("the task's default" if metric["chosen_by"] != "select.quality"
+              else f"select.quality; the task's default is {metric['default']}")
+    return (f"Quality judged: {metric['judged']} ({source}; `select: {{quality: ...}}` names another). A drop is shown with its 95% interval (paired bootstrap over "
             "the held-out items, 1,000 resamples) where per-item scores were measured; a variant qualifies when "
             "the interval's upper bound is within the budget.")
 
@@ -181,9 +182,9 @@ def _table_lines(report: dict, headline: str) -> list[str]:
     reason = report.get("headline_reason")
     why = f" The headline is {headline}: {reason}." if reason else ""
     lines = ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
-             f"({headline}) is measured on {basis}.{why}"), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"({headline}) is measured on {basis}.{why}"), ""]
     lines += [metric_line(report), ""] if metric_line(report) else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(table_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
                     for r in report["rows"]]
 

@@ -289,7 +289,7 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, 
                peak_rss_mb=max(r["peak_rss_mb"] or 0.0 for r in results), machine=results[0].get("machine"),
                placement=results[0].get("placement"),
                quality=quality.get(cell.key, {}),
-               quality_items={k: [round(float(v), 4) for v in values]
+               quality_items={k: [round(float(v), 6) for v in values]  # a cosine of 0.99996 is no 1.0
                               for k, values in ((items or {}).get(cell.key) or {}).items()},
                spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
     return row

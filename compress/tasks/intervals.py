@@ -68,8 +68,12 @@ def round_ratio(base_rounds, rounds) -> list[float] | None:
 
 
 def upper(interval, point: float | None) -> float | None:
-    """The drop a rule judges: its interval's upper bound, the point estimate where no interval was measured."""
-    return float(interval[1]) if interval else point
+    """The drop a rule judges: its interval's upper bound, the point estimate where no interval was measured.
+    Never below the point estimate: a bound under it (per-item scores rounded when saved, a report.json whose
+    drop was edited and its interval not) would judge a better drop than the one measured."""
+    if not interval:
+        return point
+    return float(interval[1]) if point is None else max(float(interval[1]), point)
 
 
 def interval_text(point: float | None, interval, spec: str = ".4f") -> str:
