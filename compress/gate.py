@@ -26,6 +26,7 @@ from compress.compare import (
     round_medians,
 )
 from compress.report import COLUMNS, CONSOLE_COLUMNS, recommend, row_label, table_cells
+from compress.report.decision import drop_text, drop_upper
 
 __all__ = ["GateUsageError", "gate", "load_report", "render_markdown", "run_gate", "write_github_output"]
 
@@ -139,8 +140,10 @@ def _failed_check(comparison: list[dict]) -> dict:
 def _quality_check(rows: list[dict], best: dict | None, threshold: float, headline: str) -> dict:
     check = {"gate": "max-quality-drop", "threshold": f"{threshold:g}", "passed": best is not None}
     if best is not None:
-        check["value"] = f"{best['quality_drop']:.4f} ({best['variant']})"
-        check["message"] = (f"max-quality-drop: {row_label(best)}: {headline} drop {best['quality_drop']:.4f} "
+        # The same rule as the report's recommendation: the drop's 95% upper bound within the budget.
+        check["value"] = f"{drop_text(best)} ({best['variant']})"
+        bound = " (its 95% upper bound)" if best.get("drop_ci") else ""
+        check["message"] = (f"max-quality-drop: {row_label(best)}: {headline} drop {drop_text(best)}{bound} "
                             f"<= {threshold:g}")
         return check
     if not any(is_compressed(r) for r in rows if isinstance(r, dict)):
@@ -150,11 +153,11 @@ def _quality_check(rows: list[dict], best: dict | None, threshold: float, headli
                             f"({teachers}), which are the reference and never pass; add a quantize or distill stage")
         return check
     measured = [r for r in compressed_rows(rows) if r["status"] == "ok"]
-    closest = min(measured, key=lambda r: r["quality_drop"], default=None)
-    check["value"] = f"{closest['quality_drop']:.4f} (best)" if closest else "not measured"
-    tail = f"; the closest is {row_label(closest)} with {_drop(closest['quality_drop'])}" if closest else ""
-    check["message"] = (f"max-quality-drop: no compressed variant keeps its {headline} drop within "
-                        f"{threshold:g}{tail}")
+    closest = min(measured, key=drop_upper, default=None)
+    check["value"] = f"{_drop_with_interval(closest)} (best)" if closest else "not measured"
+    tail = f"; the closest is {row_label(closest)} with {_drop_with_interval(closest)}" if closest else ""
+    check["message"] = (f"max-quality-drop: no compressed variant keeps its {headline} drop within {threshold:g}"
+                        f"{' (judged on its 95% upper bound)' if closest and closest.get('drop_ci') else ''}{tail}")
     return check
 
 
@@ -193,6 +196,11 @@ def _quality_regression_check(comparison: list[dict], budget: float, headline: s
     check["message"] = (f"max-quality-regression: no variant lost more than {budget:g} {headline} against the "
                         f"baseline ({len(compared)} compared)")
     return check
+
+
+def _drop_with_interval(row: dict) -> str:
+    interval = row.get("drop_ci")
+    return _drop(row["quality_drop"]) + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
 
 
 def _drop(value: float) -> str:
@@ -252,7 +260,8 @@ def render_markdown(result: dict, report: dict, baseline_path: str | None = None
     lines = [f"## {verdict}: {report.get('run') or 'run'}", ""]
     if best is not None:
         lines += [(f"**Best variant:** `{best['variant']}` on {row_label(best).split(' ', 1)[1]}, "
-                   f"{result['headline']} drop {best['quality_drop']:.4f} (budget {result['budget']:g})"), ""]
+                   f"{result['headline']} drop {drop_text(best)} (budget {result['budget']:g}"
+                   f"{', judged on the 95% upper bound' if best.get('drop_ci') else ''})"), ""]
     else:
         lines += [f"**Best variant:** no compressed variant keeps its {result['headline']} drop within "
                   f"{result['budget']:g}", ""]

@@ -228,3 +228,27 @@ def test_recipe_refuses_real_lengths_for_causal_lm():
 
     with pytest.raises(Exception, match="not offered for task causal-lm"):
         parse_recipe(recipe)
+
+
+def test_bench_run_keeps_per_item_scores_and_probes_labelled_embeddings(exported, tmp_path):
+    """Issue 31: with labels, embedding rows get probe and kNN accuracy, and every row keeps the per-item scores
+    the report's bootstrap intervals resample."""
+    data = tmp_path / "labelled.csv"
+    with open(data, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([[f"review number {i} was {'good' if i % 3 else 'rather dull and long'}",
+                           "fresh" if i % 3 else "rotten"] for i in range(80)])
+    recipe = parse_recipe(RECIPE.format(model=exported["artifacts"]["teacher"].path, data=data).replace(
+        "eval_size: 24}", "eval_size: 24, label_field: label}"))
+    ctx = make_ctx(exported["run_dir"], recipe, "bench-labels", exported["artifacts"])
+
+    (artifact,) = bench.run(bench.Config(**{**FAST, "rounds": 1, "name": "bench-labels"}), ctx)
+
+    rows = json.loads((artifact.path / "results.json").read_text())["rows"]
+    for row in rows:
+        items = row["quality_items"]
+        assert set(items) == {"cosine", "top10_agreement", "probe_accuracy", "knn_accuracy"}, row["id"]
+        assert len(items["cosine"]) == 20 == len(items["knn_accuracy"]) and len(items["probe_accuracy"]) == 10
+        for metric, values in items.items():
+            assert row["quality"][metric] == pytest.approx(sum(values) / len(values), abs=1e-4)

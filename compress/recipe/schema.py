@@ -147,6 +147,11 @@ class Select(StrictModel):
         description="Only rows at this bench setting, e.g. b1/s128/t1 or b1/s128/t1/opt-basic (default: the first "
         "one benched).")
     max_size_mb: float | None = Field(default=None, gt=0, description="Only variants at most this large.")
+    quality: Literal["cosine", "top10_agreement", "probe_accuracy", "knn_accuracy", "accuracy", "macro_f1",
+                     "agreement"] | None = Field(
+        default=None, description="The quality metric the recommendation and the gate judge (higher is better; "
+        "default: the task's own, cosine for sentence-embedding, accuracy for classification). probe_accuracy and "
+        "knn_accuracy need labelled held-out data (data.label_field).")
     objective: Literal["p50", "p90", "p99", "size", "cost"] = Field(
         default="p50", description="Among the variants that qualify, the one with the lowest of this wins "
         "(cost needs price_per_hour on the target).")

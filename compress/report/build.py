@@ -12,6 +12,7 @@ from compress.report.decision import (
     QUALITY_BASIS,
     check_gates,
     decision_rows,
+    frontier,
     num,
     ratio,
     recommend,
@@ -24,8 +25,11 @@ DISTILL_KEYS = ("teacher_params", "student_params", "quality_before", "quality_a
 def build_report(run_dir: Path, manifest: dict) -> dict:
     recipe = manifest.get("recipe") or {}
     docs = bench_results(Path(run_dir), manifest)
-    headline, headline_reason = quality_headline(headline_of(recipe.get("task")), docs)
     gates, select = recipe.get("gates") or {}, recipe.get("select") or {}
+    default = headline_of(recipe.get("task"))
+    headline, headline_reason = quality_headline(default, docs)
+    if select.get("quality"):  # the recipe names the metric it judges (probe_accuracy, say): it wins
+        headline, headline_reason = select["quality"], None
     max_drop = next((v for v in (select.get("max_quality_drop"), gates.get("max_quality_drop")) if v is not None),
                     DEFAULT_MAX_DROP)
     prices = {name: (t or {}).get("price_per_hour") for name, t in (recipe.get("targets") or {}).items()}
@@ -37,6 +41,9 @@ def build_report(run_dir: Path, manifest: dict) -> dict:
     return {
         "run": recipe.get("name"), "task": recipe.get("task"), "headline": headline,
         "headline_reason": headline_reason,
+        "quality_metric": {"judged": headline, "default": default,
+                           "chosen_by": "select.quality" if select.get("quality") else "the task's default"},
+        "frontier": frontier(rows, why.get("setting")),
         "baseline": BASELINES.get(basis, BASELINES[None]),
         "quality_basis": QUALITY_BASIS.get(basis, QUALITY_BASIS[None]),
         "teacher_input": teacher_input(manifest),

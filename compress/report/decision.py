@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from compress.tasks.quality_basis import agreement_qualifies, at_chance
+from compress.tasks.intervals import interval_text, mean_interval, paired_drop, round_ratio, upper
+from compress.tasks.quality_basis import at_chance
 
 DEFAULT_MAX_DROP = 0.02  # the recommendation's quality budget when the recipe sets no gate
 NOISY_SPREAD = 0.15  # per-round medians further apart than this (relative) make a row "noisy"
@@ -154,6 +155,7 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
     latency = row.get("latency_ms") or {}
     quality = {k: num(v) for k, v in (row.get("quality") or {}).items()}
     value, base_value = quality.get(headline), ((base or {}).get("quality") or {}).get(headline)
+    items, base_items = row.get("quality_items") or {}, (base or {}).get("quality_items") or {}
     p50 = num(latency.get("p50"))
     base_p50 = num(((base or {}).get("latency_ms") or {}).get("p50"))
     entry = {
@@ -174,8 +176,15 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "peak_rss_mb": num(row.get("peak_rss_mb")),
         # Emulated timings say nothing about speed: no speed-up is computed from them.
         "speedup": ratio(base_p50, p50) if row["status"] == "ok" and not row.get("emulated") else None,
-        "quality": quality, "headline": value,
+        "quality": quality, "headline": value, "headline_key": headline,
         "quality_drop": (num(base_value) - value) if num(base_value) is not None and value is not None else None,
+        # 95% intervals (a paired bootstrap over the held-out items; over rounds for the speed-up): the rules
+        # judge the drop's upper bound, so a difference inside the noise neither excludes nor admits a variant.
+        "quality_ci": {k: ci for k, v in items.items() if (ci := mean_interval(v)) is not None},
+        "drop_ci": (paired_drop(base_items.get(headline), items.get(headline))
+                    if value is not None and num(base_value) is not None else None),
+        "speedup_ci": (round_ratio(((base or {}).get("latency_ms") or {}).get("rounds_p50"),
+                                   latency.get("rounds_p50")) if base is not None and base is not row else None),
         "is_baseline": base is row,
         "target": row.get("target") or "local", "emulated": bool(row.get("emulated")),
         # Accuracy against labels the teacher has not learned: agreement with it says nothing, and a variant that
@@ -228,10 +237,8 @@ def _flags(row: dict, entry: dict, ok: list[dict], max_drop: float) -> list[str]
         flags.append(f"slower than its fp32 source ({source['variant']}, {source['latency_ms']['p50']:.2f} ms)")
     if entry["at_chance"]:
         flags.append("at chance")
-    elif entry["quality_drop"] is not None and entry["quality_drop"] > max_drop:
+    elif entry["quality_drop"] is not None and drop_upper(entry) > max_drop:
         flags.append(f"quality drop over {max_drop:g}")
-    elif not entry["teacher_at_chance"] and not agreement_qualifies(quality, max_drop):
-        flags.append(f"agreement below {1 - max_drop:g}")
     elif not quality:
         flags.append("quality not measured")
     rounds = [v for v in entry["rounds_p50_ms"] if num(v)]
@@ -279,15 +286,25 @@ def eligibility(select: dict, max_drop: float, setting: str | None = None) -> li
         ("NaN outputs", lambda r: "NaN" not in r.get("flags", [])),
         ("quality not measured", lambda r: r.get("quality_drop") is not None),
         ("at chance", lambda r: not r.get("at_chance")),
-        (f"quality drop over {max_drop:g}", lambda r: r["quality_drop"] <= max_drop),
-        # Whatever the headline, a classifier that changes more than the budget of the teacher's answers (unless
-        # the teacher's answers are no better than chance).
-        (f"agreement below {1 - max_drop:g}",
-         lambda r: r.get("teacher_at_chance") or agreement_qualifies(r.get("quality"), max_drop)),
+        # The drop's upper bound (95%, paired bootstrap over the held-out items) within the budget: a variant
+        # whose drop may be over it is not recommended, one whose difference is inside the noise is. Agreement
+        # with the teacher is a column, not a rule: a classifier that answers differently but as well qualifies.
+        (f"quality drop over {max_drop:g}", lambda r: drop_upper(r) <= max_drop),
         (f"larger than {select.get('max_size_mb')} MB",
          lambda r: not select.get("max_size_mb") or (r.get("size_mb") or 0) <= select["max_size_mb"]),
         (f"no {objective}", lambda r: r.get(key) is not None),
     ]
+
+
+def drop_upper(row: dict) -> float | None:
+    """The drop a rule judges: its 95% interval's upper bound (the point drop for rows measured without per-item
+    scores, as older reports are)."""
+    return upper(row.get("drop_ci"), row.get("quality_drop"))
+
+
+def drop_text(row: dict) -> str:
+    """`0.0030 [-0.0090, 0.0150]`: a row's drop with its interval, where it has one."""
+    return interval_text(row.get("quality_drop"), row.get("drop_ci"))
 
 
 def qualifies(row: dict, select: dict, max_drop: float) -> bool:
@@ -313,7 +330,7 @@ def recommend(rows: list[dict], select: dict, max_drop: float) -> tuple[dict | N
     why["considered"] = len(fit)
     if not fit:
         why["closest"] = min((r for r in rows if r["quality_drop"] is not None and r["status"] == "ok"
-                              and r["setting"].split("@")[0] == setting), key=lambda r: r["quality_drop"],
+                              and r["setting"].split("@")[0] == setting), key=drop_upper,
                              default=None)
         return None, why
     low = min(r[key] for r in fit)
@@ -327,14 +344,44 @@ def recommend(rows: list[dict], select: dict, max_drop: float) -> tuple[dict | N
 def check_gates(gates: dict, best: dict | None) -> dict:
     """The recipe's gates on the recommended row: each check with its threshold, value and verdict."""
     checks = []
-    for name, key, ok in (("max_quality_drop", "quality_drop", lambda v, t: v <= t),
-                          ("min_speedup", "speedup", lambda v, t: v >= t)):
+    # The quality gate judges the drop's upper bound, as the recommendation does; `value` stays the drop itself.
+    for name, key, judged, ok in (("max_quality_drop", "quality_drop", drop_upper, lambda v, t: v <= t),
+                                  ("min_speedup", "speedup", lambda r: r.get("speedup"), lambda v, t: v >= t)):
         threshold = gates.get(name)
         if threshold is None:
             continue
         value = best.get(key) if best else None
+        verdict = judged(best) if best else None
         checks.append({"gate": name, "threshold": threshold, "value": value,
+                       "interval": best.get("drop_ci" if key == "quality_drop" else "speedup_ci") if best else None,
                        "variant": best["variant"] if best else None,
-                       "passed": value is not None and ok(value, threshold),
+                       "passed": verdict is not None and ok(verdict, threshold),
                        "detail": "nothing qualifies" if best is None else None})
     return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+# ---------------------------------------------------------------- the frontier
+
+SPEEDUP_BANDS = ((None, 2.0, "<= 2x"), (2.0, 5.0, "2-5x"), (5.0, 20.0, "5-20x"), (20.0, None, "> 20x"))
+
+
+def frontier(rows: list[dict], setting: str | None) -> list[dict]:
+    """Per speed-up band (<= 2x, 2-5x, 5-20x, > 20x), the variant with the best headline quality at `setting`
+    (rows that ran, with a speed-up, a quality and no NaN): what each factor of speed costs. A band without a row
+    is left out."""
+    ran = [r for r in rows if r.get("status") == "ok" and num(r.get("speedup")) is not None
+           and num(r.get("headline")) is not None and "NaN" not in (r.get("flags") or [])
+           and (setting is None or r["setting"].split("@")[0] == setting)]
+    out = []
+    for low, high, band in SPEEDUP_BANDS:
+        inside = [r for r in ran if (low is None or r["speedup"] > low) and (high is None or r["speedup"] <= high)]
+        if inside:
+            # The better quality; within a tie the faster.
+            best = max(inside, key=lambda r: (r["headline"], r["speedup"]))
+            out.append({"band": band, "variant": best["variant"], "where": where(best), "setting": best["setting"],
+                        "speedup": best["speedup"], "speedup_ci": best.get("speedup_ci"),
+                        "headline": best["headline"],
+                        "headline_ci": (best.get("quality_ci") or {}).get(best.get("headline_key") or ""),
+                        "quality_drop": best.get("quality_drop"),
+                        "drop_ci": best.get("drop_ci")})
+    return out

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from compress.artifacts import atomic_path, write_text_atomic
 from compress.report.charts import latency_png, latency_series, pareto_png
-from compress.report.decision import is_recommended, real_lengths_note, row_id, where
+from compress.report.decision import drop_text, is_recommended, real_lengths_note, row_id, where
+from compress.report.markdown import frontier_lines, gate_interval, metric_line
 from compress.report.model_card import provenance as provenance_of
 
 # (key, header, kind, cell): kind "num" sorts numerically on the cell's data-v value.
@@ -87,9 +88,20 @@ def _cell(row: dict, key: str, headline: str) -> str:
     if key in FORMATS:
         if value is None:
             return '<td class=num data-v="">-</td>'
+        if key == "quality_drop" and row.get("drop_ci"):  # sorted by the drop, shown with its 95% interval
+            return f'<td class=num data-v="{value!r}">{esc(drop_text(row))}</td>'
         suffix = "x" if key in ("size_ratio", "speedup") else ""
         return f'<td class=num data-v="{value!r}">{format(value, FORMATS[key])}{suffix}</td>'
     return f"<td>{esc(value if value is not None else '-')}</td>"
+
+
+def frontier_section(report: dict) -> str:
+    """The frontier list of report.md (per speed-up band, the best variant by the judged metric) as HTML."""
+    lines = frontier_lines(report)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line[2:])}</li>" for line in lines if line.startswith("- "))
+    return f"<h2>Frontier</h2><p class=note>{esc(lines[4])}</p><ul>{items}</ul>"
 
 
 def decision_table(report: dict) -> str:
@@ -171,7 +183,7 @@ def _summary(report: dict, manifest: dict) -> str:
                      f"{esc(report['headline_reason'])}.</p>")
     if gates["checks"]:
         items = "".join(f"<li>{esc(c['gate'])}: {esc(c['value'] if c['value'] is None else round(c['value'], 4))}"
-                        f" vs {esc(c['threshold'])} ({'pass' if c['passed'] else 'fail'})</li>"
+                        f"{esc(gate_interval(c))} vs {esc(c['threshold'])} ({'pass' if c['passed'] else 'fail'})</li>"
                         for c in gates["checks"])
         verdict = "passed" if gates["passed"] else "FAILED"
         parts.append(f"<p class=\"gates {verdict.lower()}\"><b>Gates: {verdict}.</b></p><ul>{items}</ul>")
@@ -242,7 +254,9 @@ def build_html(report: dict, manifest: dict, pareto: bytes | None = None, latenc
 {_summary(report, manifest)}
 <h2>Decision table</h2>
 <p class=note>Speed-up and quality drop are against {esc(report.get('baseline'))}. Click a header to sort.</p>
+<p class=note>{esc(metric_line(report))}</p>
 <div class=scroll>{decision_table(report)}</div>
+{frontier_section(report)}
 <h2>Latency vs quality</h2>{_img(pareto, "Pareto plot of latency against quality per provider")}
 <h2>Model size</h2>{size_bars(report)}
 <h2>Latency distribution</h2>{_img(latency, "latency distribution per variant") if latency else

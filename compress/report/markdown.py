@@ -5,11 +5,13 @@ from __future__ import annotations
 from compress.report.decision import (
     QUALITY_BASIS,
     TIE_MARGIN,
+    drop_text,
     is_recommended,
     placement_notes,
     real_lengths_note,
     where,
 )
+from compress.tasks.intervals import interval_text
 
 # The terminal table keeps what a decision needs; report.md has every column.
 CONSOLE_COLUMNS = ("variant", "runtime/provider", "setting", "size MB", "p50 ms", "speed-up", "{headline}", "drop",
@@ -30,7 +32,7 @@ def table_cells(row: dict, headline: str) -> list[str]:
             fmt(row["p50_ms"], ".2f"), fmt(row["p90_ms"], ".2f"), fmt(row.get("ttft_ms"), ".2f"),
             fmt(row.get("tokens_per_s"), ".1f"),
             fmt(row["speedup"], ".2f") + ("x" if row["speedup"] is not None else ""), _cost_cell(row),
-            fmt(row["headline"], ".4f"), others or "-", fmt(row["quality_drop"], ".4f"), "; ".join(row["flags"])]
+            fmt(row["headline"], ".4f"), others or "-", drop_text(row), "; ".join(row["flags"])]
 
 
 def _cost_cell(row: dict) -> str:
@@ -79,17 +81,20 @@ def recommendation_text(best: dict | None, why: dict, headline: str) -> str:
     if best is None:
         closest = why.get("closest")
         tail = (f" The closest is {closest['variant']} ({where(closest)}) with a drop of "
-                f"{closest['quality_drop']:.4f}." if closest else " No quality was measured.")
+                f"{drop_text(closest)}." if closest else " No quality was measured.")
         return (f"Nothing qualifies at {scope}: no variant meets every constraint ({headline} drop within "
                 f"{why['max_drop']:g}{', excluded: ' + excluded if excluded else ''}).{tail}")
-    speed = f"{best['speedup']:.2f}x the speed of" if best["speedup"] else "no baseline to compare with"
+    spread = best.get("speedup_ci")
+    speed = (f"{best['speedup']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f}x over rounds)" if spread else "")
+             + " the speed of") if best["speedup"] else "no baseline to compare with"
     size = f", {best['size_mb']:.1f} MB" + (f" ({best['size_ratio']:.2f}x the size)" if best["size_ratio"] else "")
     against = "the teacher's fp32 ONNX" if best.get("tokens_per_s") is not None else "the teacher in PyTorch fp32"
     per = (f"{best['tokens_per_s']:.1f} tokens/s, time to first token {best['ttft_ms']:.1f} ms"
            if best.get("tokens_per_s") is not None else f"p50 {best['p50_ms']:.2f} ms")
     text = (f"Use {best['variant']} on {where(best)}: {speed} {against} "
             f"({per} at {best['setting']}){size}, {headline} {best['headline']:.4f} "
-            f"(drop {best['quality_drop']:.4f} <= {why['max_drop']:g}).")
+            + (f"(drop {drop_text(best)}, 95% interval within {why['max_drop']:g})." if best.get("drop_ci")
+               else f"(drop {best['quality_drop']:.4f} <= {why['max_drop']:g})."))
     if best.get("cost_per_million") is not None:
         saving = (f", {best['cost_saving']:.0%} less than the teacher" if best.get("cost_saving") is not None
                   else "")
@@ -112,6 +117,7 @@ def render_markdown(report: dict) -> str:
     lines += _gate_lines(report["gates"])
     lines += [trust_line(report.get("trust")), ""]
     lines += _table_lines(report, headline)
+    lines += frontier_lines(report)
     lines += runtime_lines(report.get("runtimes") or {})
     lines += _distillation_lines(report.get("distillation"), headline)
     if report.get("accuracy"):
@@ -150,9 +156,47 @@ def _gate_lines(gates: dict) -> list[str]:
     if not gates["checks"]:
         return ["**Gates:** none set in the recipe.", ""]
     return [f"**Gates: {'passed' if gates['passed'] else 'FAILED'}.**", "",
-            *(f"- {c['gate']}: {c['value'] if c['value'] is None else round(c['value'], 4)} vs {c['threshold']} "
+            *(f"- {c['gate']}: {c['value'] if c['value'] is None else round(c['value'], 4)}"
+              f"{gate_interval(c)} vs {c['threshold']} "
               f"({'pass' if c['passed'] else 'fail'}{', ' + c['detail'] if c['detail'] else ''})"
               for c in gates["checks"]), ""]
+
+
+def gate_interval(check: dict) -> str:
+    """` [-0.0090, 0.0150] (upper bound judged)` after a gate's value, where the gate has an interval."""
+    low_high = check.get("interval")
+    if not low_high:
+        return ""
+    judged = " (upper bound judged)" if check["gate"] == "max_quality_drop" else " over rounds"
+    return f" [{low_high[0]:.4f}, {low_high[1]:.4f}]{judged}"
+
+
+def metric_line(report: dict) -> str:
+    """Which quality metric the recommendation judges and where that choice comes from ("" for older reports)."""
+    metric = report.get("quality_metric")
+    if not metric:
+        return ""
+    source = ("the task's default" if metric["chosen_by"] != "select.quality"
+              else f"select.quality; the task's default is {metric['default']}")
+    return (f"Quality judged: {metric['judged']} ({source}; `select: {{quality: ...}}` names another). A drop is shown with its 95% interval (paired bootstrap over "
+            "the held-out items, 1,000 resamples) where per-item scores were measured; a variant qualifies when "
+            "the interval's upper bound is within the budget.")
+
+
+def frontier_lines(report: dict) -> list[str]:
+    """The frontier: per speed-up band, the best variant by the judged quality metric."""
+    bands = report.get("frontier") or []
+    if not bands:
+        return []
+    headline = report.get("headline", "cosine")
+    lines = ["", "## Frontier", "", f"Per speed-up band, the variant with the best {headline} (at the "
+             "recommendation's setting): what each factor of speed costs.", ""]
+    for band in bands:
+        spread = band.get("speedup_ci")
+        speed = f"{band['speedup']:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f}x over rounds)" if spread else "")
+        lines.append(f"- {band['band']}: {band['variant']} on {band['where']} ({band['setting']}), {speed}, "
+                     f"{headline} {interval_text(band['headline'], band.get('headline_ci'))}, drop {drop_text(band)}")
+    return lines
 
 
 def _table_lines(report: dict, headline: str) -> list[str]:
@@ -162,8 +206,9 @@ def _table_lines(report: dict, headline: str) -> list[str]:
     reason = report.get("headline_reason")
     why = f" The headline is {headline}: {reason}." if reason else ""
     lines = ["## Decision table", "", (f"Speed-up and quality drop are against {report['baseline']}; quality "
-             f"({headline}) is measured on {basis}.{why}"), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"({headline}) is measured on {basis}.{why}"), ""]
+    lines += [metric_line(report), ""] if metric_line(report) else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(table_cells(r, headline)[i].replace("|", "/") for i in keep) + " |"
                     for r in report["rows"]]
 

@@ -146,12 +146,13 @@ def run(cfg: Config, ctx) -> list:
             target.close()
     reference = _reference(cfg, ctx, variants, inputs, eval_out, work)
     labels = data.eval.labels[:n_eval] if data.eval.labels else None
-    quality = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
-               if any(v.name == k[0] for v in variants)}
+    scored = {k: _quality(ctx.task, reference, inputs, variants, k, path, labels) for k, path in eval_out.items()
+              if any(v.name == k[0] for v in variants)}
+    quality, items = {k: q for k, (q, _) in scored.items()}, {k: i for k, (_, i) in scored.items()}
     # Real-length rows are labelled with the texts' median token count under the first variant's (the teacher's)
     # tokenizer, one label per setting so that every variant's row finds its baseline.
     median = inputs.median_length(variants[0].folder) if engine.DATA in cfg.seq_lens and variants else None
-    rows = [engine.row(c, results[c.id], quality, targets[c.target].emulated, median) for c in cells]
+    rows = [engine.row(c, results[c.id], quality, targets[c.target].emulated, median, items) for c in cells]
     engine.check_strict(cfg, rows)
     settings = {**cfg.model_dump(mode="json"), "eval_size": n_eval, "max_length": ctx.recipe.data.max_length,
                 "labels": _label_fit(ctx, data, labels),
@@ -262,15 +263,18 @@ def _outputs(task, inputs: engine.Inputs, variants, name: str, path: Path):
         return unbatch([data[output.replace("b0_", f"b{i}_", 1)] for i in range(len(batches))], batches)
 
 
-def _quality(task, reference, inputs: engine.Inputs, variants, key: tuple, path: Path, labels) -> dict:
+def _quality(task, reference, inputs: engine.Inputs, variants, key: tuple, path: Path, labels) -> tuple[dict, dict]:
+    """(the task's quality figures, its per-item scores for the report's intervals: {} for a task without)."""
     import math
 
     import numpy as np
 
     if reference is None:
-        return {}
+        return {}, {}
     outputs = _outputs(task, inputs, variants, key[0], path)
     bad = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
-    scores = task.quality(reference, outputs, np.asarray(labels) if labels is not None else None)
+    truth = np.asarray(labels) if labels is not None else None
+    scores = task.quality(reference, outputs, truth)
     scores = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in scores.items()}
-    return {**scores, "nonfinite_outputs": bad} if bad else scores
+    items = {} if bad or not hasattr(task, "item_scores") else task.item_scores(reference, outputs, truth)
+    return ({**scores, "nonfinite_outputs": bad} if bad else scores), items

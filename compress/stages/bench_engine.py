@@ -257,8 +257,10 @@ def size_mb(folder: Path, runtime: str) -> float:
                if p.name.endswith(suffixes) and not p.is_symlink()) / 1e6
 
 
-def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, median: float | None = None) -> dict:
-    """A cell's row; `median`: for a real-length cell, the held-out texts' median token count (its setting label)."""
+def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, median: float | None = None,
+        items: dict | None = None) -> dict:
+    """A cell's row; `median`: for a real-length cell, the held-out texts' median token count (its setting label);
+    `items`: per quality key, the per-item scores the report's bootstrap intervals resample (quality_items)."""
     import statistics
 
     from compress.targets.harness import summarize
@@ -287,6 +289,8 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, 
                peak_rss_mb=max(r["peak_rss_mb"] or 0.0 for r in results), machine=results[0].get("machine"),
                placement=results[0].get("placement"),
                quality=quality.get(cell.key, {}),
+               quality_items={k: [round(float(v), 6) for v in values]  # a cosine of 0.99996 is no 1.0
+                              for k, values in ((items or {}).get(cell.key) or {}).items()},
                spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
     return row
 

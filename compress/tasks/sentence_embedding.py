@@ -148,14 +148,70 @@ def export_model(path: Path, trust_remote_code: bool = False):
 def quality(reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, float]:
     """Mean cosine to the reference embeddings, and top-10 retrieval agreement with the reference. Embeddings
     of another width (another space: a PCA student, a student before its projection) are compared by rank
-    alone: top-10 agreement, no cosine."""
+    alone: top-10 agreement, no cosine. With labels, task quality of the embeddings themselves: probe_accuracy
+    (a logistic regression trained on a fixed half, scored on the other) and knn_accuracy (the majority label of
+    each text's 10 nearest others)."""
+    return {name: float(np.mean(values)) for name, values in item_scores(reference, outputs, labels).items()}
+
+
+def item_scores(reference: np.ndarray, outputs: np.ndarray, labels=None) -> dict[str, list[float]]:
+    """Per held-out text, the scores whose means `quality` reports (the report's bootstrap intervals resample
+    them): cosine, top-10 overlap, and with labels whether the probe (texts of the test half only, in a fixed
+    order) and the kNN vote are right."""
     if len(reference) != len(outputs) or reference.ndim != 2 or outputs.ndim != 2:
         return {}
-    if reference.shape != outputs.shape:
-        return {"top10_agreement": _topk_agreement(_unit(reference), _unit(outputs), k=10)}
     ref, out = _unit(reference), _unit(outputs)
-    cosine = float(np.mean(np.sum(ref * out, axis=1)))
-    return {"cosine": cosine, "top10_agreement": _topk_agreement(ref, out, k=10)}
+    scores = {} if reference.shape != outputs.shape else {"cosine": np.sum(ref * out, axis=1).tolist()}
+    scores["top10_agreement"] = _topk_overlap(ref, out, k=10).tolist()
+    labels = np.asarray(labels) if labels is not None else None
+    if labels is not None and len(labels) == len(out) and len(np.unique(labels)) > 1:
+        probe = probe_correct(out, labels)
+        if probe is not None:
+            scores["probe_accuracy"] = probe.tolist()
+        scores["knn_accuracy"] = knn_correct(out, labels).tolist()
+    return scores
+
+
+PROBE_SEED = 0
+PROBE_MIN_TEXTS = 20  # fewer, and one half cannot hold every label
+KNN_K = 10
+
+
+def probe_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's fixed split of n held-out texts: (train, test) indices, the same for every variant."""
+    order = np.random.default_rng(PROBE_SEED).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
+
+
+def probe_correct(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """1/0 per test text: whether a logistic regression fitted on the train half's embeddings gets its label
+    (None when the train half holds a single label or too few texts)."""
+    if len(labels) < PROBE_MIN_TEXTS:
+        return None
+    train, test = probe_split(len(labels))
+    if len(np.unique(labels[train])) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    probe = LogisticRegression(max_iter=1000, random_state=PROBE_SEED)
+    probe.fit(embeddings[train], labels[train])
+    return (probe.predict(embeddings[test]) == labels[test]).astype(np.float64)
+
+
+def knn_correct(embeddings: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """1/0 per text: whether the most common label of its k nearest other texts (cosine; ties to the nearer
+    neighbours' label) is its own."""
+    k = min(k, len(labels) - 1)
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    votes = labels[nearest]
+    correct = np.empty(len(labels))
+    for i, row in enumerate(votes):
+        values, counts = np.unique(row, return_counts=True)
+        tied = set(values[counts == counts.max()].tolist())
+        correct[i] = next(v for v in row.tolist() if v in tied) == labels[i]
+    return correct
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -163,11 +219,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
-    """Each text queries the others; the share of the reference's top-k neighbours found again."""
+def _topk_overlap(ref: np.ndarray, out: np.ndarray, k: int) -> np.ndarray:
+    """Per text: the share of the reference's top-k neighbours that its top-k under `out` finds again."""
     k = min(k, len(ref) - 1)
     if k < 1:
-        return 1.0
+        return np.ones(len(ref))
 
     def topk(x):
         sims = x @ x.T
@@ -175,7 +231,7 @@ def _topk_agreement(ref: np.ndarray, out: np.ndarray, k: int) -> float:
         return np.argpartition(-sims, k, axis=1)[:, :k]
 
     a, b = topk(ref), topk(out)
-    return float(np.mean([len(set(r) & set(o)) / k for r, o in zip(a, b)]))
+    return np.array([len(set(r) & set(o)) / k for r, o in zip(a, b)])
 
 
 def bundle_info(path: Path) -> dict:

@@ -83,6 +83,19 @@ def quality(reference: np.ndarray | None, outputs: np.ndarray, labels=None) -> d
     return scores
 
 
+def item_scores(reference: np.ndarray | None, outputs: np.ndarray, labels=None) -> dict[str, list[float]]:
+    """Per held-out text, 1/0: accuracy (right against the labels, or the reference's predictions without them)
+    and agreement (the reference's prediction): the items the report's bootstrap intervals resample. Macro-F1 is
+    no mean over texts, so it has none."""
+    reference = outputs if reference is None else reference
+    if reference.shape != outputs.shape or outputs.ndim != 2:
+        return {}
+    predicted, expected = outputs.argmax(axis=1), reference.argmax(axis=1)
+    truth = np.asarray(labels) if labels is not None else expected
+    return {"accuracy": (predicted == truth).astype(np.float64).tolist(),
+            "agreement": (predicted == expected).astype(np.float64).tolist()}
+
+
 def macro_f1(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
     """Unweighted mean of per-class F1; a class absent from both truth and predictions is skipped."""
     scores = []
