@@ -1,6 +1,7 @@
 """Stage quantize: one ONNX bundle per fp32 ONNX bundle and scheme, with onnxruntime.quantization.
 
 Works on the fused graph (export optimize: true) and on the plain one. int8-portable, int8-static and int4-weight
+(and int8-dynamic in its "matmul-integer" form, where that is the faster on the CPU: compress/int8_form.py)
 first rewrite the fused Attention and EmbedLayerNormalization as standard operators (compress/unfuse.py), so that
 the embedding table and the packed QKV weights are quantized too and no onnxruntime-only operator is made.
 Measured on all-MiniLM-L6-v2 (fused, AVX2 EPYC, cosine to fp32 ONNX on 200 held-out reviews, 128 tokens):
