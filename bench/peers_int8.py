@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--reuse", action="store_true", help="reuse the int8 models made last time")
+    parser.add_argument("--only", nargs="+", help="time only variants whose names end with one of these (a "
+                        "confirmation run: written under bench/.work, not bench/results)")
     args = parser.parse_args(argv)
 
     cpu = cpu_info()
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         models = {**optimum_int8(teacher_dir, presets), **compress_int8(args.teacher_onnx)}
         (OUT / "models.json").write_text(json.dumps({k: str(v) for k, v in models.items()}, indent=1))
+    if args.only:
+        models = {k: v for k, v in models.items() if any(k.endswith(end) for end in args.only)}
     variants = [pm.Variant(name, name.split(":")[0], path) for name, path in models.items()]
     reference = pm.Variant("pytorch: fp32 teacher", "pytorch", teacher_dir)
     recipe = load_recipe(QUICKSTART)
@@ -162,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             "comparator": comparator, "vs_comparator": vs, "verdict": verdict, "quality": quality,
             "measured": measured,
             "p50_rounds_median": {k: statistics.median(c["rounds_p50_ms"]) for k, c in measured["cells"].items()}}
-    write_results("peers-int8", render(data), data)
+    if args.only:
+        (OUT / "confirm.md").write_text(render(data))
+    else:
+        write_results("peers-int8", render(data), data)
     print(render(data))
     return 0
 
