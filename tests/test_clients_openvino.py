@@ -35,7 +35,7 @@ def bundles(tmp_path_factory) -> dict:
     [onnx_bundle] = export.run(export.Config(optimize=True, parity_texts=8), ctx)
     ctx = RunContext(run_dir=root / "run", recipe=recipe, stage_name="quantize",
                      artifacts={"teacher": teacher, onnx_bundle.name: onnx_bundle})
-    return {a.metadata["precision"]: a for a in quantize.run(quantize.Config(schemes=SCHEMES, check_size=8), ctx)}
+    return {a.metadata["precision"]: a for a in quantize.run(quantize.Config(schemes=SCHEMES, check_size=8, int8={"form": "fused"}), ctx)}
 
 
 @pytest.mark.parametrize("scheme, onnxruntime_only", [

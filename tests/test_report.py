@@ -311,9 +311,9 @@ def test_report_notes_gpu_rows_whose_compute_ran_on_the_cpu(tmp_path):
                      "from the device"]
 
 
-def _quantized(precision, size_mb, runtimes=None, size_note=None):
+def _quantized(precision, size_mb, runtimes=None, size_note=None, options=None):
     meta = {"source": "student.onnx", "precision": precision, "size_bytes": int(size_mb * 1e6),
-            "scheme_options": {"size_note": size_note} if size_note else {}}
+            "scheme_options": {**({"size_note": size_note} if size_note else {}), **(options or {})}}
     return {"name": f"student.{precision}.onnx", "path": f"artifacts/student.{precision}.onnx", "format": "onnx",
             "sha256": "x", "metadata": {**meta, **({"runtimes": runtimes} if runtimes is not None else {})}}
 
@@ -333,7 +333,9 @@ OPENVINO = {"standard_onnx": False, "onnxruntime_only": [], "note": "onnxruntime
       "- student.int8-static.onnx is larger than int8-dynamic (21.0 vs 15.0 MB): GELU inputs in float"],
      ["int4-weight.onnx is larger"]),
     ([_quantized("int8-dynamic", 15)], [], ["## Where the variants run"]),  # an older manifest: no facts, no section
-], ids=["onnxruntime-only", "larger-says-why", "no-facts"])
+    ([_quantized("int8-dynamic", 15, STANDARD, options={"form": "matmul-integer", "form_why": "x86 with VNNI"})],
+     ["- student.int8-dynamic.onnx is in the matmul-integer int8 form: x86 with VNNI"], ["fused int8 form"]),
+], ids=["onnxruntime-only", "larger-says-why", "no-facts", "int8-form"])
 def test_report_says_where_variants_run(tmp_path, artifacts, present, absent):
     manifest = make_run(tmp_path, BASE)
     manifest["artifacts"].update({a["name"]: a for a in artifacts})

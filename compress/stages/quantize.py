@@ -1,6 +1,7 @@
 """Stage quantize: one ONNX bundle per fp32 ONNX bundle and scheme, with onnxruntime.quantization.
 
 Works on the fused graph (export optimize: true) and on the plain one. int8-portable, int8-static and int4-weight
+(and int8-dynamic in its "matmul-integer" form, where that is the faster on the CPU: compress/int8_form.py)
 first rewrite the fused Attention and EmbedLayerNormalization as standard operators (compress/unfuse.py), so that
 the embedding table and the packed QKV weights are quantized too and no onnxruntime-only operator is made.
 Measured on all-MiniLM-L6-v2 (fused, AVX2 EPYC, cosine to fp32 ONNX on 200 held-out reviews, 128 tokens):
@@ -59,6 +60,13 @@ class Int8Options(StrictModel):
         default=None, description="int8-dynamic: regular expressions of MatMul names kept in fp32. Default: the "
         "architecture's measured outliers (compress/quant_rules.py; all-mpnet-base-v2: every FFN output and the "
         "upper half's FFN inputs, cosine 0.867 -> 0.9925); [] quantizes every node.")
+    form: Literal["auto", "measure", "fused", "matmul-integer"] = Field(
+        default="auto", description="int8-dynamic's graph form (compress/int8_form.py): fused (QAttention, "
+        "QEmbedLayerNormalization: onnxruntime only) or matmul-integer (int8-portable's standard operators, s8 "
+        "MatMulInteger: 1.26x faster at b1, 1.09x at b32 on x86 with VNNI for all-MiniLM-L6-v2). auto: from the CPU's features; "
+        "measure: both timed briefly at the recipe's bench setting, the faster kept.")
+    form_time_budget: float = Field(
+        default=60.0, gt=0, description="int8.form: measure: seconds for the timing (at least 3 rounds are run).")
     skip_after_gelu: bool = Field(
         default=True, description="int8-static: keep MatMuls fed by GELU in float (their activation outliers "
         "cost MiniLM 7 points of cosine)."
@@ -157,10 +165,14 @@ def _run(cfg: Config, ctx, sources: list, progress) -> list:
     out = []
     for source in sources:
         feeds = quant_check.held_out_feeds(ctx, source, cfg.check_size) if cfg.check_size else []
+        form = None
         for scheme in _schemes(cfg, ctx, source):
             name = f"{source.name.removesuffix('.onnx')}.{scheme}.onnx"
             progress.update(text=f"{name} ({'accuracy search' if cfg.accuracy is not None else scheme})")
             options: dict = {"feeds": feeds}
+            if scheme == "int8-dynamic":
+                form = form or _int8_form(cfg, ctx, source, feeds)
+                options.update(form=form[0], form_why=form[1])
             start = time.perf_counter()
             accuracy = None
             if cfg.accuracy is not None and scheme in sensitivity.SCHEME_OPS:
@@ -312,7 +324,13 @@ def _runtimes(path: Path) -> dict:
 def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options: dict, exclude, only) -> None:
     from compress.stages import quantize_int4
 
-    if scheme == "int8-dynamic":
+    if scheme == "int8-dynamic" and options.get("form") == "matmul-integer":
+        try:
+            quantize_int8.int8_portable(cfg.int8, src, dst, options, exclude, only)
+        except StageError as exc:  # a fused operator unfuse.py does not rewrite: the fused form still works
+            options.update(form="fused", form_why=f"{options['form_why']}; but {exc}: fused form kept")
+            quantize_int8.int8_dynamic(cfg.int8, src, dst, options, exclude, only)
+    elif scheme == "int8-dynamic":
         quantize_int8.int8_dynamic(cfg.int8, src, dst, options, exclude, only)
     elif scheme == "int8-portable":
         quantize_int8.int8_portable(cfg.int8, src, dst, options, exclude, only)
@@ -326,6 +344,60 @@ def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options
         quantize_int4.int4(opts, src, dst, options, exclude, only)
     else:
         _fp16(src, dst, options)
+
+
+def _int8_form(cfg: Config, ctx, source, feeds: list) -> tuple[str, str]:
+    """(form, why) of int8-dynamic for `source` on this CPU (compress/int8_form.py)."""
+    import onnx
+
+    from compress import int8_form
+    from compress.targets.cpu import cpu_info
+
+    nodes = onnx.load(str(source.path / "model.onnx"), load_external_data=False).graph.node
+    if not any(n.domain == "com.microsoft" and n.op_type in ("Attention", "EmbedLayerNormalization") for n in nodes):
+        return "plain", "no fused attention in the graph: quantized as it is"
+    if cfg.int8.form in int8_form.FORMS:
+        return cfg.int8.form, "set by the recipe (int8.form)"
+    if cfg.accuracy is not None:  # the search ranks and keeps out the fused graph's nodes by name
+        return "fused", "the accuracy search works on the fused graph's nodes"
+    if cfg.int8.form == "measure" and feeds:
+        return _measure_forms(cfg, ctx, source, feeds)
+    return int8_form.rule(cpu_info())
+
+
+def _measure_forms(cfg: Config, ctx, source, feeds: list) -> tuple[str, str]:
+    """Both forms built in the work dir, checked against fp32, timed interleaved at the bench's setting."""
+    from compress import int8_form
+
+    work = ctx.work_dir / "int8-form" / source.name
+    shutil.rmtree(work, ignore_errors=True)
+    calls, cosines = {}, {}
+    for form in int8_form.FORMS:
+        folder = work / form
+        options = {"feeds": feeds, "form": form, "form_why": "measured"}
+        _bundle(cfg, ctx, source, "int8-dynamic", folder, options)
+        cosines[form] = options["check"].get("cosine")
+        calls[form] = {}
+        for batch, seq, threads in int8_form.settings(ctx.recipe):
+            session = quant_check.session(folder / "model.onnx", threads=threads)
+            feed = _timing_feed(feeds[0], [i.name for i in session.get_inputs()], batch, seq)
+            calls[form][f"b{batch}/s{seq}/{threads}t"] = functools.partial(session.run, None, feed)
+    timings = int8_form.measure(calls, cfg.int8.form_time_budget)
+    shutil.rmtree(work, ignore_errors=True)
+    return int8_form.choose(timings, cosines)
+
+
+def _timing_feed(feed: dict, names: list[str], batch: int, seq: int) -> dict:
+    """A held-out batch made `batch` rows of `seq` tokens (rows repeated, columns cut or zero-padded)."""
+    import numpy as np
+
+    out = {}
+    for name in names:
+        array = np.resize(feed[name], (batch, *feed[name].shape[1:]))
+        if array.ndim == 2 and array.shape[1] != seq:
+            array = np.pad(array[:, :seq], ((0, 0), (0, max(0, seq - array.shape[1]))))
+        out[name] = array
+    return out
 
 
 def _fp16(src: Path, dst: Path, options: dict) -> None:
