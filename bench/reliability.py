@@ -3,6 +3,7 @@ hostile models, resource bounds and two runs on one run directory. Writes docs/r
 
     python -m bench.reliability            # the short version (CI, about a minute on 2 cores)
     python -m bench.reliability --full     # >= 20 kill trials, more recipes, every disk-full size
+    python -m bench.reliability --full --only trust   # re-run one category, keep the others' figures
 
 Everything is real: `compress run` processes killed with real signals, a real tmpfs (as root) or RLIMIT_FSIZE,
 real model folders with code and pickles in them. A check that fails is an open failure in the document and
@@ -904,13 +905,74 @@ def render(categories: list[Category], mode: str, seconds: float, seed: int) -> 
     return "\n".join(lines)
 
 
+ONLY = {"inputs": check_inputs_category, "trust": check_trust_category}  # the categories --only can re-run
+
+
+def merge_into(document: str, categories: list[Category], mode: str, seconds: float) -> str:
+    """`document` (a previous docs/reliability.md) with the table rows and sections of `categories` replaced (or
+    added before "## Method"), the open count summed again, and a line saying what was re-run."""
+    fresh = render(categories, mode, seconds, 0)
+    head, *sections = document.split("\n## ")
+    new_sections = dict(part.split("\n", 1) for part in fresh.split("\n## ")[1:])
+    titles = {c.title for c in categories}
+    kept = [part for part in sections if part.split("\n", 1)[0] not in titles]
+    method = next((i for i, part in enumerate(kept) if part.startswith("Method")), len(kept))
+    kept[method:method] = [f"{c.title}\n{new_sections[c.title]}".rstrip("\n") + "\n" for c in categories]
+    rows = [line for line in head.splitlines() if line.startswith("| ") and not line.startswith("| category")]
+    rows = [r for r in rows if r.split(" | ")[0][2:] not in titles]
+    rows += [f"| {c.title} | {c.cases} | {len(FIXED[c.name])} | {len(c.failures)} |" for c in categories]
+    opened = sum(int(r.rstrip(" |").rsplit("| ", 1)[1]) for r in rows)
+    names = ", ".join(c.name for c in categories)
+    lines = [line for line in head.splitlines() if not line.startswith("|") and not line.startswith("**Open")]
+    command = f"python -m bench.reliability{' --full' if mode == 'full' else ''} --only {names.replace(', ', ',')}"
+    intro = lines[:3] + [f"Re-run since: {names} (`{command}`, {mode} depth, {seconds:.0f} s); the other "
+                         "categories are from the run above.", "",
+                         f"**Open failures: {opened}.**", "",
+                         "| category | cases tried | failures found and fixed | open |", "|---|---|---|---|", *rows]
+    return "\n".join(intro) + "\n\n## " + "\n## ".join(part.rstrip("\n") + "\n" for part in kept)
+
+
+def run_only(names: list[str], out: Path, full: bool) -> int:
+    """Re-run `names` (of ONLY) against one fresh finished tiny run, and merge them into the document at `out`."""
+    unknown = [n for n in names if n not in ONLY]
+    if unknown or not out.is_file():
+        print(f"--only takes {', '.join(ONLY)} and needs an existing {out}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="compress-reliability-") as tmp:
+        work = Path(tmp)
+        model, data = make_tiny_model(work / "tiny"), make_texts(work / "texts.csv")
+        recipe, done = work / "pipeline.yaml", work / "done"
+        recipe.write_text(pipeline_recipe(model, data))
+        subprocess.run([sys.executable, "-m", "compress.cli", "run", str(recipe), "--out", str(done)], cwd=work,
+                       env=env(), capture_output=True, check=True)
+        inputs = Inputs(model, data, recipe, done)
+        categories = []
+        for name in names:
+            (work / name).mkdir()
+            t = time.monotonic()
+            cat = ONLY[name](work / name, inputs, full)
+            cat.seconds = time.monotonic() - t
+            print(f"{cat.name}: {cat.cases} cases, {len(cat.failures)} open, {cat.seconds:.0f} s", file=sys.stderr)
+            categories.append(cat)
+    seconds = time.monotonic() - started
+    out.write_text(merge_into(out.read_text(), categories, "full" if full else "short", seconds))
+    opened = sum(len(c.failures) for c in categories)
+    print(f"wrote {out}: {sum(c.cases for c in categories)} cases re-run, {opened} open", file=sys.stderr)
+    return 1 if opened else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help=">= 20 kill trials, more recipes, more disk sizes")
     parser.add_argument("--out", type=Path, default=DOC, help=f"the markdown to write (default {DOC})")
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--only", help=f"re-run these categories ({', '.join(ONLY)}; comma-separated) and keep the "
+                        "others' rows and sections from the existing document")
     args = parser.parse_args(argv)
     full = args.full
+    if args.only:
+        return run_only(args.only.split(","), args.out, full)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="compress-reliability-") as tmp:
         work = Path(tmp)

@@ -359,3 +359,22 @@ def _quiet():
     from rich.console import Console
 
     return Console(stderr=True, quiet=True)
+
+
+@pytest.mark.parametrize(("fresh_failures", "expected_open"), [([], 0), (["a case failed"], 1)])
+def test_reliability_merge_into_replaces_one_category_and_keeps_the_others(fresh_failures, expected_open):
+    from bench import reliability as rel
+
+    old = rel.Category("inputs", "Inputs title", cases=5)
+    kept = rel.Category("recipes", "Recipes title", cases=7, notes=["a note that must survive"])
+    document = rel.render([kept, old], "full", 100.0, 8)
+    fresh = rel.Category("inputs", "Inputs title", cases=9, failures=list(fresh_failures), notes=["new note"])
+
+    merged = rel.merge_into(document, [fresh], "full", 12.0)
+
+    assert "| Inputs title | 9 |" in merged and "| Inputs title | 5 |" not in merged
+    assert "| Recipes title | 7 |" in merged and "a note that must survive" in merged
+    assert "new note" in merged and merged.count("## Inputs title") == 1
+    assert f"**Open failures: {expected_open}.**" in merged
+    assert merged.index("## Inputs title") < merged.index("## Method")
+    assert "Re-run since: inputs" in merged
