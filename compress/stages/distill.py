@@ -53,7 +53,31 @@ class VocabSpec(StrictModel):
     extra: list[str] = Field(default_factory=list, description="Words whose pieces are kept as well.")
 
 
+class StaticRegression(StrictModel):
+    epochs: float = Field(default=5.0, gt=0, description="Passes over the training texts (the stage's max_minutes "
+                          "stops it earlier).")
+    lr: float = Field(default=1e-3, gt=0, description="Adam's learning rate for the table and the head.")
+    batch_size: int = Field(default=256, ge=1, description="Texts per step.")
+
+
+class StaticSpec(StrictModel):
+    pca_dims: int | None = Field(
+        default=256, ge=2, description="Width of model2vec's table after PCA (null: the teacher's width). With "
+        "regression the student's embedding has the teacher's width whatever this is.")
+    sif_coefficient: float | None = Field(
+        default=1e-4, gt=0, lt=1, description="model2vec's SIF weighting of tokens by frequency rank (null: none).")
+    regression: StaticRegression | None = Field(
+        default_factory=StaticRegression, description="Train the table and a linear head onto the teacher's "
+        "embeddings of the recipe's texts, then fold the head into the table (the embedding then has the teacher's "
+        "width and is searchable in its index; shared/clients.md: cosine 0.78 -> 0.82 on the quickstart's data); "
+        "null: model2vec's table as it is (another space: compared to the teacher by top-10 agreement only).")
+
+
 class StudentSpec(StrictModel):
+    static: StaticSpec | None = Field(
+        default=None, description="sentence-embedding: a static-embedding student (the model2vec approach: one "
+        "vector per token, averaged; no transformer at run time; compress/static.py). Saved as artifact "
+        "student-static in model2vec's format; exported to ONNX like any model.")
     from_teacher: FromTeacher | None = Field(default=None, description="Copy embeddings, these layers and the head (DistilBERT-style).")
     config: dict | None = Field(default=None, description="Overrides of the teacher's config; random init.")
     source: str | None = Field(default=None, description="Any model: local path, package:..., or hub id. It keeps "
@@ -70,9 +94,12 @@ class StudentSpec(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StudentSpec:
-        given = [k for k in ("from_teacher", "config", "source") if getattr(self, k) is not None]
+        given = [k for k in ("from_teacher", "config", "source", "static") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of from_teacher, config, source (got {given or 'none'})")
+            raise ValueError(f"give exactly one of from_teacher, config, source, static (got {given or 'none'})")
+        if self.static is not None and (self.vocab or self.projection):
+            raise ValueError("student.static takes no vocab or projection (its table has the teacher's vocabulary; "
+                             "regression maps it to the teacher's width)")
         return self
 
 
@@ -118,6 +145,10 @@ def run(cfg: Config, ctx) -> list:
     from compress import ranks as D
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
+    if cfg.student.static is not None:
+        from compress.stages.distill_static import run_static
+
+        return run_static(cfg, ctx)
     teacher = ctx.teacher()
     losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
     lm_only = [name for name in losses if name in ("sequence", "token-kl")]

@@ -49,9 +49,12 @@ def run(cfg: Config, ctx) -> list:
 
 
 def _export_one(cfg: Config, ctx, source, checker: ParityChecker):
+    from compress import static
+
     name = f"{source.name}.onnx"
     meta: dict = {}
-    artifact = ctx.save(name, "onnx", lambda tmp: _export(cfg, ctx, source, tmp, meta, checker))
+    write = _export_static if static.is_static(source.path) else _export
+    artifact = ctx.save(name, "onnx", lambda tmp: write(cfg, ctx, source, tmp, meta, checker))
     ctx.metrics[name] = meta
     ctx.console.print(
         f"  exported {source.name} -> {name}: parity max|diff| {meta['parity_max_abs']:.2e}, "
@@ -104,6 +107,23 @@ def _export(cfg: Config, ctx, source, tmp: Path, meta: dict, checker: ParityChec
             f"export of {source.name}: ONNX output differs from torch by {meta['parity_max_abs']:.3g} "
             f"(> parity_max_abs {cfg.parity_max_abs}); try optimize: false or another opset"
         )
+
+
+def _export_static(cfg: Config, ctx, source, tmp: Path, meta: dict, _checker) -> None:
+    """A static student (compress/static.py): its graph is written, not traced; parity is against model2vec's own
+    encode of the held-out texts (numpy, no torch: in this process)."""
+    from compress import static
+    from compress.tasks.common import align_max_length, write_json
+
+    info = static.write_bundle(source.path, tmp, cfg.opset)
+    max_length = align_max_length(tmp, ctx.recipe.data.max_length)
+    write_json(tmp / "compress.json", {**info, "max_length": max_length, "precision": "fp32"})
+    meta.update(static.parity(source.path, tmp, _eval_examples(ctx, cfg.parity_texts), max_length))
+    if meta["parity_max_abs"] > cfg.parity_max_abs:
+        raise StageError(
+            f"export of {source.name}: the ONNX static student differs from model2vec's own encode by "
+            f"{meta['parity_max_abs']:.3g} (> parity_max_abs {cfg.parity_max_abs}); its teacher's tokenizer does "
+            "not tokenize as model2vec's does: report it with the teacher's name")
 
 
 def _optimize(model_path: Path, source_dir: Path) -> dict:
