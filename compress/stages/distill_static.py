@@ -11,10 +11,33 @@ from __future__ import annotations
 
 import time
 
+from pydantic import Field
+
 from compress.errors import StageError
+from compress.schema_base import StrictModel
 from compress.stages.distill_targets import cached_teacher_outputs, with_unlabeled
 
 ARTIFACT = "student-static"
+
+
+class StaticRegression(StrictModel):
+    epochs: float = Field(default=5.0, gt=0, description="Passes over the training texts (the stage's max_minutes "
+                          "stops it earlier).")
+    lr: float = Field(default=1e-3, gt=0, description="Adam's learning rate for the table and the head.")
+    batch_size: int = Field(default=256, ge=1, description="Texts per step.")
+
+
+class StaticSpec(StrictModel):
+    pca_dims: int | None = Field(
+        default=256, ge=2, description="Width of model2vec's table after PCA (null: the teacher's width). With "
+        "regression the student's embedding has the teacher's width whatever this is.")
+    sif_coefficient: float | None = Field(
+        default=1e-4, gt=0, lt=1, description="model2vec's SIF weighting of tokens by frequency rank (null: none).")
+    regression: StaticRegression | None = Field(
+        default_factory=StaticRegression, description="Train the table and a linear head onto the teacher's "
+        "embeddings of the recipe's texts, then fold the head into the table (the embedding then has the teacher's "
+        "width and is searchable in its index; shared/clients.md: cosine 0.78 -> 0.82 on the quickstart's data); "
+        "null: model2vec's table as it is (another space: compared to the teacher by top-10 agreement only).")
 
 
 def run_static(cfg, ctx) -> list:
