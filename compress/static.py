@@ -36,7 +36,8 @@ def is_static(folder: Path) -> bool:
         return False
 
 
-def distill_table(teacher_net, teacher_dir: Path, pca_dims: int | None, sif_coefficient: float | None) -> np.ndarray:
+def distill_table(teacher_net, teacher_dir: Path, pca_dims: int | None, sif_coefficient: float | None,
+                  device: str = "cpu") -> np.ndarray:
     """model2vec's table, its rows at the teacher's token ids ([vocab, dims] float32; special and unmapped tokens
     zero)."""
     from model2vec.distill import distill_from_model
@@ -44,7 +45,7 @@ def distill_table(teacher_net, teacher_dir: Path, pca_dims: int | None, sif_coef
 
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), use_fast=True)
     model = distill_from_model(teacher_net, tokenizer, pca_dims=pca_dims, sif_coefficient=sif_coefficient,
-                               device="cpu", quantize_to="float32")
+                               device=device, quantize_to="float32")
     vectors = np.asarray(model.embedding, dtype=np.float32)
     if model.token_mapping is not None or model.weights is not None:  # vocabulary quantization: not asked for
         ids = np.arange(len(model.tokens))

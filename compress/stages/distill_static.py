@@ -47,18 +47,23 @@ def run_static(cfg, ctx) -> list:
     if task.NAME != "sentence-embedding":
         raise StageError(f"student.static makes sentence-embedding students; task {task.NAME} needs another "
                          "student (from_teacher, config or source)")
-    if not ctx.is_main_process:  # no gradient steps worth spreading over processes
-        return []
     teacher = ctx.teacher()
     data, max_length = with_unlabeled(task.load_data(ctx.recipe.data)), cfg.max_length or ctx.recipe.data.max_length
-    net = task.load_backbone(teacher.path, ctx.recipe.teacher.trust_remote_code).eval()
+    from compress import ranks
+
+    net = task.load_backbone(teacher.path, ctx.recipe.teacher.trust_remote_code).to(ranks.device()).eval()
     started = time.monotonic()
+    # Every process takes part (under --nproc the teacher's outputs are split over them); the rest is rank 0's.
+    targets, cached = cached_teacher_outputs(ctx, task, teacher, net, data, max_length)
+    if not ctx.is_main_process:
+        return []
+    made = time.monotonic()
     try:
-        table = static.distill_table(net, teacher.path, spec.pca_dims, spec.sif_coefficient)
+        table = static.distill_table(net, teacher.path, spec.pca_dims, spec.sif_coefficient,
+                                     ranks.device().type)
     except ValueError as exc:
         raise StageError(f"student.static: model2vec cannot distill the teacher: {exc}") from None
-    ctx.metrics["static_distill_seconds"] = round(time.monotonic() - started, 2)
-    targets, cached = cached_teacher_outputs(ctx, task, teacher, net, data, max_length)
+    ctx.metrics["static_distill_seconds"] = round(time.monotonic() - made, 2)
     del net
     inputs = task.inputs(teacher.path)
     eval_ids = inputs.encode(task.examples(data.eval), max_length)
