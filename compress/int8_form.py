@@ -96,3 +96,16 @@ def choose(timings: dict[str, dict], cosines: dict[str, float | None], default: 
         return default, (f"{best} {gain:.0%} faster but loses {lost * 100:.2f} points of cosine "
                          f"(> {MAX_COSINE_LOSS * 100:g}): kept {default} ({shown})")
     return best, f"measured {gain:.0%} faster than {default} here ({shown})"
+
+
+def timing_feed(feed: dict, names: list[str], batch: int, seq: int) -> dict:
+    """A held-out batch made `batch` rows of `seq` tokens (rows repeated, columns cut or zero-padded)."""
+    import numpy as np
+
+    out = {}
+    for name in names:
+        array = np.resize(feed[name], (batch, *feed[name].shape[1:]))
+        if array.ndim == 2 and array.shape[1] != seq:
+            array = np.pad(array[:, :seq], ((0, 0), (0, max(0, seq - array.shape[1]))))
+        out[name] = array
+    return out

@@ -37,7 +37,7 @@ def split_list(values: list[str] | None) -> list[str]:
 def guess_task(model: Path) -> tuple[str, list[str]]:
     """The task an ONNX model or a model folder fits, and the evidence for a person: compress.json's task, else
     the graph's inputs and outputs with the config files beside it, else the model folder's config."""
-    from compress.tasks import onnx_input
+    from compress.tasks import onnx_guess, onnx_input
     from compress.tasks.common import read_json
 
     onnx = onnx_input.find_model(model)
@@ -45,7 +45,7 @@ def guess_task(model: Path) -> tuple[str, list[str]]:
         task = read_json(onnx.parent / "compress.json").get("task")
         if task in TASKS:
             return task, [f"{onnx.parent.name}/compress.json says so (a compress bundle)"]
-        return onnx_input.guess_task(onnx_input.inspect(onnx))
+        return onnx_guess.guess_task(onnx_input.inspect(onnx))
     if model.suffix == ".gguf":
         return "causal-lm", ["a GGUF file"]
     if (model / "compress_model.json").is_file():

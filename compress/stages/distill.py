@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from compress import pairing
 from compress.errors import StageError
 from compress.schema_base import StrictModel
+from compress.stages.distill_static import StaticSpec, run_static
 from compress.stages.distill_targets import UNLABELED, cached_teacher_outputs, teacher_outputs, with_unlabeled
 from compress.tasks import embedding_head
 from compress.training import (
@@ -54,6 +55,10 @@ class VocabSpec(StrictModel):
 
 
 class StudentSpec(StrictModel):
+    static: StaticSpec | None = Field(
+        default=None, description="sentence-embedding: a static-embedding student (the model2vec approach: one "
+        "vector per token, averaged; no transformer at run time; compress/static.py). Saved as artifact "
+        "student-static in model2vec's format; exported to ONNX like any model.")
     from_teacher: FromTeacher | None = Field(default=None, description="Copy embeddings, these layers and the head (DistilBERT-style).")
     config: dict | None = Field(default=None, description="Overrides of the teacher's config; random init.")
     source: str | None = Field(default=None, description="Any model: local path, package:..., or hub id. It keeps "
@@ -70,9 +75,12 @@ class StudentSpec(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StudentSpec:
-        given = [k for k in ("from_teacher", "config", "source") if getattr(self, k) is not None]
+        given = [k for k in ("from_teacher", "config", "source", "static") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of from_teacher, config, source (got {given or 'none'})")
+            raise ValueError(f"give exactly one of from_teacher, config, source, static (got {given or 'none'})")
+        if self.static is not None and (self.vocab or self.projection):
+            raise ValueError("student.static takes no vocab or projection (its table has the teacher's vocabulary; "
+                             "regression maps it to the teacher's width)")
         return self
 
 
@@ -118,6 +126,8 @@ def run(cfg: Config, ctx) -> list:
     from compress import ranks as D
 
     task, trust = ctx.task, ctx.recipe.teacher.trust_remote_code
+    if cfg.student.static is not None:
+        return run_static(cfg, ctx)
     teacher = ctx.teacher()
     losses = dict(cfg.losses or {cfg.loss or task.DEFAULT_LOSS: 1.0})
     lm_only = [name for name in losses if name in ("sequence", "token-kl")]

@@ -50,9 +50,12 @@ def run(cfg: Config, ctx) -> list:
 
 
 def _export_one(cfg: Config, ctx, source, checker: ParityChecker):
+    from compress import static
+
     name = f"{source.name}.onnx"
     meta: dict = {}
-    artifact = ctx.save(name, "onnx", lambda tmp: _export(cfg, ctx, source, tmp, meta, checker))
+    write = _export_static if static.is_static(source.path) else _export
+    artifact = ctx.save(name, "onnx", lambda tmp: write(cfg, ctx, source, tmp, meta, checker))
     ctx.metrics[name] = meta
     ctx.console.print(
         f"  exported {source.name} -> {name}: parity max|diff| {meta['parity_max_abs']:.2e}, "
@@ -127,6 +130,23 @@ def _check_finite_weights(model, name: str) -> None:
                          "or its training diverged: use another checkpoint")
 
 
+def _export_static(cfg: Config, ctx, source, tmp: Path, meta: dict, _checker) -> None:
+    """A static student (compress/static.py): its graph is written, not traced; parity is against model2vec's own
+    encode of the held-out texts (numpy, no torch: in this process)."""
+    from compress import static
+    from compress.tasks.common import align_max_length, write_json
+
+    info = static.write_bundle(source.path, tmp, cfg.opset)
+    max_length = align_max_length(tmp, ctx.recipe.data.max_length)
+    write_json(tmp / "compress.json", {**info, "max_length": max_length, "precision": "fp32"})
+    meta.update(static.parity(source.path, tmp, _eval_examples(ctx, cfg.parity_texts, None), max_length))
+    if meta["parity_max_abs"] > cfg.parity_max_abs:
+        raise StageError(
+            f"export of {source.name}: the ONNX static student differs from model2vec's own encode by "
+            f"{meta['parity_max_abs']:.3g} (> parity_max_abs {cfg.parity_max_abs}); its teacher's tokenizer does "
+            "not tokenize as model2vec's does: report it with the teacher's name")
+
+
 def _optimize(model_path: Path, source_dir: Path) -> dict:
     """Fuse attention, layer norm and GELU in place; return the fusion counts."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -155,7 +175,7 @@ def _parity(checker: ParityChecker, ctx, model_dir: Path, bundle: Path, inputs: 
         inputs_file.unlink(missing_ok=True)
 
 
-def _eval_examples(ctx, n: int, model_dir: Path):
+def _eval_examples(ctx, n: int, model_dir: Path | None):
     """The first `n` held-out examples (texts, images) of the recipe's data, whose labels (if any) must be classes
     of the model at `model_dir` (tasks/common.py for_model)."""
     from compress.tasks.common import for_model

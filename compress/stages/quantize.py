@@ -380,24 +380,11 @@ def _measure_forms(cfg: Config, ctx, source, feeds: list) -> tuple[str, str]:
         calls[form] = {}
         for batch, seq, threads in int8_form.settings(ctx.recipe):
             session = quant_check.session(folder / "model.onnx", threads=threads)
-            feed = _timing_feed(feeds[0], [i.name for i in session.get_inputs()], batch, seq)
+            feed = int8_form.timing_feed(feeds[0], [i.name for i in session.get_inputs()], batch, seq)
             calls[form][f"b{batch}/s{seq}/{threads}t"] = functools.partial(session.run, None, feed)
     timings = int8_form.measure(calls, cfg.int8.form_time_budget)
     shutil.rmtree(work, ignore_errors=True)
     return int8_form.choose(timings, cosines)
-
-
-def _timing_feed(feed: dict, names: list[str], batch: int, seq: int) -> dict:
-    """A held-out batch made `batch` rows of `seq` tokens (rows repeated, columns cut or zero-padded)."""
-    import numpy as np
-
-    out = {}
-    for name in names:
-        array = np.resize(feed[name], (batch, *feed[name].shape[1:]))
-        if array.ndim == 2 and array.shape[1] != seq:
-            array = np.pad(array[:, :seq], ((0, 0), (0, max(0, seq - array.shape[1]))))
-        out[name] = array
-    return out
 
 
 def _fp16(src: Path, dst: Path, options: dict) -> None:

@@ -1,23 +1,15 @@
 """A user's own ONNX model as the teacher: read what the graph takes and gives, check it against the task, and
 write it as an ONNX bundle (the layout the export stage writes) that quantize, bench and the reports take.
 
-Sources: an `.onnx` file, a folder holding `model.onnx` (or `onnx/model.onnx`; external data files beside it)
-and tokenizer files, `package:<pkg>/<path>` to either, or a hub repo that ships ONNX (from the local cache
-offline). The graph is adapted so that every bundle has the same interface: int64 `input_ids`,
-`attention_mask` (text) or float `pixel_values` (images) in, the task's output (`embedding` or `logits`) out.
-- the output is chosen by what it is (issue 34): float only (int outputs, such as input_ids passed through, never);
-  [batch, sequence, hidden] is token states, [batch, n] an embedding (sentence-embedding) or logits
-  (classification); names (sentence_embedding, last_hidden_state, logits) break ties, several candidates left
-  are one sentence naming them and teacher.output, which always wins;
-- token_type_ids, when the graph has it, becomes zeros computed inside the graph (one segment per text);
-- int32 token inputs are cast inside the graph;
-- token states (`last_hidden_state`) are pooled inside the graph as the task says: `teacher.pooling`, else a
-  sentence-transformers `1_Pooling/config.json` beside the model, else mean; normalised as its modules.json
-  says (mean + L2 normalise without one, as the export stage does);
-- fixed axes are kept and recorded in compress.json (`fixed_axes`): a fixed sequence length benches at that
-  length, a fixed batch size evaluates in batches of that size.
-What does not fit the task is a SourceError: one sentence naming what was found and the recipe key to set.
-"""
+Sources: an `.onnx` file, a folder holding `model.onnx` (or `onnx/model.onnx`) and tokenizer files,
+`package:<pkg>/<path>` to either, or a hub repo that ships ONNX (from the local cache offline). Every bundle gets
+one interface: int64 `input_ids`, `attention_mask` (text) or float `pixel_values` (images) in, the task's output
+out. The output is chosen by what it is (issue 34): float only; [batch, sequence, hidden] is token states (pooled
+inside the graph: teacher.pooling, else a `1_Pooling/config.json` beside it, else mean; normalised as its
+modules.json says), [batch, n] an embedding or logits as the task says; names break ties; teacher.output always
+wins. token_type_ids becomes zeros inside the graph, int32 inputs are cast, fixed axes are kept and recorded
+(`fixed_axes`). What does not fit the task is a SourceError naming what was found and the key to set; which task
+a graph fits is compress/tasks/onnx_guess.py's."""
 
 from __future__ import annotations
 
@@ -38,6 +30,7 @@ CLASSIFIER_OUTPUTS = ("logits", "probabilities")  # names that say "classes" (ou
 POOLER_OUTPUTS = ("pooler_output",)  # BERT's CLS + dense + tanh: not what sentence-transformers pools
 KEY_OUTPUT, KEY_POOLING = "teacher.output", "teacher.pooling"
 EXTERNAL_DATA = "model.onnx.data"  # what quantize copies beside model.onnx
+CARD_FILES = ("README.md", "LICENSE", "LICENSE.txt", "LICENSE.md")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "sentencepiece.bpe.model", "spiece.model")
 INT64, INT32, FLOAT = 7, 6, 1  # onnx.TensorProto element types
 DTYPES = {1: "float", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
@@ -324,83 +317,7 @@ def _sentence_transformers(folder: Path | None) -> dict:
             "configured": (folder / "1_Pooling" / "config.json").is_file()}
 
 
-# ---------------------------------------------------------------- guessing the task
-
-
-SENTENCE_TRANSFORMERS_FILES = ("modules.json", "1_Pooling", "config_sentence_transformers.json")
-
-
-def guess_task(info: GraphInfo) -> tuple[str, list[str]]:
-    """The task `info`'s graph fits and the evidence, for a person: its inputs and outputs (dtype and shape), the
-    config files beside it (architectures, id2label), a tokenizer, a sentence-transformers config. A [batch, n]
-    float output beside a tokenizer is an embedding unless something says it holds classes (id2label with n
-    labels, a classification architecture, an output named logits without token states beside it)."""
-    if info.input("input_ids") is None:
-        images = ", ".join(t.describe_typed() for t in info.inputs) or "none"
-        return "image-classification", [f"inputs {images}: no input_ids, so not text"]
-    outputs = list(info.outputs)
-    evidence = [f"outputs {', '.join(t.describe_typed() for t in outputs)}"]
-    folders = _folders(info.path)
-    tokenizer = tokenizer_dir(info.path)
-    config_dir = next((f for f in folders if (f / "config.json").is_file()), None)
-    config = _read_config(config_dir / "config.json") if config_dir else {}
-    labels = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
-    architectures = [str(a) for a in config.get("architectures") or [] if isinstance(a, str)]
-    st = sorted({name for f in folders for name in SENTENCE_TRANSFORMERS_FILES if (f / name).exists()})
-    pooled = [t for t in outputs if t.role == "pooled"]
-    states = [t for t in outputs if t.role == "token states"]
-    named_embedding = [t for name in EMBEDDING_OUTPUTS + TOKEN_OUTPUTS for t in outputs if t.role and t.name == name]
-
-    classifier = [a for a in architectures if a.endswith(("ForSequenceClassification", "ForTextClassification"))]
-    if classifier:
-        return "text-classification", evidence + [f"config.json: architecture {classifier[0]}"]
-    counted = [t for t in pooled if labels and t.dims[-1] == len(labels) and t.name not in EMBEDDING_OUTPUTS]
-    if counted:
-        return "text-classification", evidence + [
-            f"config.json id2label has {len(labels)} labels, the size of {counted[0].name}: class scores"]
-    logits = [t for t in pooled if t.name in CLASSIFIER_OUTPUTS]
-    if logits and not states and not named_embedding:
-        return "text-classification", evidence + [f"{logits[0].name} is named as class scores, and no output is "
-                                                  "token states or named as an embedding"]
-    if named_embedding:
-        what = "token states" if named_embedding[0].role == "token states" else "an embedding"
-        evidence.append(f"{named_embedding[0].name} is named as {what}")
-    elif states:
-        evidence.append(f"{states[0].name} is token states [batch, sequence, hidden]")
-    for t in pooled:
-        if t.name in CLASSIFIER_OUTPUTS or t.name in EMBEDDING_OUTPUTS:
-            continue
-        size = t.dims[-1] if isinstance(t.dims[-1], int) else "n"
-        beside = "beside a tokenizer, with" if tokenizer else "with"
-        evidence.append(f"{t.name} float [batch, {size}] {beside} no id2label or labels config: an embedding, "
-                        f"not {size} classes")
-        break
-    if st:
-        evidence.append(f"sentence-transformers config beside it ({', '.join(st)})")
-    if labels and not counted:
-        evidence.append(f"config.json id2label has {len(labels)} labels, the size of no output")
-    if not tokenizer:
-        evidence.append("no tokenizer beside it (compress needs one for text)")
-    return "sentence-embedding", evidence
-
-
-def _folders(model: Path) -> list[Path]:
-    """Where a model's config and tokenizer files are: beside it, and above it for hub repos' onnx/model.onnx."""
-    return [model.parent] + ([model.parent.parent] if model.parent.name == "onnx" else [])
-
-
-def _read_config(path: Path) -> dict:
-    try:
-        config = common.read_json(path)
-    except (ValueError, OSError):  # a broken config.json is no evidence either way
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
 # ---------------------------------------------------------------- the bundle
-
-
-CARD_FILES = ("README.md", "LICENSE", "LICENSE.txt", "LICENSE.md")
 
 
 def write_bundle(source: Path, dest: Path, task_name: str, output: str | None = None, pooling: str | None = None,
@@ -456,7 +373,6 @@ def _labels(config: Path) -> list[str]:
         return [id2label[k] for k in sorted(id2label, key=int)]
     except ValueError:
         return []
-
 
 
 def onnx_teacher(source: str, revision: str | None = None) -> Path | None:
