@@ -100,6 +100,11 @@ def check(recipe: Path, sets: list[str]) -> str | None:
     return None
 
 
+def out_bundle(model: Path) -> Path:
+    """The bundle folder of a bundle's graph: onnx/model.onnx sits one folder below its tokenizer and configs."""
+    return model.parent.parent if model.parent.name == "onnx" else model.parent
+
+
 def run_mix(mix: Mix, recipe: Path, sets: list[str], out: Path) -> dict:
     """`compress run` of a mix; its student int8 model, distill metrics and wall time (or why it failed)."""
     from bench.peers import run_timed
@@ -308,7 +313,7 @@ def measure_and_write(args, mixes: dict, scale: float, date: str, argv) -> int:
     variants = [pm.Variant(PYTORCH, "pytorch", teacher_dir)]
     if optimum["status"] == "ok":
         variants.append(pm.Variant(OPTIMUM_PC, "optimum", Path(optimum["path"])))
-    variants += [pm.Variant(n, "compress", Path(i["model"]), tokenizer=Path(i["model"]).parent)
+    variants += [pm.Variant(n, "compress", Path(i["model"]), tokenizer=out_bundle(Path(i["model"])))
                  for n, i in mixes.items() if i["status"] == "ok"]
     texts = load_dataset(recipe.data).eval.texts
     tokenizer = load_tokenizer(teacher_dir)
