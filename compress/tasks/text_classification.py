@@ -142,7 +142,7 @@ def class_ids(data, model_dir: Path, where: str = "the data"):
         outside = [n for n in names if _class_number(n) >= count]
         if outside:
             raise SourceError(f"{where}: label {outside[0]!r} is not a class of the model, which has {count} "
-                              f"classes (ids 0 to {count - 1}: {shown}); check label_field, or list the classes "
+                              f"classes (ids 0 to {count - 1}{': ' + shown if shown else ''}); check label_field, or list the classes "
                               "in data.labels")
         target = {n: _class_number(n) for n in names}
     elif generic(model) and len(names) > count:
