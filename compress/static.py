@@ -17,6 +17,7 @@ normalisation, inputs input_ids and attention_mask, outputs `embedding` and `las
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -37,13 +38,17 @@ def is_static(folder: Path) -> bool:
 
 
 def distill_table(teacher_net, teacher_dir: Path, pca_dims: int | None, sif_coefficient: float | None,
-                  device: str = "cpu") -> np.ndarray:
+                  device: str = "cpu", keep: list[int] | None = None) -> np.ndarray:
     """model2vec's table, its rows at the teacher's token ids ([vocab, dims] float32; special and unmapped tokens
-    zero)."""
-    from model2vec.distill import distill_from_model
+    zero). `keep`: teacher token ids; only those go through the teacher (model2vec's pass, PCA and rank weights on
+    them), every other row stays zero."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), use_fast=True)
+    if keep is not None:
+        return _subset_table(teacher_net, tokenizer, pca_dims, sif_coefficient, device, keep)
+    from model2vec.distill import distill_from_model
+
     model = distill_from_model(teacher_net, tokenizer, pca_dims=pca_dims, sif_coefficient=sif_coefficient,
                                device=device, quantize_to="float32")
     vectors = np.asarray(model.embedding, dtype=np.float32)
@@ -58,6 +63,45 @@ def distill_table(teacher_net, teacher_dir: Path, pca_dims: int | None, sif_coef
             table[teacher_id] = vectors[theirs[token]]
     table[special_ids(tokenizer, len(table))] = 0.0
     return table
+
+
+UNUSED = re.compile(r"\[unused\d+\]")  # model2vec's default token_remove_pattern
+
+
+def _subset_table(net, tokenizer, pca_dims, sif_coefficient, device: str, keep: list[int]) -> np.ndarray:
+    """model2vec's steps (its own functions) on the `keep` ids only: each as [CLS] token [SEP] through the teacher,
+    mean-pooled; PCA fitted on them; the SIF weight of each token's rank in model2vec's whole vocabulary (the
+    teacher's ids in order, [unusedN] and special tokens but [PAD] and [UNK] left out), as its full distill weights
+    it: with every id kept, the table is model2vec's."""
+    from model2vec.distill.inference import apply_pca, compute_weights, create_embeddings
+
+    size, special = len(tokenizer), set(special_ids(tokenizer, len(tokenizer)))
+    names = tokenizer.convert_ids_to_tokens(list(range(size)))
+    kept_special = {tokenizer.pad_token_id, tokenizer.unk_token_id} - {None}  # model2vec keeps these two (zeroed after)
+    ranked = [i for i in range(size) if (i not in special or i in kept_special) and not UNUSED.fullmatch(names[i])]
+    rank = {token_id: r for r, token_id in enumerate(ranked)}
+    ids = sorted({i for i in keep if i in rank and i not in special} | kept_special)
+    if len(ids) == len(kept_special):
+        raise ValueError("no token of the vocabulary asked for is in the teacher's (special tokens excluded)")
+    prefix, suffix = [tokenizer.cls_token_id], [tokenizer.sep_token_id]
+    if None in prefix + suffix:
+        prefix, suffix = [], []
+    vectors = create_embeddings(net, [prefix + [i] + suffix for i in ids], device,
+                                pad_token_id=tokenizer.pad_token_id or 0)
+    weights = compute_weights(len(ranked), sif_coefficient)[[rank[i] for i in ids]]
+    vectors = apply_pca(vectors, pca_dims) * weights[:, None]
+    table = np.zeros((size, vectors.shape[1]), dtype=np.float32)
+    table[ids] = vectors
+    table[list(special)] = 0.0
+    return table
+
+
+def frequent_ids(token_ids, count: int) -> list[int]:
+    """The `count` token ids most frequent in these tokenized texts (ties: the lower id first)."""
+    from collections import Counter
+
+    counts = Counter(i for ids in token_ids for i in ids)
+    return [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
 
 
 def special_ids(tokenizer, size: int) -> list[int]:
@@ -85,13 +129,18 @@ def regress(table: np.ndarray, collate, count: int, targets: np.ndarray, epochs:
 
     torch.manual_seed(seed)
     keep = torch.from_numpy(content_mask(table))
-    weight = torch.nn.Parameter(torch.from_numpy(table.copy()))
+    # Only the rows with content are trained (Adam's update of the whole table was most of a step's time with a
+    # `vocab` subset); every other token id points at one extra zero row, which the mask keeps out.
+    rows = np.flatnonzero(content_mask(table))
+    slot = torch.full((len(table),), len(rows), dtype=torch.long)
+    slot[torch.from_numpy(rows)] = torch.arange(len(rows))
+    weight = torch.nn.Parameter(torch.from_numpy(np.concatenate([table[rows], np.zeros_like(table[:1])])))
     goal = torch.from_numpy(np.asarray(targets, dtype=np.float32))
 
     def pooled(index):
         batch = collate(index)
         ids, mask = batch["input_ids"], batch["attention_mask"].float() * keep[batch["input_ids"]]
-        return (weight[ids] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1e-9)
+        return (weight[slot[ids]] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1e-9)
 
     started, order = time.monotonic(), list(range(count))
     with torch.no_grad():  # least squares from the mean rows to the targets: where the head starts
@@ -123,7 +172,8 @@ def regress(table: np.ndarray, collate, count: int, targets: np.ndarray, epochs:
             if log and step % 50 == 0:
                 log(step, total, float(loss))
     with torch.no_grad():  # mean(rows) @ W.T + b == mean(rows @ W.T + b): the head goes into every row
-        folded = (head(weight) * keep[:, None]).numpy().astype(np.float32)
+        folded = np.zeros((len(table), goal.shape[1]), dtype=np.float32)
+        folded[rows] = head(weight[:-1]).numpy()
     return folded, {"steps": step, "stopped_by": stopped, "seconds": round(time.monotonic() - started, 2)}
 
 

@@ -25,7 +25,8 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     for expected in [("teacher", "torch"), ("teacher.onnx", "onnxruntime"), ("student.onnx", "onnxruntime"),
                      ("student.int8-dynamic.onnx", "onnxruntime"), ("student.int8-static.onnx", "onnxruntime"),
                      ("student.int4-weight.onnx", "onnxruntime"), ("student.fp16.onnx", "onnxruntime"),
-                     ("teacher.int8-dynamic.onnx", "onnxruntime")]:
+                     ("teacher.int8-dynamic.onnx", "onnxruntime"), ("student-static.onnx", "onnxruntime"),
+                     ("student-static.int8-dynamic.onnx", "onnxruntime")]:
         assert expected in rows
     for row in report["rows"]:
         assert row["p50_ms"] > 0 and row["size_mb"] > 0 and row["headline"] is not None
@@ -35,9 +36,9 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     again = compress(*args, *sets)
     cached_seconds = time.monotonic() - started
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count(": cached") == 5, again.stderr
+    assert again.stderr.count(": cached") == 6, again.stderr
     assert cached_seconds < 15
 
-    bench_changed = compress(*args, *sets, "--set", "stages.4.warmup=2")
+    bench_changed = compress(*args, *sets, "--set", "stages.5.warmup=2")
     assert bench_changed.returncode == 0, bench_changed.stderr[-3000:]
-    assert bench_changed.stderr.count(": cached") == 4 and "bench: done" in bench_changed.stderr
+    assert bench_changed.stderr.count(": cached") == 5 and "bench: done" in bench_changed.stderr

@@ -14,8 +14,9 @@ ROOT = Path(__file__).parent.parent
 SHRINK = {
     "quickstart.yaml": [
         "data.train_limit=300", "data.eval_size=60", "stages.0.max_steps=6", "stages.0.eval_every=3",
-        "stages.0.max_minutes=null",
-        "stages.4.rounds=1", "stages.4.warmup=1", "stages.4.min_iterations=3", "stages.4.min_seconds=0",
+        "stages.0.max_minutes=null", "stages.1.student.static.vocab=300",
+        "stages.1.student.static.regression.epochs=1", "stages.5.seq_lens=[data]",
+        "stages.5.rounds=1", "stages.5.warmup=1", "stages.5.min_iterations=3", "stages.5.min_seconds=0",
     ],
     # model2vec's pass over the 30,522 tokens cannot shrink: the slow test below runs it.
     "quickstart-static.yaml": [

@@ -77,6 +77,42 @@ def test_static_table_zeroes_special_tokens(student):
     assert np.abs(table[tokenizer.convert_tokens_to_ids(["movie", "good", "##s"])]).sum(1).min() > 0
 
 
+@pytest.mark.slow  # a second pass over the tiny BERT's 30,522 tokens
+def test_static_vocab_subset_is_model2vecs_table_when_every_id_is_kept(student, tmp_path):
+    from compress.tasks import sentence_embedding as task
+
+    teacher = make_tiny_bert(tmp_path / "teacher")  # the fixture's teacher: same seed, same weights
+    table = static.distill_table(task.load_backbone(teacher), teacher, pca_dims=8, sif_coefficient=1e-4,
+                                 keep=list(range(len(static.load_table(student)))))
+    assert np.array_equal(table, static.load_table(student))
+
+
+def test_static_vocab_subset_gives_rows_to_the_kept_tokens_only(tmp_path):
+    from transformers import AutoTokenizer
+
+    from compress.tasks import sentence_embedding as task
+
+    teacher = make_tiny_bert(tmp_path / "teacher")
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher))
+    ids = tokenizer(TEXTS, add_special_tokens=False)["input_ids"]
+    keep = static.frequent_ids(ids + [tokenizer.all_special_ids], 20)
+
+    table = static.distill_table(task.load_backbone(teacher), teacher, pca_dims=8, sif_coefficient=1e-4, keep=keep)
+
+    rows = set(np.flatnonzero(static.content_mask(table)).tolist())
+    assert rows == set(keep) - set(tokenizer.all_special_ids) and len(rows) >= 15
+    assert table.shape == (len(tokenizer), 8)
+
+
+@pytest.mark.parametrize("ids, count, expected", [
+    ([[5, 3, 5], [3, 5, 9]], 2, [5, 3]),
+    ([[7, 2], [2, 7]], 1, [2]),  # a tie: the lower id first
+    ([[1]], 5, [1]),
+])
+def test_static_frequent_ids_ranks_by_count(ids, count, expected):
+    assert static.frequent_ids(ids, count) == expected
+
+
 def test_static_regression_fits_targets_and_folds_the_head():
     import torch
 

@@ -31,6 +31,11 @@ class StaticSpec(StrictModel):
     pca_dims: int | None = Field(
         default=256, ge=2, description="Width of model2vec's table after PCA (null: the teacher's width). With "
         "regression the student's embedding has the teacher's width whatever this is.")
+    vocab: int | None = Field(
+        default=None, ge=1, description="Rows for the N tokens most frequent in the recipe's training texts only: "
+        "the teacher's pass runs on those (its time is about proportional to N) and a text's other tokens are "
+        "skipped, as model2vec skips unknown ones (null: every token of the teacher's vocabulary, 30,522 for "
+        "MiniLM).")
     sif_coefficient: float | None = Field(
         default=1e-4, gt=0, lt=1, description="model2vec's SIF weighting of tokens by frequency rank (null: none).")
     regression: StaticRegression | None = Field(
@@ -58,14 +63,18 @@ def run_static(cfg, ctx) -> list:
     if not ctx.is_main_process:
         return []
     made = time.monotonic()
+    inputs = task.inputs(teacher.path)
+    keep = None
+    if spec.vocab is not None:  # the training texts' most frequent tokens
+        ids = inputs.tokenizer(task.examples(data.train), truncation=True, max_length=max_length)["input_ids"]
+        keep = static.frequent_ids(ids, spec.vocab)
     try:
         table = static.distill_table(net, teacher.path, spec.pca_dims, spec.sif_coefficient,
-                                     ranks.device().type)
+                                     ranks.device().type, keep)
     except ValueError as exc:
         raise StageError(f"student.static: model2vec cannot distill the teacher: {exc}") from None
     ctx.metrics["static_distill_seconds"] = round(time.monotonic() - made, 2)
     del net
-    inputs = task.inputs(teacher.path)
     eval_ids = inputs.encode(task.examples(data.eval), max_length)
 
     def quality(t):
@@ -90,6 +99,7 @@ def run_static(cfg, ctx) -> list:
     ctx.console.print(f"  static student: {task.HEADLINE} {after.get(task.HEADLINE)}, top-10 "
                       f"{after.get('top10_agreement')} ({table.shape[0]} x {table.shape[1]} table)")
     config = {"teacher": teacher.name, "pca_dims": spec.pca_dims, "sif_coefficient": spec.sif_coefficient,
+              "vocab": spec.vocab, "rows": int(static.content_mask(table).sum()),
               "regression": spec.regression.model_dump() if spec.regression else None, "max_length": max_length}
     meta = {"role": "student", "kind": "static", "params": params, "teacher": teacher.name, "quality": after}
     return [ctx.save(ARTIFACT, "hf-model", lambda tmp: static.save(tmp, table, teacher.path, config), meta)]
