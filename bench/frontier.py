@@ -201,7 +201,10 @@ def render(data: dict) -> str:
     lines = [f"# The quickstart's speed/quality frontier ({data['date']}, {data['machine']})", "",
              f"`{data['command']}`. CPU: {data['cpu']} ({data['flags']}), {data['cores']} cores, shared with other "
              f"sessions: only ratios measured in the same interleaved rounds compare ({data['rounds']} rounds, "
-             f"{data['threads']} thread). Training minutes x {data['minutes_scale']:g}.", "",
+             f"{data['threads']} thread). Training minutes x {data['minutes_scale']:g}. Load average (1 min) at the "
+             f"start and the end: {' and '.join(map(str, data.get('load_average', [])))}: the students train for "
+             "minutes, so on a loaded machine they take fewer steps and their quality is lower than on an idle "
+             "one.", "",
              f"Quality on {data['eval_size']} held-out reviews against the PyTorch fp32 teacher; probe accuracy: a "
              "logistic regression on each variant's embeddings, fitted on a fixed half of the held-out texts, "
              f"scored on the other ({data['probe_texts']} texts), the drop from the teacher's with its paired "
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    load = [round(os.getloadavg()[0], 1)]  # what else ran: training is budgeted in minutes, so load changes quality
     runs = {}
     for run in ("quickstart", "pruned"):
         out = args.work / run
@@ -287,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
               "minutes_scale": args.minutes, "rounds": args.rounds, "threads": measured["threads"],
               "eval_size": len(texts), "probe_texts": len(probe_split(len(texts))[1]),
               "real_lengths": real_lengths(pm.real_inputs(tokenizer, texts, 1, recipe.data.max_length)),
-              "optimum": optimum, "runs": runs, "rows": build_rows(names, measured, quality,
+              "load_average": [*load, round(os.getloadavg()[0], 1)], "optimum": optimum, "runs": runs, "rows": build_rows(names, measured, quality,
                                                                   {v.name: round(v.size_mb, 3) for v in variants}),
               "measured": measured}
     write_results("frontier", render(result), result)

@@ -53,7 +53,7 @@ def test_frontier_table_has_every_row_its_speedups_and_the_cpu():
                                {"cells": cells}, quality, {"static student": 11.7})
     data = {"date": "2026-12-07", "machine": "x86_64-2cpu", "command": "python -m bench frontier", "cpu": "Xeon",
             "flags": "avx2, avx512_vnni", "cores": 2, "rounds": 2, "threads": 1, "minutes_scale": 1.0,
-            "eval_size": 500, "probe_texts": 250, "real_lengths": {"median": 30, "min": 3, "max": 80},
+            "eval_size": 500, "probe_texts": 250, "load_average": [1.2, 0.9], "real_lengths": {"median": 30, "min": 3, "max": 80},
             "optimum": {"status": "not measured", "reason": "Optimum is not installed"},
             "runs": {"quickstart": {"wall_seconds": 480.0, "stages": {"distill": {"seconds": 250.0}}}}, "rows": rows}
 
@@ -61,7 +61,7 @@ def test_frontier_table_has_every_row_its_speedups_and_the_cpu():
 
     assert rows[1]["x_pytorch_real"] == pytest.approx(600.0)
     assert "| static student | - | - | 0.740 (drop +2.0 [-1.0, +5.0]) | - | 0.02 | 600.0 |" in text
-    assert "Xeon (avx2, avx512_vnni)" in text and "Optimum's int8: not measured" in text
+    assert "Xeon (avx2, avx512_vnni)" in text and "1.2 and 0.9" in text and "Optimum's int8: not measured" in text
     json.dumps(data)  # the .json beside the table
 
 
