@@ -13,6 +13,9 @@ the PyTorch fp32 teacher on 300 reviews; bench/results/2026-12-06-x86_64-2cpu-pe
 faster than fused at b1 s128 (1.34x at real lengths), 1.09x at b32 (1.05x real), cosine 0.9921 vs 0.9917; and
 1.17x / 1.33x faster than Optimum's fastest preset within 1 point (--avx512_vnni --per_channel). So the rule
 (`auto`): matmul-integer on x86 with VNNI; elsewhere (AVX2 without VNNI, ARM: not measured) today's fused form.
+Since 2026-12-07 the unfused graph scores padded keys -30, not -10000 (compress/unfuse.py: onnxruntime's Softmax
+is ~9x slower on far-below-max logits), which widens the matmul-integer form's lead on padded inputs
+(bench/results/2026-12-07-x86_64-2cpu-peers-int8.md).
 `measure` times both forms briefly on the machine that quantizes (interleaved A B A B, median of rounds,
 time-boxed) and keeps the faster one when it is faster by MIN_GAIN and loses no more than MAX_COSINE_LOSS.
 """
