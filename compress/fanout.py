@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from compress import rundir, runner, sweep
 from compress.artifacts import clean_temporaries, write_text_atomic
@@ -64,10 +65,12 @@ def _prefix(recipe: Recipe, stage: int) -> str:
                       sort_keys=True)
 
 
-def resources(recipe: Recipe, nproc: int = 1, cluster_gpus: float = 0) -> dict:
+def resources(recipe: Recipe, nproc: int = 1, cluster: dict | None = None) -> dict:
     """What a variant's task asks Ray for: CPUs for its widest bench (threads) or distributed stage, so that
-    variants timed at once on one node do not share cores; a GPU for a cuda/tensorrt bench, or for training when
-    the cluster has GPUs (Ray hides GPUs from a task that asks for none)."""
+    variants timed at once on one node do not share cores; a GPU for a cuda/tensorrt bench, or for training (Ray
+    hides GPUs from a task that asks for none). Never more than `cluster` (ray.cluster_resources()) has: a task
+    that asks for more would wait forever; a cuda bench without a GPU reports cuda unavailable, as ever."""
+    cluster = cluster or {}
     cpus, gpus = max(1, nproc), 0
     for stage in recipe.stages:
         if stage.kind == "bench":
@@ -75,9 +78,10 @@ def resources(recipe: Recipe, nproc: int = 1, cluster_gpus: float = 0) -> dict:
             names = [p if isinstance(p, str) else next(iter(p), "") for p in stage.providers]
             if any(name.lower().split("executionprovider")[0] in GPU_PROVIDERS for name in names):
                 gpus = 1
-        if stage.kind in TRAINING and cluster_gpus:
+        if stage.kind in TRAINING:
             gpus = 1
-    return {"num_cpus": cpus, "num_gpus": gpus}
+    return {"num_cpus": min(cpus, max(1, int(cluster.get("CPU", cpus)))),
+            "num_gpus": gpus if cluster.get("GPU", 0) >= gpus else 0}
 
 
 def run_sweep(recipe: Recipe, run_dir: Path, console: Console, nproc: int = 1, recipe_file: str | None = None,
@@ -107,7 +111,7 @@ def _fan_out(ray, variants, run_dir: Path, manifest: dict, console: Console, npr
     task = ray.remote(run_variant)
     after = plan(variants)
     names = [name for name, _, _ in variants]
-    gpus = ray.cluster_resources().get("GPU", 0)
+    cluster = ray.cluster_resources()
     waiting, running, done = list(range(len(variants))), {}, {}
     try:
         while len(done) < len(variants):
@@ -115,7 +119,7 @@ def _fan_out(ray, variants, run_dir: Path, manifest: dict, console: Console, npr
                 waiting.remove(index)
                 name, _, variant = variants[index]
                 ref = task.options(name=f"compress:{name}", max_retries=RETRIES,
-                                   **resources(variant, nproc, gpus)).remote(
+                                   **resources(variant, nproc, cluster)).remote(
                     str(run_dir), names, index, variant.model_dump(mode="json"), nproc, recipe_file, os.getcwd())
                 running[ref] = index
             ready, _ = ray.wait(list(running), num_returns=1)
@@ -123,9 +127,9 @@ def _fan_out(ray, variants, run_dir: Path, manifest: dict, console: Console, npr
             name, values, _ = variants[index]
             result = _result(ray, ready[0], run_dir / sweep.VARIANTS / name)
             done[index] = sweep.variant_entry(name, values, result["stages"], result["host"], result.get("error"))
-            console.print(f"[{'green' if 'error' not in result else 'red'}]variant {name}: "
-                          f"{result.get('error') or 'done'}[/] on {result['host']} ({len(done)}/{len(variants)})",
-                          markup=True, highlight=False)
+            console.print(f"[{'green' if 'error' not in result else 'red'}]variant {escape(name)}: "
+                          f"{escape(result.get('error') or 'done')}[/] on {escape(result['host'])} "
+                          f"({len(done)}/{len(variants)})", highlight=False)
             manifest["sweep"]["variants"] = [done[i] for i in sorted(done)]  # matrix order, as a sequential sweep
             manifest["sweep"]["cache"] = sweep.cache_counts(manifest["sweep"]["variants"])
             rundir.write_manifest(run_dir, manifest)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_tiny_texts
 from rich.console import Console
 
 from compress import fanout, sweep
@@ -105,6 +106,23 @@ def test_fanout_plan_waits_for_the_variant_that_computes_the_last_shared_stage(t
     assert fanout.plan(variants) == after
 
 
+@pytest.mark.parametrize("sets, nproc, cluster, expected", [
+    ([], 1, {"CPU": 8}, {"num_cpus": 1, "num_gpus": 0}),
+    (["stages.2.threads=[1, 4]"], 1, {"CPU": 8}, {"num_cpus": 4, "num_gpus": 0}),  # its widest timing
+    (["stages.2.threads=[1, 4]"], 1, {"CPU": 2}, {"num_cpus": 2, "num_gpus": 0}),  # never more than there is
+    ([], 3, {"CPU": 8}, {"num_cpus": 3, "num_gpus": 0}),  # --nproc
+    (["stages.2.providers=[cuda]"], 1, {"CPU": 8, "GPU": 1}, {"num_cpus": 1, "num_gpus": 1}),
+    (["stages.2.providers=[cpu, {CUDAExecutionProvider: {device_id: 0}}]"], 1, {"CPU": 8, "GPU": 2},
+     {"num_cpus": 1, "num_gpus": 1}),
+    (["stages.2.providers=[cuda]"], 1, {"CPU": 8}, {"num_cpus": 1, "num_gpus": 0}),  # reported unavailable instead
+])
+def test_fanout_resources_follow_the_stages(tiny_bert, tiny_texts, sets, nproc, cluster, expected):
+    text = RECIPE.format(model=tiny_bert, data=tiny_texts, last=BENCH, axis=BENCH_AXIS)
+    recipe = expand_matrix(parse_recipe(text, overrides=sets))[0][2]
+
+    assert fanout.resources(recipe, nproc, cluster) == expected
+
+
 @pytest.mark.parametrize("executor, message", [("ray=", "give local, ray or ray=ADDRESS"),
                                                ("dask", "give local, ray or ray=ADDRESS")])
 def test_sweep_refuses_an_unknown_executor(tiny_bert, tiny_texts, tmp_path, executor, message):
@@ -169,25 +187,31 @@ def test_run_without_executor_does_not_import_ray(tiny_bert, tiny_texts, tmp_pat
     assert (tmp_path / "run" / "report.md").is_file()
 
 
-def test_fanout_sweep_gives_the_sequential_decision_table(local_ray, tiny_bert, tiny_texts, tmp_path):
-    recipe = _recipe(tiny_bert, tiny_texts)
+@pytest.fixture(scope="module")
+def sequential(tiny_bert, tmp_path_factory):
+    """The 4-variant sweep (export, quantize x2 schemes, bench x2 batch sizes) run one variant after another."""
+    root = tmp_path_factory.mktemp("sequential")
+    recipe = _recipe(tiny_bert, make_tiny_texts(root / "texts.csv"))
+    manifest = sweep.run_any(recipe, root / "run", QUIET)
+    return recipe, root / "run", reports.write_reports(root / "run", manifest), manifest
 
-    alone = sweep.run_any(recipe, tmp_path / "seq", QUIET)
+
+def test_fanout_sweep_gives_the_sequential_report(local_ray, sequential, tmp_path):
+    recipe, seq_dir, expected, alone = sequential
+
     fanned = sweep.run_any(recipe, tmp_path / "ray", QUIET, executor="ray")
-    expected = reports.write_reports(tmp_path / "seq", alone)
     got = reports.write_reports(tmp_path / "ray", fanned)
 
     assert [v["status"] for v in fanned["sweep"]["variants"]] == ["done"] * 4
     assert fanned["sweep"]["cache"] == alone["sweep"]["cache"] == {"computed": 1 + 2 + 4, "shared": 3 + 2, "hit": 0}
-    assert _untimed(got) == _untimed(expected)
     assert _table(got) == _table(expected)
-    assert _hashes(tmp_path / "ray") == _hashes(tmp_path / "seq")
+    assert _untimed(got) == _untimed(expected)  # the whole report: rows, ranks, variants, how stages were shared
+    assert _hashes(tmp_path / "ray") == _hashes(seq_dir)
 
 
-def test_fanout_sweep_survives_a_killed_worker_and_resumes_its_variant(local_ray, tiny_bert, tiny_texts, tmp_path):
+def test_fanout_sweep_survives_a_killed_worker_and_resumes_its_variant(local_ray, sequential, tmp_path):
     psutil = pytest.importorskip("psutil")
-    recipe = _recipe(tiny_bert, tiny_texts, last=QUANTIZE, axis=QUANTIZE_AXIS)
-    sweep.run_any(recipe, tmp_path / "clean", QUIET)
+    recipe, seq_dir, expected, _ = sequential
     first = expand_matrix(recipe)[0][0]
     manifest = tmp_path / "ray" / "variants" / first / "manifest.json"
     result, killed = {}, []
@@ -195,10 +219,10 @@ def test_fanout_sweep_survives_a_killed_worker_and_resumes_its_variant(local_ray
     thread = threading.Thread(target=lambda: result.update(sweep.run_any(recipe, tmp_path / "ray", QUIET,
                                                                          executor="ray")))
     thread.start()
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     while not killed and thread.is_alive() and time.monotonic() < deadline:
         stages = json.loads(manifest.read_text())["stages"] if manifest.is_file() else {}
-        if "export" in stages and "again" not in stages:  # mid-variant: export finished, quantize not
+        if "quantize" in stages and "bench" not in stages:  # mid-variant: its bench is running
             for proc in psutil.process_iter(["cmdline"]):
                 if " ".join(proc.info["cmdline"] or []).startswith(f"ray::compress:{first}"):
                     os.kill(proc.pid, signal.SIGKILL)
@@ -207,12 +231,14 @@ def test_fanout_sweep_survives_a_killed_worker_and_resumes_its_variant(local_ray
     thread.join(600)
 
     assert killed, "the first variant finished before its worker could be killed"
-    stages = result["sweep"]["variants"][0]["stages"]
-    assert stages["export"]["cache"] == "hit"  # the retry resumed after the finished stage
-    assert [v["status"] for v in result["sweep"]["variants"]] == ["done"] * 4
-    assert _hashes(tmp_path / "ray") == _hashes(tmp_path / "clean")
-    written = [a["path"] for folder in (tmp_path / "ray" / "variants").iterdir()
-               for s, a in json.loads((folder / "manifest.json").read_text())["artifacts"].items()
-               if s != "teacher"]
-    assert len(written) == 4 * 4  # teacher.onnx and three quantized models per variant ...
-    assert not list((tmp_path / "ray").rglob(".compress-tmp*"))  # ... and nothing half-written left
+    variants = result["sweep"]["variants"]
+    assert [v["status"] for v in variants] == ["done"] * 4
+    assert [variants[0]["stages"][s]["cache"] for s in ("export", "quantize", "bench")] == ["hit", "hit", "computed"]
+    assert _hashes(tmp_path / "ray") == _hashes(seq_dir)
+    assert _table(reports.write_reports(tmp_path / "ray", result)) == _table(expected)
+    for folder in (tmp_path / "ray" / "variants").iterdir():  # a variant writes under its own folder only
+        own = json.loads((folder / "manifest.json").read_text())
+        for stage in own["stages"].values():
+            if stage["cache"] != "shared":
+                assert all(Path(own["artifacts"][a]["path"]).parts[0] == "artifacts" for a in stage["artifacts"])
+    assert not list((tmp_path / "ray").rglob(".compress-tmp*"))  # nothing half-written left
