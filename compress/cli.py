@@ -36,6 +36,10 @@ def run(
     out_dir: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and stop."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for distributed stages (torchrun, DDP)."),
+    executor: str | None = typer.Option(
+        None, "--executor", help="Where a sweep's variants run: local (one after another here), ray (a Ray on this "
+        "machine) or ray=ADDRESS (a Ray cluster; the run directory on a path every node sees). Default: the "
+        "recipe's executor, else local. Needs pip install 'compress[ray]'."),
     strict_providers: bool = typer.Option(
         False, "--strict-providers", help="Fail (exit 1) when a requested execution provider cannot run on a "
         "target, instead of reporting it as unavailable and benching the others."),
@@ -56,11 +60,15 @@ def run(
 
     run_dir = out_dir or runner.default_run_dir(parsed)
     with stopped_in("start-up"):
-        manifest = sweep.run_any(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe))
+        manifest = sweep.run_any(parsed, run_dir, console=err, nproc=nproc, recipe_file=str(recipe),
+                                 executor=executor)
     with stopped_in("report"):
         result = report.write_reports(run_dir, manifest)
     out.print(report.decision_table(result))
     out.print(f"reports: {run_dir / 'report.md'}, {run_dir / 'report.json'}")
+    failed = [v["name"] for v in (manifest.get("sweep") or {}).get("variants", []) if v.get("status") == "failed"]
+    if failed:  # the others are reported; the sweep is not a success
+        raise CompressError(f"{len(failed)} variant(s) failed: {', '.join(failed)} (their rows in the report say why)")
 
 
 @app.command()

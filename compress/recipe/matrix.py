@@ -19,7 +19,7 @@ def expand_matrix(recipe: Recipe, filename: str = "<recipe>") -> list[tuple[str,
     """The variants of a sweep as (name, {path: value}, recipe without a matrix), in matrix order."""
     if not recipe.matrix:
         return []
-    base = recipe.model_dump(mode="json", exclude={"matrix"})
+    base = recipe.model_dump(mode="json", exclude={"matrix", "executor"})  # where it runs is no part of a variant
     keys = list(recipe.matrix)
     combos = [dict(zip(keys, values)) for values in itertools.product(*recipe.matrix.values())]
     names = _variant_names(combos)

@@ -231,6 +231,11 @@ class Recipe(StrictModel):
         default=None, description="A sweep: recipe paths as in --set (e.g. stages.2.schemes) -> the values to try. "
         "Every combination is a variant, run in <run dir>/variants/<variant>; variants share the stages they "
         "have in common (computed once) and are ranked in one report.")
+    executor: str | None = Field(
+        default=None, pattern=r"^(local|ray(=\S+)?)$", description="Where a sweep's variants run: `local` (default, "
+        "one after another on this machine), `ray` (a Ray on this machine, one task per variant) or `ray=ADDRESS` "
+        "(join a Ray cluster, e.g. ray=auto or ray=ray://head:10001; the run directory must be on a path every node "
+        "sees). compress run --executor overrides it.")
 
     @field_validator("matrix")
     @classmethod

@@ -70,6 +70,9 @@ def verified_report(run_dir: Path, manifest: dict) -> dict:
 
     per_variant = {}
     for variant in manifest["sweep"]["variants"]:
+        if variant.get("status") == "failed":  # a row that says why (sweep.build_report), nothing to verify
+            per_variant[variant["name"]] = {}
+            continue
         folder = run_dir / variant["run_dir"]
         own = read_manifest(folder)
         verify_artifacts(folder, own)

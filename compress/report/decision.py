@@ -186,7 +186,7 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "speedup_ci": (round_ratio(((base or {}).get("latency_ms") or {}).get("rounds_p50"),
                                    latency.get("rounds_p50")) if base is not None and base is not row else None),
         "is_baseline": base is row,
-        "target": row.get("target") or "local", "emulated": bool(row.get("emulated")),
+        "target": row.get("target") or "local", "emulated": bool(row.get("emulated")), "host": row.get("host"),
         # Accuracy against labels the teacher has not learned: agreement with it says nothing, and a variant that
         # only answers the most common label is no classifier (quality_basis.decide).
         "teacher_at_chance": headline == "accuracy" and at_chance((base or {}).get("quality")),

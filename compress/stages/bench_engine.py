@@ -269,7 +269,7 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, 
     failed = next((r for r in results if r["status"] != "ok"), None)
     row = {"id": cell.id, "variant": v.name, "role": v.role, "precision": v.precision, "source": v.source,
            "runtime": v.runtime, "provider": cell.provider, "provider_request": cell.request, "provider_used": None,
-           "target": cell.target, "emulated": emulated,
+           "target": cell.target, "emulated": emulated, "host": host(cell.target),
            "status": failed["status"] if failed else "ok", "reason": failed.get("reason") if failed else None,
            "batch_size": cell.batch_size, "seq_len": cell.seq_len, "threads": cell.threads,
            "inter_op_threads": cell.inter_threads, "graph_optimization": cell.graph_opt,
@@ -293,6 +293,13 @@ def row(cell: Cell, results: list[dict], quality: dict, emulated: bool = False, 
                               for k, values in ((items or {}).get(cell.key) or {}).items()},
                spread=(max(latency["rounds_p50"]) - min(latency["rounds_p50"])) / statistics.median(latency["rounds_p50"]))
     return row
+
+
+def host(target: str) -> str:
+    """Where a row was timed: this machine's name for `local`, else the target's (a Ray sweep spans machines)."""
+    import platform
+
+    return (platform.node() or "local") if target == "local" else target
 
 
 def environment() -> dict:
