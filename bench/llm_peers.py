@@ -32,6 +32,9 @@ LLAMA_SRC = VENV / "src" / "llama.cpp"  # convert_hf_to_gguf.py and gguf-py of t
 FOLDER = WORK / "llm-peers"
 WORKER = ROOT / "bench" / "llm_peers_worker.py"
 PEERS = {"llama-cpp-python": "0.3.36", "onnxruntime-genai": "0.18.0"}
+# onnxruntime-genai 0.18's model builder imports model classes of transformers 5 (compress pins 4.x: the venv's own
+# copy shadows it there only); llama.cpp's converter imports sentencepiece even for a BPE tokenizer
+PEER_EXTRAS = ("transformers>=5.2", "sentencepiece")
 # llama_ftype values of llama.h: what llama.cpp's quantize tool calls Q8_0, Q4_0, Q4_K_M
 GGUF_TYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15}
 PROMPTS = (64, 256)
@@ -52,7 +55,8 @@ def setup() -> None:
                              check=True, capture_output=True, text=True).stdout.strip()
     ours = sysconfig.get_paths()["purelib"] if sys.prefix != sys.base_prefix else site.getsitepackages()[0]
     Path(purelib, "zz_compress_env.pth").write_text(ours + "\n")
-    subprocess.run([str(python()), "-m", "pip", "install", *(f"{k}=={v}" for k, v in PEERS.items())], check=True,
+    subprocess.run([str(python()), "-m", "pip", "install", *(f"{k}=={v}" for k, v in PEERS.items()), *PEER_EXTRAS],
+                   check=True,
                    env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
     print(f"bench/.venv-llm ready. llama.cpp's converter: copy convert_hf_to_gguf.py, conversion/ and gguf-py/ of the "
           f"llama-cpp-python {PEERS['llama-cpp-python']} sdist's vendor/llama.cpp into {LLAMA_SRC}")

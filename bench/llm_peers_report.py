@@ -105,8 +105,31 @@ def render(data: dict, meta: dict) -> str:
     for t in data["threads"]:
         lines += ["", f"## {t} thread{'s' if t > 1 else ''}", ""]
         lines += render_table(data, t, texts)
+    lines += ["", "## Side by side", ""] + comparisons(data)
     notes = [r for r in data["rows"] if r.get("how")]
     if notes:
         lines += ["", "## How each variant was made", ""] + [f"- {r['name']}: {r['how']}" for r in notes]
     lines += [""] + meta.get("outro", []) + [""]
     return "\n".join(lines)
+
+
+PAIRS = (("compress int4", "llama.cpp Q4_K_M"), ("compress int4", "onnxruntime-genai int4"),
+         ("compress int4", "compress fp32"), ("onnxruntime-genai int4", "llama.cpp Q4_K_M"))
+
+
+def comparisons(data: dict) -> list[str]:
+    """a / b for the pairs the issue asks about: tokens/s per cell, perplexity per text (same run, same threads)."""
+    rows = {r["name"]: r for r in data["rows"]}
+    lines = []
+    for t in data["threads"]:
+        for a, b in PAIRS:
+            ta, tb = (rows.get(n, {}).get("timing", {}).get(t, {}) for n in (a, b))
+            if ta.get("status") != "ok" or tb.get("status") != "ok":
+                continue
+            speed = ", ".join(f"{c} {ta['cells'][c]['tokens_per_s'] / tb['cells'][c]['tokens_per_s']:.2f}x"
+                              for c in ta["cells"] if c in tb["cells"])
+            ppl = ", ".join(f"{text} {qa['perplexity'] / qb['perplexity']:.3f}x"
+                            for text, qa in rows[a]["quality"].items()
+                            if (qb := rows[b]["quality"].get(text)) and "perplexity" in qa and "perplexity" in qb)
+            lines.append(f"- {t} thread{'s' if t > 1 else ''}: {a} / {b}: tokens/s {speed}; perplexity {ppl or '-'}")
+    return lines or ["- no pair measured"]

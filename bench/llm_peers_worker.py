@@ -45,22 +45,29 @@ class LlamaLM:
     """A GGUF file through llama-cpp-python (llama.cpp's own CPU kernels)."""
 
     def __init__(self, model: str, threads: int, logits_all: bool = False):
+        import llama_cpp
         from llama_cpp import Llama
 
+        self.lib = llama_cpp
         self.llm = Llama(model_path=model, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
                          logits_all=logits_all, verbose=False)
+
+    def _last(self) -> int:
+        """The greedy token from the last position's logits (Llama.scores keeps them only with logits_all)."""
+        logits = self.lib.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(logits, shape=(self.llm.n_vocab(),))))
 
     def generate(self, ids: list[int], new_tokens: int):
         llm = self.llm
         llm.reset()
         start = time.perf_counter()
         llm.eval(ids)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = self._last()
         first = time.perf_counter()
         tokens = [token]
         for _ in range(new_tokens - 1):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = self._last()
             tokens.append(token)
         return first - start, time.perf_counter() - first, tokens
 
