@@ -169,14 +169,23 @@ def test_causal_lm_sampled_generation_repeats_under_a_seed(lm_run):
     ({"top_p": 0.01}, {3}),                   # the first token alone reaches top_p
     ({"top_k": 2, "top_p": 1.0}, {3, 1}),     # the two most likely, both drawn
     ({"top_k": 40, "top_p": 0.85}, {3, 1}),   # 0.85 is reached by the top two (0.5 + 0.4)
+    ({"top_k": 5, "top_p": 1.0}, {0, 1, 2, 3, 4}),  # everything, though the float sum may stay under 1.0
 ])
 def test_sampler_draws_only_what_top_k_and_top_p_keep(settings, allowed):
     from compress.targets.harness import Sampler
 
     logits = np.log(np.asarray([[0.04, 0.4, 0.05, 0.5, 0.01]], dtype=np.float32))
     sampler = Sampler(**{"temperature": 1.0, "seed": 0, **settings})
-    drawn = {int(sampler(logits)[0, 0]) for _ in range(300)}
+    drawn = {int(sampler(logits)[0, 0]) for _ in range(2000)}
     assert drawn == allowed
+
+
+def test_sampler_draws_from_any_logits_at_top_p_1():
+    from compress.targets.harness import Sampler
+
+    logits = np.random.default_rng(0).normal(size=(256, 50)).astype(np.float32) * 3
+    drawn = Sampler(temperature=1.0, top_k=50, top_p=1.0, seed=0)(logits)  # float sums may stay under 1.0
+    assert drawn.shape == (256, 1) and drawn.min() >= 0 and drawn.max() < 50
 
 
 def test_generate_resumes_after_an_interruption_with_the_same_text(tmp_path, tiny_llama, lm_texts, monkeypatch):

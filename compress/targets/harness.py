@@ -482,7 +482,8 @@ class Sampler:
             candidates, values = candidates[order], values[order]
             probs = np.exp(values - values[0])
             probs /= probs.sum()
-            keep = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1  # reaches top_p
+            # the first index whose cumulative probability reaches top_p (rounding: at most all of them)
+            keep = min(int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1, len(probs))
             probs = probs[:keep] / probs[:keep].sum()
             out[row, 0] = candidates[self.rng.choice(keep, p=probs)]
         return out
