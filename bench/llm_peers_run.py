@@ -184,7 +184,8 @@ def meta(args, argv: list[str], versions: dict, texts: Texts, checks: dict, run:
              f"{t['human text']['scored_tokens']} scored). Every runtime scores the same token ids (the teacher "
              f"tokenizer's); agreement = share of teacher-text positions whose greedy next token is compress fp32's.",
              "Tokenizer check (the runtime's own tokenizer on 30 completions gives the same ids): "
-             + (", ".join(f"{k} {v['match']}/{v['of']}" for k, v in checks.items() if v) or "n/a") + "."]
+             + (", ".join(f"{k} {v['match']}/{v['of']}" for k, v in checks.items() if v) or "n/a")
+             + ". A mismatch does not change the table: every runtime is fed the same ids."]
     return {"command": "python -m bench llm-peers " + " ".join(argv), "cpu": cpu.get("model"), "cores": os.cpu_count(),
             "cpu_flags": flags, "versions": versions, "texts": list(texts.paths), "intro": intro,
             "compress_run_seconds": run.get("wall_seconds")}
