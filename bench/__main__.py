@@ -1,5 +1,6 @@
 """`python -m bench [distill | lm | cnn | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ... |
-ablation [--minutes X] ... | frontier [--reuse] ...]`: compress's own benchmarks, written to bench/results/.
+ablation [--minutes X] ... | frontier [--reuse] ... | llm-peers [--setup] ...]`: compress's own benchmarks, written to
+bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
 <date>-<machine>-<benchmark> under bench/results/. Run from the repository root.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import ablation, cnn, distill, frontier, gpu, lm, mpnet, peers
+from bench import ablation, cnn, distill, frontier, gpu, llm_peers, lm, mpnet, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
@@ -19,6 +20,7 @@ BENCHMARKS = {
     "gpu": lambda: gpu.main([]),  # distill on the accelerator, CUDA EP rows; `--cpu` rehearses it
     "mpnet": lambda: mpnet.main(),  # all-mpnet-base-v2 -> MiniLM + projection (recipes/mpnet-to-small.yaml)
     "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
+    "llm-peers": lambda: llm_peers.main([]),  # SmolLM2 through compress's ONNX, llama.cpp and onnxruntime-genai
     "ablation": lambda: ablation.main([]),  # issue 16: one row per technique mix; `python -m bench ablation --help`
     "frontier": lambda: frontier.main([]),  # issue 31: teacher, layer-cut, pruned, static, int8s; one table
 }
@@ -29,6 +31,8 @@ def main(argv: list[str]) -> int:
         return peers.main(argv[1:])
     if argv[:1] == ["gpu"]:
         return gpu.main(argv[1:])
+    if argv[:1] == ["llm-peers"]:
+        return llm_peers.main(argv[1:])
     if argv[:1] == ["ablation"]:
         return ablation.main(argv[1:])
     if argv[:1] == ["frontier"]:

@@ -75,7 +75,7 @@ def length_problems(recipe) -> list:
     for index, stage in enumerate(recipe.stages):
         if getattr(stage, "kind", None) != "bench":
             continue
-        extra = stage.new_tokens if recipe.task == "causal-lm" else 0
+        extra = (max([stage.new_tokens, *stage.generation.new_tokens]) if recipe.task == "causal-lm" else 0)
         long = [n for n in stage.seq_lens if isinstance(n, int) and n + extra > limit]
         if long:
             what = f"{long[0]} prompt tokens + new_tokens {extra}" if extra else f"{long[0]} tokens"

@@ -35,7 +35,8 @@ FULL = GENERATE + """\
      max_steps: 6, batch_size: 8, eval_every: 3}
   - {kind: export}
   - {kind: quantize, schemes: [int4-weight], int4: {block_size: 16}}
-  - {kind: bench, seq_lens: [8], new_tokens: 4, rounds: 2, min_iterations: 2, min_seconds: 0, warmup: 1}
+  - {kind: bench, seq_lens: [8, 12], new_tokens: 4, rounds: 2, min_iterations: 2, min_seconds: 0, warmup: 1,
+     generation: {decoding: [greedy, sampled], new_tokens: [6], seed: 3}}
 """
 
 
@@ -132,6 +133,59 @@ def test_causal_lm_harness_decodes_through_the_cache_like_a_full_forward(lm_run)
         np.testing.assert_allclose(logits[0, -1], full[0, t], atol=1e-4)
     _, _, tokens = lm.generate(ids, 5)
     assert len(tokens) == 5
+
+
+def test_causal_lm_bench_times_every_prompt_decoding_and_new_token_cell(lm_run):
+    results = json.loads((lm_run / "artifacts" / "bench" / "results.json").read_text())
+    for variant in ("teacher.onnx", "student.int4-weight.onnx"):
+        rows = {r["seq_len"]: r for r in results["rows"] if r["variant"] == variant}
+        assert set(rows) == {8, 12}
+        for row in rows.values():
+            cells = {(m["decoding"], m["new_tokens"]): m for m in row["generation"]}
+            assert set(cells) == {("greedy", 4), ("greedy", 6), ("sampled", 4), ("sampled", 6)}
+            assert all(m["ttft_ms"] > 0 and m["tokens_per_s"] > 0 and len(m["rounds_p50"]) == 2 for m in cells.values())
+            assert row["decoding"] == "greedy" and row["peak_rss_mb"] > 0
+            assert cells[("greedy", 4)]["ms_per_token"] == pytest.approx(row["latency_ms"]["p50"])
+
+
+def test_causal_lm_sampled_generation_repeats_under_a_seed(lm_run):
+    import onnxruntime as ort
+
+    from compress.targets.harness import LMSession, Sampler
+
+    lm = LMSession(ort.InferenceSession(str(lm_run / "artifacts" / "student.onnx" / "model.onnx")))
+    ids = np.asarray([[1, 5, 9, 12, 7, 20, 8]], dtype=np.int64)
+
+    def sample(seed):
+        sampler = Sampler(temperature=1.5, top_k=50, top_p=1.0, seed=seed)
+        return lm.generate(ids, 12, sampler)[2]
+
+    assert sample(3) == sample(3)
+    assert len({tuple(sample(seed)) for seed in range(4)}) > 1  # it does sample
+
+
+@pytest.mark.parametrize("settings, allowed", [
+    ({"top_k": 1}, {3}),                      # top-k 1 is greedy
+    ({"top_p": 0.01}, {3}),                   # the first token alone reaches top_p
+    ({"top_k": 2, "top_p": 1.0}, {3, 1}),     # the two most likely, both drawn
+    ({"top_k": 40, "top_p": 0.85}, {3, 1}),   # 0.85 is reached by the top two (0.5 + 0.4)
+    ({"top_k": 5, "top_p": 1.0}, {0, 1, 2, 3, 4}),  # everything, though the float sum may stay under 1.0
+])
+def test_sampler_draws_only_what_top_k_and_top_p_keep(settings, allowed):
+    from compress.targets.harness import Sampler
+
+    logits = np.log(np.asarray([[0.04, 0.4, 0.05, 0.5, 0.01]], dtype=np.float32))
+    sampler = Sampler(**{"temperature": 1.0, "seed": 0, **settings})
+    drawn = {int(sampler(logits)[0, 0]) for _ in range(2000)}
+    assert drawn == allowed
+
+
+def test_sampler_draws_from_any_logits_at_top_p_1():
+    from compress.targets.harness import Sampler
+
+    logits = np.random.default_rng(0).normal(size=(256, 50)).astype(np.float32) * 3
+    drawn = Sampler(temperature=1.0, top_k=50, top_p=1.0, seed=0)(logits)  # float sums may stay under 1.0
+    assert drawn.shape == (256, 1) and drawn.min() >= 0 and drawn.max() < 50
 
 
 def test_generate_resumes_after_an_interruption_with_the_same_text(tmp_path, tiny_llama, lm_texts, monkeypatch):

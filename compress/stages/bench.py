@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from compress.procs import die_with_parent
 from compress.schema_base import StageBase
 from compress.stages import bench_engine as engine
+from compress.stages.lm_generation import Generation
 from compress.targets import providers as registry
 
 ProviderSpec = str | dict[str, dict[str, str | int | float | bool]]
@@ -65,6 +66,9 @@ class Config(StageBase):
         "so a GPU number measures the model and not host-device copies; auto: on for GPU providers.")
     new_tokens: int = Field(default=32, ge=2, le=4096, description="causal-lm: tokens generated per timed run "
                             "(greedy, no early stop); seq_lens are then the prompt lengths.")
+    generation: Generation = Field(
+        default_factory=Generation, description="causal-lm: more generations timed per row beside greedy "
+        "new_tokens: sampled decoding, more new-token counts (each row's `generation` list).")
     warmup: int = Field(default=5, ge=0, description="Untimed runs before timing.")
     min_iterations: int = Field(default=20, ge=1, description="Timed runs per round, at least.")
     min_seconds: float = Field(default=1.0, ge=0, description="Timed seconds per round, at least.")

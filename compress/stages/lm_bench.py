@@ -1,7 +1,8 @@
 """Stage bench for task causal-lm: time greedy generation and score teacher-style text, per ONNX variant.
 
 Each measurement runs the device harness (compress/targets/harness.py --generate) on a target: a prompt of
-`seq_lens` tokens, then `new_tokens` tokens one at a time through the key/value cache. A row's latency is
+`seq_lens` tokens, then `new_tokens` tokens one at a time through the key/value cache (greedy; `generation` adds
+sampled decoding and more token counts, stages/lm_generation.py). A row's latency is
 milliseconds per generated token (so the speed-up column compares decoding speed), with the time to first
 token (the prefill) and tokens per second beside it. Quality is measured once per variant on held-out
 teacher-style text: perplexity, and agreement with the fp32 teacher's greedy next tokens.
@@ -16,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 from compress.stages import bench_engine as engine
+from compress.stages import lm_generation as generation
 
 EVAL_BATCH = 8
 
@@ -102,7 +104,7 @@ def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, ta
         files["--eval"] = inputs.eval_path
     options = ["--provider", cell.provider, "--threads", str(cell.threads), "--inter-threads", str(cell.inter_threads),
                "--graph-opt", cell.graph_opt, "--execution-mode", cell.execution_mode,
-               "--generate", str(cfg.new_tokens), "--warmup", str(min(cfg.warmup, 2)),
+               *generation.harness_options(cfg), "--warmup", str(min(cfg.warmup, 2)),
                "--min-iterations", str(cfg.min_iterations), "--min-seconds", str(cfg.min_seconds)]
     options += ["--provider-options", cell.options] if cell.options else []
     left = budget.left()
@@ -141,4 +143,6 @@ def _row(cell, results: list[dict], quality: dict, emulated: bool) -> dict:
         row["ttft_ms"] = ttft
         row["tokens_per_s"] = 1000.0 * cell.batch_size / row["latency_ms"]["p50"]
         row["unit"] = "ms per generated token"
+        row["decoding"] = ok[0].get("decoding", "greedy")
+        row["generation"] = generation.modes(ok)
     return row

@@ -6,7 +6,7 @@ onnxruntime only, and imports nothing of `compress`.
     python harness.py --model model.onnx --inputs inputs.npz --out result.json \
         [--eval eval.npz --eval-out outputs.npz] --provider CPUExecutionProvider --threads 1 \
         [--inter-threads 1 --graph-opt all --execution-mode sequential --provider-options '{...}'] \
-        [--generate 32 --prompt-tokens 64] --warmup 5 --min-iterations 20 --min-seconds 1.0
+        [--generate 32,128 --decoding greedy,sampled --prompt-tokens 64] --warmup 5 --min-iterations 20 --min-seconds 1.0
     python harness.py --env     # this machine's environment as JSON on stdout
 
 result.json always gets written with a "status": "ok", "unavailable" (the requested execution
@@ -433,32 +433,76 @@ class LMSession:
         positions = np.full((batch, 1), past_len, np.int64)
         return self.run(tokens, mask, positions, past)
 
-    def generate(self, ids, new_tokens: int) -> tuple[float, float, list[int]]:
-        """Greedy generation of exactly `new_tokens` (no early stop: a fixed amount of work to time).
+    def generate(self, ids, new_tokens: int, pick=None) -> tuple[float, float, list[int]]:
+        """Generation of exactly `new_tokens` (no early stop: a fixed amount of work to time); `pick` maps the
+        last position's logits (batch, vocab) to the next tokens (batch, 1), greedy when None.
         Returns (seconds to the first token, seconds of the other tokens, the tokens of row 0)."""
+        pick = pick or greedy
         start = time.perf_counter()
         logits, past = self.prefill(ids)
-        first = time.perf_counter()
-        token = logits[:, -1].argmax(-1)[:, None].astype("int64")
+        token = pick(logits[:, -1])
+        first = time.perf_counter()  # the first token is known: prefill and its pick
         tokens, length = [int(token[0, 0])], ids.shape[1]
         for _ in range(new_tokens - 1):
             logits, past = self.step(token, past, length)
             length += 1
-            token = logits[:, -1].argmax(-1)[:, None].astype("int64")
+            token = pick(logits[:, -1])
             tokens.append(int(token[0, 0]))
         return first - start, time.perf_counter() - first, tokens
 
 
-def time_generation(lm: LMSession, ids, new_tokens: int, warmup: int, min_iterations: int, min_seconds: float):
-    """Per iteration: time to first token (ms) and decode time per token (ms); at least 1 warm-up."""
+def greedy(logits):
+    return logits.argmax(-1)[:, None].astype("int64")
+
+
+class Sampler:
+    """Sampled decoding as edge runtimes do it (llama.cpp's and onnxruntime-genai's defaults): temperature,
+    then the top_k most likely tokens, then the smallest set of those whose probability reaches top_p.
+    `reset()` restarts the seeded generator: every timed run samples the same tokens, so runs are comparable."""
+
+    def __init__(self, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int = 0):
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self.reset()
+
+    def reset(self) -> None:
+        import numpy as np
+
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, logits):
+        import numpy as np
+
+        logits = logits.astype(np.float32) / max(self.temperature, 1e-6)
+        k = min(self.top_k, logits.shape[-1])
+        top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]  # O(vocab): no full sort per token
+        out = np.empty((logits.shape[0], 1), np.int64)
+        for row, candidates in enumerate(top):
+            values = logits[row, candidates]
+            order = np.argsort(-values)
+            candidates, values = candidates[order], values[order]
+            probs = np.exp(values - values[0])
+            probs /= probs.sum()
+            # the first index whose cumulative probability reaches top_p (rounding: at most all of them)
+            keep = min(int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1, len(probs))
+            probs = probs[:keep] / probs[:keep].sum()
+            out[row, 0] = candidates[self.rng.choice(keep, p=probs)]
+        return out
+
+
+def time_generation(lm: LMSession, ids, new_tokens: int, warmup: int, min_iterations: int, min_seconds: float,
+                    sampler: Sampler | None = None):
+    """Per iteration: time to first token (ms) and decode time per token (ms); at least 1 warm-up.
+    Returns (ttft, per_token, the tokens of the last run)."""
     for _ in range(max(1, warmup)):
-        lm.generate(ids, min(new_tokens, 4))
-    ttft, per_token, started = [], [], time.perf_counter()
+        lm.generate(ids, min(new_tokens, 4), sampler)
+    ttft, per_token, tokens, started = [], [], [], time.perf_counter()
     while len(ttft) < min_iterations or time.perf_counter() - started < min_seconds:
-        first, rest, _ = lm.generate(ids, new_tokens)
+        if sampler is not None:
+            sampler.reset()
+        first, rest, tokens = lm.generate(ids, new_tokens, sampler)
         ttft.append(first * 1000)
         per_token.append(rest * 1000 / max(new_tokens - 1, 1))
-    return ttft, per_token
+    return ttft, per_token, tokens
 
 
 def next_token_stats(logits, ids):
@@ -488,16 +532,32 @@ def run_eval_lm(session, eval_path: str, out_path: str) -> dict:
     return {"eval_batches": len(outputs) // 2, "eval_seconds": time.perf_counter() - start}
 
 
+def generation_modes(args) -> list[tuple[str, int]]:
+    """(decoding, new tokens) pairs to time, the row's own (the first decoding, --generate's first count) first."""
+    decodings = [d.strip() for d in args.decoding.split(",") if d.strip()]
+    return [(d, n) for d in decodings for n in args.generate]
+
+
 def bench_generation(args, session, result: dict, arrays: dict) -> dict:
     ids = arrays["input_ids"][:, : args.prompt_tokens or None].astype("int64")
-    lm = LMSession(session)
-    ttft, per_token = time_generation(lm, ids, args.generate, args.warmup, args.min_iterations, args.min_seconds)
-    result["batch_size"], result["seq_len"], result["new_tokens"] = int(ids.shape[0]), int(ids.shape[1]), args.generate
-    result.update(summarize(per_token, result["batch_size"]))  # latency = ms per generated token
-    result["samples_ms"] = per_token
-    result["ttft_samples_ms"] = ttft
-    result["ttft_ms"] = summarize(ttft, 1)["latency_ms"]
+    lm, modes = LMSession(session), []
+    for decoding, new_tokens in generation_modes(args):
+        sampler = Sampler(**(args.sampling or {})) if decoding == "sampled" else None
+        ttft, per_token, tokens = time_generation(lm, ids, new_tokens, args.warmup, args.min_iterations,
+                                                  args.min_seconds, sampler)
+        per = summarize(per_token, int(ids.shape[0]))
+        modes.append({"decoding": decoding, "new_tokens": new_tokens, "ttft_ms": summarize(ttft, 1)["latency_ms"],
+                      "ms_per_token": per["latency_ms"], "tokens_per_s": per["throughput"],
+                      "ttft_samples_ms": ttft, "samples_ms": per_token, "tokens": tokens[:16]})
+    first = modes[0]  # the row's own numbers
+    result["batch_size"], result["seq_len"], result["new_tokens"] = int(ids.shape[0]), int(ids.shape[1]), first["new_tokens"]
+    result["decoding"] = first["decoding"]
+    result.update(summarize(first["samples_ms"], result["batch_size"]))  # latency = ms per generated token
+    result["samples_ms"] = first["samples_ms"]
+    result["ttft_samples_ms"] = first["ttft_samples_ms"]
+    result["ttft_ms"] = first["ttft_ms"]
     result["tokens_per_s"] = 1000.0 * result["batch_size"] / result["latency_ms"]["p50"]
+    result["generation"] = modes
     result["io_binding"] = False
     return result
 
@@ -575,14 +635,24 @@ def parse_args(argv=None):
     parser.add_argument("--provider-options", type=json.loads, default=None, help="JSON object of provider options")
     parser.add_argument("--io-binding", choices=("auto", "on", "off"), default="auto",
                         help="bind inputs/outputs on the provider's device (auto: GPU providers only)")
-    parser.add_argument("--generate", type=int, default=0,
-                        help="a causal LM with past key/values: time greedy generation of this many tokens "
-                             "(time to first token, ms per token); eval writes next-token argmax and NLL")
+    parser.add_argument("--generate", default="0",
+                        help="a causal LM with past key/values: time generation of this many tokens (time to first "
+                             "token, ms per token; a comma list times each, the first is the row's); eval writes "
+                             "next-token argmax and NLL")
+    parser.add_argument("--decoding", default="greedy", help="with --generate: greedy, sampled, or both (comma list)")
+    parser.add_argument("--sampling", type=json.loads, default=None,
+                        help='with --decoding sampled: JSON {"temperature", "top_k", "top_p", "seed"}')
     parser.add_argument("--prompt-tokens", type=int, default=0, help="with --generate: prompt length (0: all)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--min-iterations", type=int, default=20)
     parser.add_argument("--min-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
+    try:
+        args.generate = [n for n in (int(v) for v in str(args.generate).split(",") if v.strip()) if n > 0]
+    except ValueError:
+        parser.error(f"--generate {args.generate}: a number of tokens, or a comma list of them")
+    if any(d.strip() not in ("greedy", "sampled") for d in args.decoding.split(",")):
+        parser.error(f"--decoding {args.decoding}: greedy, sampled, or both (comma list)")
     if not args.env and not (args.model and args.inputs and args.out):
         parser.error("--model, --inputs and --out are required (unless --env)")
     if args.eval and not args.eval_out:
