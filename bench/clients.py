@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent

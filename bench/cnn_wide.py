@@ -71,8 +71,13 @@ def matrix(model: Path, photos: Path, work: Path) -> list[dict]:
     """Every choice quantized as the stage does (pre-processing, QDQ over the task's operators, the CPU's weight
     format), scored on the held-out photos and timed interleaved against fp32."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from compress import quant_cnn, quant_tools
     from compress.recipe.schema import DataConfig

@@ -366,9 +366,7 @@ def check_run_dir(run_dir: Path, final: bool) -> list[str]:
     """The invariants after any kill: hashes match the manifest, no truncated file has a final name."""
     import numpy as np
 
-    from compress.artifacts import model_file
-
-    from compress.artifacts import sha256_path
+    from compress.artifacts import model_file, sha256_path
     from compress.sources import check_onnx
 
     problems = []

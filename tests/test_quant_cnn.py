@@ -9,13 +9,12 @@ import pytest
 from rich.console import Console
 
 from compress import quant_cnn, runner
-from compress.report import build, markdown
 from compress.recipe import parse_recipe
+from compress.report import build, markdown
 
 
 def _graph(middle: list[str], second: str, extra_consumer: bool = False):
     """x -> Conv(1->4, channel 0's gain 1000x) -> middle ops -> second conv (depthwise or 1x1) -> y."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
