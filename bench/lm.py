@@ -5,7 +5,7 @@ teacher's own completions that no student trained on):
 - untrained: the layers copied from the teacher, no training (the distill stage's quality before training);
 - control: trained for the same time budget on the recipe's human text (the critics' lines the prompts were
   made from) instead of the teacher's answers, cross-entropy only (`--set stages.1.train_on=data
-  --set "stages.1.losses={sequence: 1.0}"`);
+  --set stages.1.losses=null --set stages.1.loss=sequence`);
 - distilled: trained on the teacher's 1,800 training completions (the recipe as shipped).
 The recipe's bench gives the ONNX rows: tokens per second, time to first token, size, for teacher and students.
 """
@@ -28,8 +28,8 @@ def main() -> None:
     # and the layers the shipped run chose (layers auto would measure them again, on the human text)
     chosen = shipped["manifest"]["stages"]["distill"]["metrics"].get("layer_choice", {}).get("layers")
     same_layers = [f"stages.1.student.from_teacher={{layers: {chosen}}}"] if chosen else []
-    control = run_compress(RECIPE, control_dir, "stages.1.train_on=data", "stages.1.losses={sequence: 1.0}",
-                           *same_layers)
+    control = run_compress(RECIPE, control_dir, "stages.1.train_on=data", "stages.1.losses=null",
+                           "stages.1.loss=sequence", *same_layers)
     data = summarize(shipped, control)
     write_results("smollm2", render(data), data)
 
