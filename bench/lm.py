@@ -1,10 +1,11 @@
-"""`python -m bench lm`: sequence-level distillation of SmolLM2-135M-Instruct (recipes/smollm2-distill.yaml).
+"""`python -m bench lm`: distillation of SmolLM2-135M-Instruct (recipes/smollm2-distill.yaml).
 
 Three students of the same 15 teacher layers are scored on the same held-out teacher-style text (200 of the
 teacher's own completions that no student trained on):
 - untrained: the layers copied from the teacher, no training (the distill stage's quality before training);
 - control: trained for the same time budget on the recipe's human text (the critics' lines the prompts were
-  made from) instead of the teacher's answers (`--set stages.1.train_on=data`);
+  made from) instead of the teacher's answers, cross-entropy only (`--set stages.1.train_on=data
+  --set stages.1.losses=null --set stages.1.loss=sequence`);
 - distilled: trained on the teacher's 1,800 training completions (the recipe as shipped).
 The recipe's bench gives the ONNX rows: tokens per second, time to first token, size, for teacher and students.
 """
@@ -23,7 +24,12 @@ def main() -> None:
     control_dir = WORK / "smollm2-control"
     if not control_dir.exists():  # the teacher and its completions are the same: start from a copy (cached)
         shutil.copytree(WORK / "smollm2-distill", control_dir)
-    control = run_compress(RECIPE, control_dir, "stages.1.train_on=data")
+    # no teacher at all in the control: human text, cross-entropy only (token-kl would run the teacher online)
+    # and the layers the shipped run chose (layers auto would measure them again, on the human text)
+    chosen = shipped["manifest"]["stages"]["distill"]["metrics"].get("layer_choice", {}).get("layers")
+    same_layers = [f"stages.1.student.from_teacher={{layers: {chosen}}}"] if chosen else []
+    control = run_compress(RECIPE, control_dir, "stages.1.train_on=data", "stages.1.losses=null",
+                           "stages.1.loss=sequence", *same_layers)
     data = summarize(shipped, control)
     write_results("smollm2", render(data), data)
 
@@ -61,7 +67,7 @@ def summarize(shipped: dict, control: dict) -> dict:
 def render(d: dict) -> str:
     g, dist = d["generate"], d["distill"]
     lines = [
-        "# Sequence-level distillation of SmolLM2-135M-Instruct", "",
+        "# Distillation of SmolLM2-135M-Instruct", "",
         "Produced by `python -m bench lm` (recipes/smollm2-distill.yaml, then the same recipe with "
         "`--set stages.1.train_on=data` as the control). CPU only, 2 cores.", "",
         f"- Teacher completions: {g['completions']:,} ({g['train']:,} train, {g['eval']:,} held out), "

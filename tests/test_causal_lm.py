@@ -28,10 +28,10 @@ stages:
 """)
 
 
-GENERATE = ('  - {kind: generate, count: 40, eval_size: 8, max_new_tokens: 8, batch_size: 8, '
+GENERATE = ('  - {kind: generate, count: 40, eval_size: 8, max_new_tokens: 8, batch_size: 8, top_k: 4, '
             'prompt_template: "continue : {text}"}\n')
 FULL = GENERATE + """\
-  - {kind: distill, student: {from_teacher: {layers: [0, 3]}}, losses: {sequence: 1.0, token-kl: 1.0},
+  - {kind: distill, student: {from_teacher: {layers: auto, keep: 2}}, losses: {sequence: 1.0, token-kl: 1.0},
      max_steps: 6, batch_size: 8, eval_every: 3}
   - {kind: export}
   - {kind: quantize, schemes: [int4-weight], int4: {block_size: 16}}
@@ -68,6 +68,10 @@ def test_causal_lm_generate_writes_dataset_with_provenance(lm_run):
     assert sum(bool(r["completion"]) for r in rows) > 20
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["teacher"]["license"] == "apache-2.0" and provenance["teacher"]["sha256"]
+    # top_k: one distribution per generated token, the end token's included, and the ids to train on
+    assert all(len(r["completion_ids"]) == r["tokens"] + (r["finish"] == "eos") for r in rows)
+    assert provenance["topk"]["k"] == 4 and provenance["topk"]["positions"] == sum(len(r["completion_ids"]) for r in rows)
+    assert 0 < provenance["topk"]["mean_mass"] <= 1.0001
     assert provenance["settings"]["max_new_tokens"] == 8 and provenance["completions"] == 40
 
 
@@ -75,6 +79,8 @@ def test_causal_lm_distill_builds_half_depth_student_and_scores_it(lm_run):
     metrics = manifest(lm_run)["stages"]["distill"]["metrics"]
     assert (metrics["teacher_layers"], metrics["student_layers"]) == (4, 2)
     assert metrics["data"] == "generated:generated" and metrics["eval_sequences"] == 8
+    assert metrics["kl_targets"] == "cached top-k" and len(metrics["layer_choice"]["importance_kl"]) == 4
+    assert metrics["layer_choice"]["layers"] == [0, 3]  # keep 2: the first and the last
     for key in ("quality_before", "quality_after", "teacher_quality"):
         assert set(metrics[key]) >= {"perplexity", "agreement"}
     config = json.loads((lm_run / "artifacts" / "student" / "config.json").read_text())

@@ -31,7 +31,7 @@ SHRINK = {
     ],
     "smollm2-distill.yaml": [
         "data.eval_size=20", "stages.0.count=24", "stages.0.eval_size=8", "stages.0.max_new_tokens=8",
-        "stages.0.batch_size=12", "stages.1.student.from_teacher.layers=[0,29]", "stages.1.max_steps=2",
+        "stages.0.batch_size=12", "stages.1.student.from_teacher={layers: [0, 29]}", "stages.1.max_steps=2",
         "stages.1.max_minutes=null", "stages.1.eval_every=0", "stages.1.batch_size=8",
         "stages.4.seq_lens=[16]", "stages.4.new_tokens=4", "stages.4.rounds=1", "stages.4.min_iterations=1",
     ],

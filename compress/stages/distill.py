@@ -24,6 +24,7 @@ from compress.errors import StageError
 from compress.schema_base import StrictModel
 from compress.stages.distill_static import StaticSpec, run_static
 from compress.stages.distill_targets import UNLABELED, cached_teacher_outputs, teacher_outputs, with_unlabeled
+from compress.stages.layer_choice import FromTeacher
 from compress.tasks import embedding_head
 from compress.training import (
     Job,
@@ -38,14 +39,6 @@ from compress.training import (
 Loss = Literal["cosine", "mse", "similarity", "logit-kd", "hidden-mse", "attention", "sequence", "token-kl"]
 OUTPUT_LOSSES = ("cosine", "mse", "similarity", "logit-kd")
 _LAYER = re.compile(r"^(.*?\b(?:layer|layers|h|block))\.(\d+)\.(.*)$")
-
-
-class FromTeacher(StrictModel):
-    layers: list[int] = Field(min_length=1, description="Teacher layers to copy into the student, in order.")
-    ffn: float = Field(default=1.0, gt=0, le=1, description="Share of FFN neurons kept per layer, the most active "
-                       "on the recipe's texts (width pruning, compress/pruning.py; 1.0 keeps all).")
-    heads: float = Field(default=1.0, gt=0, le=1, description="Share of attention heads kept per layer, the most "
-                         "active on the recipe's texts (head_dim stays; 1.0 keeps all).")
 
 
 class VocabSpec(StrictModel):
@@ -111,6 +104,9 @@ class Config(TrainingConfig):
         default=False, description="Also save the student as it is before training (artifact student-initial, "
         "e.g. a pretrained model with an untrained projection), so the bench shows what distillation added.")
     temperature: float = Field(default=2.0, gt=0, description="logit-kd and token-kl: softmax temperature.")
+    kl_targets: Literal["auto", "cached", "online"] = Field(
+        default="auto", description="token-kl: the teacher's top-k kept by the generate stage (cached; its top_k), or "
+        "the teacher run in the loop (online: full distributions, a teacher forward per step); auto: cached if kept.")
     alpha: float = Field(default=0.5, ge=0, le=1, description="logit-kd: weight of the hard-label loss when labels exist.")
 
     @model_validator(mode="after")
@@ -259,6 +255,8 @@ def build_student(spec: StudentSpec, task, teacher_dir: Path, teacher, trust: bo
     try:
         if spec.from_teacher:
             layers, count = spec.from_teacher.layers, teacher.config.num_hidden_layers
+            if layers == "auto":
+                raise StageError("student.from_teacher.layers auto is measured for task causal-lm only; list the layers")
             if any(not 0 <= n < count for n in layers):
                 raise StageError(f"student.from_teacher.layers {layers}: the teacher has layers 0..{count - 1}")
             config = copy.deepcopy(teacher.config)

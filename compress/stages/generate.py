@@ -6,7 +6,9 @@ Generation runs in batches of prompts of similar length; each finished batch is 
 in the work dir, so an interrupted run resumes where it stopped and, batch seeds being fixed, writes what an
 uninterrupted run would have written. The artifact is a folder:
 
-    data.jsonl       {"id", "split": "train" | "eval", "prompt", "prompt_text", "completion", "finish"}
+    data.jsonl       {"id", "split": "train" | "eval", "prompt", "prompt_text", "completion", "finish"
+                      (+ with top_k "completion_ids": the generated ids, the end token included)}
+    topk.npz         with top_k: the teacher's top-k next-token log-probabilities per generated token (lm_topk.py)
     provenance.json  teacher (name, source, sha256, licence), settings, counts, time, versions
 """
 
@@ -23,6 +25,7 @@ from pydantic import Field
 
 from compress.errors import StageError
 from compress.schema_base import StageBase
+from compress.stages import lm_topk
 
 PROGRESS = "progress.jsonl"
 
@@ -48,6 +51,9 @@ class Config(StageBase):
     top_p: float = Field(default=0.9, gt=0, le=1, description="Nucleus sampling: keep this much probability mass.")
     batch_size: int = Field(default=16, ge=1, description="Prompts per generate call.")
     seed: int = Field(default=0, description="Seed of the prompt order and of each batch's sampling.")
+    top_k: int = Field(default=0, ge=0, le=256, description="Also keep the teacher's top-k next-token "
+                       "log-probabilities of every generated token (topk.npz, stages/lm_topk.py): the targets of "
+                       "token-level distillation (distill loss token-kl) without running the teacher again. 0: none.")
 
 
 def run(cfg: Config, ctx) -> list:
@@ -145,15 +151,20 @@ def _generate(model, tokenizer, rows: list[dict], cfg: Config) -> list[dict]:
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     with torch.inference_mode():
         out = model.generate(**encoded, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, **sampling)
+                             eos_token_id=eos, output_logits=bool(cfg.top_k), return_dict_in_generate=True,
+                             **sampling)
+        topk = lm_topk.capture(out.logits, cfg.top_k) if cfg.top_k else None
     eos_ids = set(eos if isinstance(eos, list) else [eos])
     records = []
-    for row, tokens in zip(rows, out[:, encoded["input_ids"].shape[1]:].tolist()):
+    for r, (row, tokens) in enumerate(zip(rows, out.sequences[:, encoded["input_ids"].shape[1]:].tolist())):
         cut = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
         kept = tokens if cut is None else tokens[:cut]
         records.append({"id": row["id"], "prompt": row["prompt"], "prompt_text": row["prompt_text"],
                         "completion": tokenizer.decode(kept, skip_special_tokens=True),
                         "finish": "length" if cut is None else "eos", "tokens": len(kept)})
+        if topk is not None:  # the steps that chose the kept tokens, and the end token when there is one
+            steps = len(kept) + (cut is not None)
+            records[-1].update(completion_ids=tokens[:steps], **lm_topk.row_record(topk[0][r], topk[1][r], steps))
     return records
 
 
@@ -202,6 +213,7 @@ def _card_license(path: Path) -> str | None:
 
 def _write(tmp: Path, rows: list[dict], provenance: dict) -> None:
     tmp.mkdir()
+    provenance["topk"] = lm_topk.write(tmp, rows)
     with open(tmp / "data.jsonl", "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -15,6 +15,7 @@ class Tokenized:
     ids: list[list[int]]
     scored: list[list[int]]  # 1 where token t is predicted and scored (token t, from tokens 0..t-1)
     source: str  # "generated:<artifact>" or "data"
+    topk: list | None = None  # per row (ids [n, k], logprobs [n, k]) of the teacher at its n scored positions
 
 
 def texts(ctx, train_on: str = "auto") -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
@@ -80,6 +81,14 @@ def pad_batch(tok: Tokenized, index: list[int], pad_id: int) -> dict:
         out["input_ids"][r, :n] = torch.tensor(tok.ids[i])
         out["attention_mask"][r, :n] = 1
         out["scored"][r, :n] = torch.tensor(tok.scored[i])
+    if tok.topk is not None:  # the teacher's distribution of token t sits at position t, like `scored`
+        k = tok.topk[index[0]][0].shape[1]
+        out["topk_ids"] = torch.zeros((len(index), width, k), dtype=torch.long)
+        out["topk_logp"] = torch.zeros((len(index), width, k), dtype=torch.float32)
+        for r, i in enumerate(index):
+            where = out["scored"][r].bool()
+            out["topk_ids"][r, where] = torch.from_numpy(tok.topk[i][0]).long()
+            out["topk_logp"][r, where] = torch.from_numpy(tok.topk[i][1])
     return out
 
 
