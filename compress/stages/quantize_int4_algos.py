@@ -1,0 +1,155 @@
+"""The weight quantizers of int4-weight (stages/quantize_int4.py): onnxruntime's MatMulNBitsQuantizer with the
+algorithm the recipe names, and an 8-bit blockwise packing of the vocabulary (embedding Gather, output MatMul).
+
+The 8-bit packing is ours, not onnxruntime's quantizer: symmetric blocks with scale absmax/127 and the default
+zero point 128, so that a table that was 8-bit already (a GGUF teacher's Q8_0 token_embd) comes back exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BITS8_ZERO = 128  # MatMulNBits' and GatherBlockQuantized's default zero point for 8 bits
+
+
+def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: Path | None = None):
+    """`model` (ModelProto) with its constant-weight MatMuls in 4 bits by `opts.algorithm`; `exclude` stay."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+    algorithm = opts.algorithm
+    if only and algorithm in ("k-quant", "gptq"):  # their weight config covers every MatMul: exclude the rest
+        exclude = list(exclude) + [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in only]
+    config = None
+    if algorithm == "k-quant":
+        config = mnq.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+    elif algorithm == "hqq":
+        config = mnq.HQQWeightOnlyQuantConfig(block_size=opts.block_size, bits=4, op_types_to_quantize=("MatMul",))
+    elif algorithm == "gptq":
+        config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calibration() if calibration else []),
+                                               op_types_to_quantize=("MatMul",))
+    quantizer = mnq.MatMulNBitsQuantizer(model, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric,
+                                         accuracy_level=opts.accuracy_level or None, op_types_to_quantize=("MatMul",),
+                                         nodes_to_exclude=list(exclude), nodes_to_include=list(only or []) or None,
+                                         algo_config=config)
+    quantizer.process()
+    return _proto(quantizer.model)
+
+
+def default_quantizer(model, bits: int, block_size: int, symmetric: bool, op_types, include=None, axes=None):
+    """onnxruntime's blockwise round-to-nearest quantizer over `op_types` (and `include`)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     op_types_to_quantize=tuple(op_types), quant_axes=axes,
+                                     nodes_to_include=list(include) if include else None)
+    quantizer.process()
+    return _proto(quantizer.model)
+
+
+def _proto(model):
+    return model.model if hasattr(model, "model") else model  # ONNXModel or ModelProto, by algorithm
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds (GPTQ deep-copies it once per use)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.index = list(feeds), 0
+
+    def get_next(self):
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+def vocabulary_matmuls(model) -> list[str]:
+    """MatMuls whose constant weight is [hidden, vocab] for an embedding Gather's [vocab, hidden] table: the output
+    projection (tied after fold_constant_transposes, or its own weight)."""
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    tables = {shapes[n.input[0]] for n in model.graph.node
+              if n.op_type == "Gather" and len(shapes.get(n.input[0], ())) == 2}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and len(shapes.get(n.input[1], ())) == 2
+            and shapes[n.input[1]][::-1] in tables]
+
+
+def _blocks8(matrix, block_size: int):
+    """Rows of `matrix` [rows, k] in symmetric 8-bit blocks along k: (uint8 [rows, blocks, block] zero-padded,
+    float32 scales [rows, blocks])."""
+    import numpy as np
+
+    rows, k = matrix.shape
+    blocks = -(-k // block_size)
+    padded = np.zeros((rows, blocks * block_size), dtype=np.float32)
+    padded[:, :k] = matrix
+    padded = padded.reshape(rows, blocks, block_size)
+    scales = np.abs(padded).max(axis=2) / 127.0
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(padded / scales[..., None]), -127, 127).astype(np.int16) + BITS8_ZERO
+    return q.astype(np.uint8), scales.astype(np.float32)
+
+
+def eight_bit_matmuls(model, names: list[str], block_size: int, accuracy_level: int | None) -> None:
+    """Replace the MatMuls `names` (constant weight [K, N]) by 8-bit MatMulNBits, in place."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    for index, node in enumerate(list(graph.node)):
+        if node.name not in names:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]])
+        k, n = weight.shape
+        q, scales = _blocks8(weight.T, block_size)
+        stem = f"{node.input[1]}_Q8"
+        graph.initializer.extend([numpy_helper.from_array(q, stem), numpy_helper.from_array(scales.reshape(-1),
+                                                                                          f"{stem}_scales")])
+        new = helper.make_node("MatMulNBits", [node.input[0], stem, f"{stem}_scales"], list(node.output),
+                               name=f"{node.name}_Q8", domain="com.microsoft", K=k, N=n, bits=8,
+                               block_size=block_size, **({"accuracy_level": accuracy_level} if accuracy_level else {}))
+        graph.node.remove(node)
+        graph.node.insert(index, new)
+    _drop_unused(model)
+
+
+def eight_bit_gathers(model, block_size: int) -> None:
+    """Replace each Gather of a constant [vocab, hidden] table by an 8-bit GatherBlockQuantized, in place."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    for index, node in enumerate(list(graph.node)):
+        table = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        values = numpy_helper.to_array(table)
+        q, scales = _blocks8(values, block_size)
+        stem = f"{table.name}_Q8"
+        data = q.reshape(values.shape[0], -1)[:, :values.shape[1]]
+        zero = numpy_helper.from_array(__import__("numpy").full(scales.shape, BITS8_ZERO, "uint8"), f"{stem}_zp")
+        graph.initializer.extend([numpy_helper.from_array(data.copy(), stem),
+                                  numpy_helper.from_array(scales, f"{stem}_scales"), zero])
+        new = helper.make_node("GatherBlockQuantized", [stem, node.input[1], f"{stem}_scales", f"{stem}_zp"],
+                               list(node.output), name=f"{node.name}_Q8", domain="com.microsoft", bits=8,
+                               block_size=block_size, gather_axis=0, quantize_axis=1)
+        graph.node.remove(node)
+        graph.node.insert(index, new)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _drop_unused(model)
+
+
+def _drop_unused(model) -> None:
+    graph = model.graph
+    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def save(model, dst: Path) -> None:
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(model).save_model_to_file(str(dst), use_external_data_format=False)
