@@ -38,8 +38,8 @@ def main(argv: list[str]) -> None:
         result = run_compress(RECIPE, WORK / "llm-int4", *sets)
         fp32, int4 = row(result["report"], "teacher.onnx"), row(result["report"], "teacher.int4-weight.onnx")
         rows[name] = {"sets": sets, "fp32": fp32, "int4": int4}
-        print(name, line(name, rows[name]), flush=True)
-    write_results("llm-int4", render(rows), rows)
+        print(line(name, rows[name]), flush=True)
+        write_results("llm-int4", render(rows), rows)  # after each option: a long sweep keeps what it measured
 
 
 def line(name: str, r: dict) -> str:

@@ -27,12 +27,24 @@ def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: 
     elif algorithm == "gptq":
         config = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(calibration() if calibration else []),
                                                op_types_to_quantize=("MatMul",))
-    quantizer = mnq.MatMulNBitsQuantizer(model, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric,
+    quantizer = _quantizer_class()(model, bits=4, block_size=opts.block_size, is_symmetric=opts.symmetric,
                                          accuracy_level=opts.accuracy_level or None, op_types_to_quantize=("MatMul",),
                                          nodes_to_exclude=list(exclude), nodes_to_include=list(only or []) or None,
                                          algo_config=config)
     quantizer.process()
     return _proto(quantizer.model)
+
+
+def _quantizer_class():
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    class Quantizer(MatMulNBitsQuantizer):
+        """onnxruntime's, but GPTQ keeps nodes_to_exclude too (its weight config otherwise covers every MatMul)."""
+
+        def _generate_q4_node_config(self):
+            config = super()._generate_q4_node_config()
+            return {**config, **dict.fromkeys(self.nodes_to_exclude & set(config), "fp32")}
+    return Quantizer
 
 
 def default_quantizer(model, bits: int, block_size: int, symmetric: bool, op_types, include=None, axes=None):
