@@ -18,8 +18,10 @@ from bench.common import ROOT, WORK, row, run_compress, write_results
 
 RECIPE = ROOT / "bench" / "recipes" / "smollm2-int4.yaml"
 OPTIONS = {  # name: recipe overrides of the quantize stage's int4 options
+    "q4_1-vocab8": ["algorithm=q4_1"],
+    "q4_1-vocab8-fp32-compute": ["algorithm=q4_1", "accuracy_level=0"],
     "rtn-sym-vocab4 (the old default)": ["symmetric=true", "embedding_bits=4"],
-    "rtn-asym-vocab8 (the default)": [],
+    "rtn-asym-vocab8": ["algorithm=rtn"],
     "rtn-asym-vocab4": ["embedding_bits=4"],
     "rtn-sym-vocab8": ["symmetric=true"],
     "k-quant-asym-vocab8": ["algorithm=k-quant"],
@@ -31,15 +33,21 @@ OPTIONS = {  # name: recipe overrides of the quantize stage's int4 options
 
 
 def main(argv: list[str]) -> None:
+    """argv: the options to run (name prefixes; default all); `--work NAME`: another work folder under
+    bench/.work (a copy of llm-int4, so that options run side by side); `--out NAME`: the results file's name."""
+    work, out = "llm-int4", "llm-int4"
+    while argv[:1] in (["--work"], ["--out"]):
+        work, out = (argv[1], out) if argv[0] == "--work" else (work, argv[1])
+        argv = argv[2:]
     names = [n for n in OPTIONS if not argv or any(n.startswith(a) for a in argv)]
     rows = {}
     for name in names:
         sets = [f"stages.2.int4.{s}" for s in OPTIONS[name]]
-        result = run_compress(RECIPE, WORK / "llm-int4", *sets)
+        result = run_compress(RECIPE, WORK / work, *sets)
         fp32, int4 = row(result["report"], "teacher.onnx"), row(result["report"], "teacher.int4-weight.onnx")
         rows[name] = {"sets": sets, "fp32": fp32, "int4": int4}
         print(line(name, rows[name]), flush=True)
-        write_results("llm-int4", render(rows), rows)  # after each option: a long sweep keeps what it measured
+        write_results(out, render(rows), rows)  # after each option: a long sweep keeps what it measured
 
 
 def line(name: str, r: dict) -> str:

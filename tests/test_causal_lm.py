@@ -104,7 +104,7 @@ def test_causal_lm_int4_quantizes_the_tied_output_projection(lm_run):
     assert not [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
 
 
-@pytest.mark.parametrize("algorithm", ["rtn", "k-quant", "hqq", "gptq"])
+@pytest.mark.parametrize("algorithm", ["rtn", "q4_1", "k-quant", "hqq", "gptq"])
 def test_causal_lm_int4_algorithm_quantizes_and_keeps_the_vocabulary_in_8_bits(lm_run, tmp_path, algorithm):
     import onnx
     import onnxruntime as ort

@@ -271,6 +271,33 @@ def test_quantize_int4_eight_bit_blocks_give_back_a_q8_0_table():
     np.testing.assert_allclose(restored.reshape(5, 96), table, rtol=1e-6, atol=0)  # float rounding only
 
 
+def test_quantize_int4_q4_1_gives_back_a_q4_1_matmul_exactly():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.stages.quantize_int4_algos import q4_1
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(1e-3, 1e-2, (48, 2, 1)).astype(np.float32)
+    m = rng.uniform(-0.1, 0.0, (48, 2, 1)).astype(np.float32)
+    q = rng.integers(0, 16, (48, 2, 32))
+    q[:, :, 0], q[:, :, 1] = 0, 15  # GGUF's Q4_1: each block's min and max are its q=0 and q=15
+    weight = (d * q + m).reshape(48, 64).T.astype(np.float32)  # [K=64, N=48]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 48])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 3, 64)).astype(np.float32)
+
+    quantized = q4_1(model, exclude=[], only=None, block_size=32, accuracy_level=None)
+
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("MatMulNBits") == 1 and "MatMul" in ops  # the minimum's share: a small fp32 MatMul
+    y = ort.InferenceSession(quantized.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-4, atol=1e-5)
+
+
 X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_1 avx avx2 fma f16c\n"
 X86_VNNI = "model name\t: Intel Xeon\nflags\t\t: sse4_1 avx avx2 avx512f avx512bw avx512_vnni\n"
 X86_AVXVNNI = "model name\t: Intel Core i7-12700\nflags\t\t: sse4_1 avx avx2 avx_vnni\n"

@@ -19,13 +19,16 @@ from pydantic import Field, field_validator
 from compress import quant_tools
 from compress.schema_base import StrictModel
 
-Algorithm = Literal["rtn", "k-quant", "hqq", "gptq"]
+Algorithm = Literal["rtn", "q4_1", "k-quant", "hqq", "gptq"]
 
 
 class Int4Options(StrictModel):
     algorithm: Algorithm = Field(
         default="rtn", description="How the 4-bit MatMul weights are found (onnxruntime's MatMulNBitsQuantizer): "
-        "rtn = round to nearest per block; k-quant = a per-block search of scale and zero point (llama.cpp's "
+        "rtn = round to nearest per block; q4_1 = GGUF's Q4_1: per block a "
+        "float scale and a float minimum (the minimum's share is a small fp32 MatMul of the input's per-block "
+        "sums: a Q4_1 GGUF teacher comes back exactly, to the int8 rounding of accuracy_level 4); k-quant = a "
+        "per-block search of scale and zero point (llama.cpp's "
         "k-quants' idea); hqq = half-quadratic optimization, float zero points (onnxruntime's CPU kernel "
         "de-quantizes those at every call: slow); gptq = error-compensating rounding calibrated on the recipe's "
         "texts (int4.calibration_size). The embedding Gather is always rtn.")

@@ -17,6 +17,8 @@ def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: 
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     algorithm = opts.algorithm
+    if algorithm == "q4_1":
+        return q4_1(model, exclude, only, opts.block_size, opts.accuracy_level)
     if only and algorithm in ("k-quant", "gptq"):  # their weight config covers every MatMul: exclude the rest
         exclude = list(exclude) + [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in only]
     config = None
@@ -33,6 +35,62 @@ def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: 
                                          algo_config=config)
     quantizer.process()
     return _proto(quantizer.model)
+
+
+def q4_1(model, exclude, only, block_size: int, accuracy_level: int | None):
+    """Each constant [K, N] MatMul weight (3-D input, K a multiple of `block_size`) as GGUF's Q4_1: per block of
+    the input dim, 4-bit q with a float scale d and a float minimum m (w = d*q + m; d, m from the block's min and
+    max). MatMulNBits takes d with zero point 0; the m part is x's per-block sums times m, a small fp32 MatMul
+    ([.., K/block] x [K/block, N]) added to it, shared by the MatMuls that read the same input. A Q4_1 teacher's
+    weights come back exactly: its blocks' min and max are q=0 and q=15 by construction."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    sums: dict[str, str] = {}
+    for node in list(graph.node):
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) > 1 else None
+        if (weight is None or len(weight.dims) != 2 or weight.dims[0] % block_size or node.name in exclude
+                or (only and node.name not in only)):
+            continue
+        w = numpy_helper.to_array(weight).astype(np.float32)
+        k, n = w.shape
+        blocks = k // block_size
+        tiles = w.T.reshape(n, blocks, block_size)
+        low, high = tiles.min(axis=2), tiles.max(axis=2)
+        scale = (high - low) / 15.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint((tiles - low[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
+        stem = f"{weight.name}_Q4_1"
+        graph.initializer.extend([
+            numpy_helper.from_array(q[..., 0::2] | (q[..., 1::2] << 4), stem),
+            numpy_helper.from_array(scale.reshape(-1).astype(np.float32), f"{stem}_scales"),
+            numpy_helper.from_array(np.zeros(n * ((blocks + 1) // 2), np.uint8), f"{stem}_zp"),
+            numpy_helper.from_array(np.ascontiguousarray(low.T.astype(np.float32)), f"{stem}_min")])
+        x, out = node.input[0], node.output[0]
+        new = [helper.make_node("MatMulNBits", [x, stem, f"{stem}_scales", f"{stem}_zp"], [f"{out}_q4"],
+                                name=f"{node.name}_Q4", domain="com.microsoft", K=k, N=n, bits=4,
+                                block_size=block_size, **({"accuracy_level": accuracy_level} if accuracy_level else {}))]
+        if (x, block_size) not in sums:
+            sums[(x, block_size)] = f"{x}_block_sums"
+            graph.initializer.extend([
+                numpy_helper.from_array(np.asarray([0, 0, blocks, block_size], np.int64), f"{x}_block_shape"),
+                numpy_helper.from_array(np.asarray([-1], np.int64), f"{x}_block_axis")])
+            new += [helper.make_node("Reshape", [x, f"{x}_block_shape"], [f"{x}_blocks"], name=f"{node.name}_blocks"),
+                    helper.make_node("ReduceSum", [f"{x}_blocks", f"{x}_block_axis"], [sums[(x, block_size)]],
+                                     name=f"{node.name}_block_sums", keepdims=0)]
+        new += [helper.make_node("MatMul", [sums[(x, block_size)], f"{stem}_min"], [f"{out}_min"],
+                                 name=f"{node.name}_min"),
+                helper.make_node("Add", [f"{out}_q4", f"{out}_min"], [out], name=f"{node.name}_add_min")]
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        for offset, item in enumerate(new):
+            graph.node.insert(index + offset, item)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _drop_unused(model)
+    return model
 
 
 def _quantizer_class():
