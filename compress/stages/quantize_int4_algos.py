@@ -17,8 +17,10 @@ def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: 
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     algorithm = opts.algorithm
-    if algorithm == "q4_1":
-        return q4_1(model, exclude, only, opts.block_size, opts.accuracy_level)
+    if algorithm == "q4_1":  # then round to nearest for what it leaves (K not a multiple of the block)
+        added: list[str] = []
+        model = q4_1(model, exclude, only, opts.block_size, opts.accuracy_level, added)
+        exclude = list(exclude) + added
     if only and algorithm in ("k-quant", "gptq"):  # their weight config covers every MatMul: exclude the rest
         exclude = list(exclude) + [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in only]
     config = None
@@ -37,7 +39,7 @@ def four_bit(opts, model, exclude: list[str], only=None, calibration=None, src: 
     return _proto(quantizer.model)
 
 
-def q4_1(model, exclude, only, block_size: int, accuracy_level: int | None):
+def q4_1(model, exclude, only, block_size: int, accuracy_level: int | None, added: list | None = None):
     """Each constant [K, N] MatMul weight (3-D input, K a multiple of `block_size`) as GGUF's Q4_1: per block of
     the input dim, 4-bit q with a float scale d and a float minimum m (w = d*q + m; d, m from the block's min and
     max). MatMulNBits takes d with zero point 0; the m part is x's per-block sums times m, a small fp32 MatMul
@@ -83,6 +85,8 @@ def q4_1(model, exclude, only, block_size: int, accuracy_level: int | None):
         new += [helper.make_node("MatMul", [sums[(x, block_size)], f"{stem}_min"], [f"{out}_min"],
                                  name=f"{node.name}_min"),
                 helper.make_node("Add", [f"{out}_q4", f"{out}_min"], [out], name=f"{node.name}_add_min")]
+        if added is not None:  # the fp32 MatMuls of the minimums: no later pass may quantize them
+            added.append(f"{node.name}_min")
         index = list(graph.node).index(node)
         graph.node.remove(node)
         for offset, item in enumerate(new):
