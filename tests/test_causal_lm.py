@@ -149,7 +149,7 @@ def test_causal_lm_bench_reports_generation_speed_and_quality(lm_run):
         assert row["quality"]["human_perplexity"] > 1 and row["quality"]["human_perplexity"] != row["quality"]["perplexity"]
     assert rows["teacher.onnx"]["quality"]["agreement"] == 1.0 and rows["teacher.onnx"]["is_baseline"]
     assert rows["teacher.onnx"]["quality"]["human_agreement"] == 1.0 and "settings" not in rows["teacher.onnx"]
-    settings = "rtn, block 16, asymmetric, int8 compute, vocabulary 8-bit"
+    settings = "q4_1, block 16, asymmetric, int8 compute, vocabulary 8-bit"
     assert rows["teacher.int4-weight.onnx"]["settings"] == settings
     markdown = (lm_run / "report.md").read_text()
     assert "| TTFT ms | tokens/s |" in markdown and "perplexity" in markdown and "human_perplexity" in markdown

@@ -243,8 +243,8 @@ def test_quantize_config_refuses_unknown_int4_options(options, error):
 
 
 @pytest.mark.parametrize("task, given, expected", [
-    ("causal-lm", {}, {"symmetric": False, "embedding_bits": 8, "accuracy_level": 4, "algorithm": "rtn"}),
-    ("sentence-embedding", {}, {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0}),
+    ("causal-lm", {}, {"symmetric": False, "embedding_bits": 8, "accuracy_level": 4, "algorithm": "q4_1"}),
+    ("sentence-embedding", {}, {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0, "algorithm": "rtn"}),
     ("causal-lm", {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0},
      {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0}),
 ])

@@ -23,15 +23,16 @@ Algorithm = Literal["rtn", "q4_1", "k-quant", "hqq", "gptq"]
 
 
 class Int4Options(StrictModel):
-    algorithm: Algorithm = Field(
-        default="rtn", description="How the 4-bit MatMul weights are found (onnxruntime's MatMulNBitsQuantizer): "
+    algorithm: Algorithm | None = Field(
+        default=None, description="How the 4-bit MatMul weights are found (onnxruntime's MatMulNBitsQuantizer): "
         "rtn = round to nearest per block; q4_1 = GGUF's Q4_1: per block a "
         "float scale and a float minimum (the minimum's share is a small fp32 MatMul of the input's per-block "
         "sums: a Q4_1 GGUF teacher comes back exactly, to the int8 rounding of accuracy_level 4); k-quant = a "
         "per-block search of scale and zero point (llama.cpp's "
         "k-quants' idea); hqq = half-quadratic optimization, float zero points (onnxruntime's CPU kernel "
         "de-quantizes those at every call: slow); gptq = error-compensating rounding calibrated on the recipe's "
-        "texts (int4.calibration_size). The embedding Gather is always rtn.")
+        "texts (int4.calibration_size). The embedding Gather is always rtn. Default: q4_1 for causal-lm (SmolLM2's "
+        "Q4_1 teacher: the only option within 10% of its perplexity), rtn otherwise.")
     block_size: int = Field(default=32, ge=16, description="Weights per quantization block (a power of 2).")
     symmetric: bool | None = Field(
         default=None, description="Symmetric blocks (no zero point). Default: asymmetric for causal-lm (a "
@@ -61,7 +62,8 @@ class Int4Options(StrictModel):
 def resolved(opts: Int4Options, task: str) -> Int4Options:
     """`opts` with every default chosen for `task` (what measured best: bench/results/*-llm-int4.md)."""
     llm = task == "causal-lm"  # memory-bound decoding: int8 compute, asymmetric blocks, an 8-bit vocabulary
-    pick = {"accuracy_level": 4 if llm else 0, "embeddings": True, "symmetric": not llm,
+    pick = {"algorithm": "q4_1" if llm else "rtn", "accuracy_level": 4 if llm else 0, "embeddings": True,
+            "symmetric": not llm,
             "embedding_bits": 8 if llm else 4}
     return opts.model_copy(update={k: v for k, v in pick.items() if getattr(opts, k) is None})
 
