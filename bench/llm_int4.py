@@ -73,7 +73,7 @@ def render(rows: dict) -> str:
              "the ratios, each measured in one run (fp32 teacher and int4 variant interleaved, 3 rounds), not "
              "absolute tokens/s across rows.", "",
              "Bench: greedy decoding through the key/value cache, 64-token prompt, 32 new tokens, batch 1, 1 thread "
-             "(the recipe's). Quality with onnxruntime: perplexity on 128 held-out teacher completions and on 200 "
+             "(the recipe's). Quality with onnxruntime: perplexity on 32 held-out teacher completions and on 200 "
              "held-out Rotten Tomatoes lines (human-written, never trained on); agreement = share of scored "
              "positions where the variant's greedy next token is the fp32 teacher's. In brackets: the fp32 "
              "teacher of the same run.", "",
