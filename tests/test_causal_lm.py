@@ -106,9 +106,44 @@ def test_causal_lm_int4_quantizes_the_tied_output_projection(lm_run):
     ops = [n.op_type for n in model.graph.node]
     # 4 layers x 7 projections + the output projection, whose weight was Transpose(embeddings) before folding
     assert ops.count("MatMulNBits") == 4 * 7 + 1
-    assert ops.count("GatherBlockQuantized") == 1  # the embedding table, 4 bits too (default for causal-lm)
+    assert ops.count("GatherBlockQuantized") == 1  # the embedding table: 8 bits, as the output projection
     initializers = {i.name for i in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "q4_1", "k-quant", "hqq", "gptq"])
+def test_causal_lm_int4_algorithm_quantizes_and_keeps_the_vocabulary_in_8_bits(lm_run, tmp_path, algorithm):
+    import onnx
+    import onnxruntime as ort
+
+    from compress.stages import quantize_int4
+    from compress.tasks.causal_lm import next_token_stats
+
+    source = lm_run / "artifacts" / "teacher.onnx"
+    opts = quantize_int4.resolved(quantize_int4.Int4Options(algorithm=algorithm, block_size=16, calibration_size=2),
+                                  "causal-lm")
+    ids = np.asarray([[1, 5, 9, 12, 7, 20]], dtype=np.int64)
+    feeds = [{"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(6)[None]}]
+    for value in onnx.load(str(source / "model.onnx")).graph.input:
+        if value.name.startswith("past_key_values"):
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            feeds[0][value.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
+    options: dict = {}
+
+    quantize_int4.int4(opts, source / "model.onnx", tmp_path / "model.onnx", options, calibration=lambda: feeds)
+
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    bits = {n.op_type + str(next(a.i for a in n.attribute if a.name == "bits")) for n in model.graph.node
+            if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+    assert bits == {"MatMulNBits4", "MatMulNBits8", "GatherBlockQuantized8"}
+    assert options["settings"].startswith(f"{algorithm}, block 16, ") and "vocabulary 8-bit" in options["settings"]
+    logits = ort.InferenceSession(str(tmp_path / "model.onnx")).run(["logits"], feeds[0])[0]
+    reference = ort.InferenceSession(str(source / "model.onnx")).run(["logits"], feeds[0])[0]
+    import torch
+
+    argmax, _ = next_token_stats(torch.from_numpy(logits), torch.from_numpy(ids))
+    expected, _ = next_token_stats(torch.from_numpy(reference), torch.from_numpy(ids))
+    assert np.isfinite(logits).all() and (argmax == expected).float().mean() >= 0.5
 
 
 def test_causal_lm_bench_reports_generation_speed_and_quality(lm_run):
@@ -117,10 +152,15 @@ def test_causal_lm_bench_reports_generation_speed_and_quality(lm_run):
     assert set(rows) == {"teacher.onnx", "student.onnx", "teacher.int4-weight.onnx", "student.int4-weight.onnx"}
     for row in rows.values():
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 and row["size_mb"] > 0
-        assert set(row["quality"]) >= {"perplexity", "agreement"}
+        assert set(row["quality"]) >= {"perplexity", "agreement", "human_perplexity", "human_agreement"}
+        assert row["quality"]["human_perplexity"] > 1 and row["quality"]["human_perplexity"] != row["quality"]["perplexity"]
     assert rows["teacher.onnx"]["quality"]["agreement"] == 1.0 and rows["teacher.onnx"]["is_baseline"]
+    assert rows["teacher.onnx"]["quality"]["human_agreement"] == 1.0 and "settings" not in rows["teacher.onnx"]
+    settings = "q4_1, block 16, asymmetric, int8 compute, vocabulary 8-bit"
+    assert rows["teacher.int4-weight.onnx"]["settings"] == settings
     markdown = (lm_run / "report.md").read_text()
-    assert "| TTFT ms | tokens/s |" in markdown and "perplexity" in markdown
+    assert "| TTFT ms | tokens/s |" in markdown and "perplexity" in markdown and "human_perplexity" in markdown
+    assert f"teacher.int4-weight.onnx was quantized with: {settings}" in markdown
     assert "milliseconds per generated token" in markdown
 
 

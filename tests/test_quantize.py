@@ -232,6 +232,72 @@ def test_quantize_config_checks_int4_block_size(block_size, ok):
             quantize.Int4Options(block_size=block_size)
 
 
+@pytest.mark.parametrize("options, error", [
+    ({"algorithm": "awq"}, "algorithm"), ({"embedding_bits": 6}, "embedding_bits"), ({"calibration_size": 0}, "calibration_size"),
+])
+def test_quantize_config_refuses_unknown_int4_options(options, error):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=error):
+        quantize.Int4Options(**options)
+
+
+@pytest.mark.parametrize("task, given, expected", [
+    ("causal-lm", {}, {"symmetric": False, "embedding_bits": 8, "accuracy_level": 4, "algorithm": "q4_1"}),
+    ("sentence-embedding", {}, {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0, "algorithm": "rtn"}),
+    ("causal-lm", {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0},
+     {"symmetric": True, "embedding_bits": 4, "accuracy_level": 0}),
+])
+def test_quantize_int4_defaults_depend_on_the_task_unless_set(task, given, expected):
+    from compress.stages import quantize_int4
+
+    opts = quantize_int4.resolved(quantize.Int4Options(**given), task)
+
+    assert {k: getattr(opts, k) for k in expected} == expected
+
+
+def test_quantize_int4_eight_bit_blocks_give_back_a_q8_0_table():
+    from compress.stages.quantize_int4_algos import BITS8_ZERO, _blocks8
+
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(1e-3, 1e-2, (5, 3)).astype(np.float16).astype(np.float32)  # GGUF stores them in fp16
+    q = rng.integers(-127, 128, (5, 3, 32))
+    q[:, :, 0] = 127  # each Q8_0 block's largest magnitude is 127 by construction
+    table = (q * scales[..., None]).reshape(5, 96).astype(np.float32)
+
+    packed, found = _blocks8(table, 32)
+
+    restored = (packed.astype(np.float32) - BITS8_ZERO) * found[..., None]
+    np.testing.assert_allclose(restored.reshape(5, 96), table, rtol=1e-6, atol=0)  # float rounding only
+
+
+def test_quantize_int4_q4_1_gives_back_a_q4_1_matmul_exactly():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from compress.stages.quantize_int4_algos import q4_1
+
+    rng = np.random.default_rng(0)
+    d = rng.uniform(1e-3, 1e-2, (48, 2, 1)).astype(np.float32)
+    m = rng.uniform(-0.1, 0.0, (48, 2, 1)).astype(np.float32)
+    q = rng.integers(0, 16, (48, 2, 32))
+    q[:, :, 0], q[:, :, 1] = 0, 15  # GGUF's Q4_1: each block's min and max are its q=0 and q=15
+    weight = (d * q + m).reshape(48, 64).T.astype(np.float32)  # [K=64, N=48]
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 48])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = rng.standard_normal((1, 3, 64)).astype(np.float32)
+
+    quantized = q4_1(model, exclude=[], only=None, block_size=32, accuracy_level=None)
+
+    ops = [n.op_type for n in quantized.graph.node]
+    assert ops.count("MatMulNBits") == 1 and "MatMul" in ops  # the minimum's share: a small fp32 MatMul
+    y = ort.InferenceSession(quantized.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ weight, rtol=1e-4, atol=1e-5)
+
+
 X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_1 avx avx2 fma f16c\n"
 X86_VNNI = "model name\t: Intel Xeon\nflags\t\t: sse4_1 avx avx2 avx512f avx512bw avx512_vnni\n"
 X86_AVXVNNI = "model name\t: Intel Core i7-12700\nflags\t\t: sse4_1 avx avx2 avx_vnni\n"

@@ -168,6 +168,8 @@ def variant_runtimes(manifest: dict) -> dict:
                 "size_bytes": size, "int8_dynamic_bytes": reference,
                 "why": (meta.get("scheme_options") or {}).get("size_note") or "no reason recorded"}
         options = meta.get("scheme_options") or {}
+        if options.get("settings"):  # int4-weight's algorithm, block, zero points, compute type, vocabulary bits
+            entry["settings"] = options["settings"]
         if options.get("form"):  # int8-dynamic's graph form for this CPU (compress/int8_form.py)
             entry["int8_form"] = {"form": options["form"], "why": options.get("form_why") or "no reason recorded"}
         found[name] = entry

@@ -169,6 +169,7 @@ def _decision_row(row: dict, ok: list[dict], headline: str, max_drop: float, pri
         "setting": setting_label(row), "size_mb": num(row.get("size_mb")),
         "seq_len_median": row.get("seq_len_median"), "real_lengths": row.get("real_lengths"),
         "placement": row.get("placement"),  # GPU rows: nodes per provider, compute ops left on the CPU
+        **({"settings": row["settings"]} if row.get("settings") else {}),  # int4: algorithm, block, zero points...
         "size_ratio": ratio(row.get("size_mb"), (base or {}).get("size_mb")),
         "p50_ms": p50, "p90_ms": num(latency.get("p90")), "p99_ms": num(latency.get("p99")),
         "rounds_p50_ms": latency.get("rounds_p50") or [], "throughput": num(row.get("throughput")),

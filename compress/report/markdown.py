@@ -232,6 +232,8 @@ def runtime_lines(runtimes: dict) -> list[str]:
         if larger:
             lines.append(f"- {name} is larger than int8-dynamic ({larger['size_bytes'] / 1e6:.1f} vs "
                          f"{larger['int8_dynamic_bytes'] / 1e6:.1f} MB): {larger['why']}")
+        if info.get("settings"):
+            lines.append(f"- {name} was quantized with: {info['settings']}")
         form = info.get("int8_form")
         if form:
             lines.append(f"- {name} is in the {form['form']} int8 form: {form['why']}")

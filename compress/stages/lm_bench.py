@@ -5,7 +5,8 @@ Each measurement runs the device harness (compress/targets/harness.py --generate
 sampled decoding and more token counts, stages/lm_generation.py). A row's latency is
 milliseconds per generated token (so the speed-up column compares decoding speed), with the time to first
 token (the prefill) and tokens per second beside it. Quality is measured once per variant on held-out
-teacher-style text: perplexity, and agreement with the fp32 teacher's greedy next tokens.
+teacher-style text: perplexity, and agreement with the fp32 teacher's greedy next tokens; and on the recipe's
+held-out human-written data texts (human_perplexity, human_agreement).
 Variants are interleaved round by round (A B A B) by the bench engine (stages/bench_engine.py), as in the
 generic bench. There is no PyTorch baseline row: the teacher's fp32 ONNX export is the reference.
 """
@@ -43,6 +44,7 @@ def run(cfg, ctx) -> list:
     rows = [_row(c, results[c.id], quality, targets[c.target].emulated) for c in cells]
     engine.check_strict(cfg, rows)
     settings = {**cfg.model_dump(mode="json"), "eval_size": inputs.eval_sequences, "eval_text": inputs.source,
+                "human_eval_size": inputs.human_sequences,
                 "unit": "ms per generated token"}
     return [engine.save_results(ctx, cells, results, rows, envs, targets, settings)]
 
@@ -69,29 +71,37 @@ class _Inputs:
                 path = self.folder / f"lm-prompt-b{batch}-s{length}.npz"
                 engine.savez(path, {"input_ids": __import__("numpy").asarray([ids] * batch, dtype="int64")})
                 self.prompts[(batch, length)] = path
+        human = text.human_pairs(ctx)[:limit]
+        self.human_tok = text.tokenize(tokenizer, human, ctx.recipe.data.max_length, "data") if human else None
+        self.human_sequences = len(self.human_tok.ids) if self.human_tok else 0
         self.eval_path = self.folder / "lm-eval.npz"
-        self.order = sorted(range(self.eval_sequences), key=lambda i: len(self.eval_tok.ids[i]))
-        arrays = {}
-        for b, start in enumerate(range(0, len(self.order), EVAL_BATCH)):
-            batch = text.pad_batch(self.eval_tok, self.order[start:start + EVAL_BATCH], tokenizer.pad_token_id)
-            arrays[f"b{b}_input_ids"] = batch["input_ids"].numpy()
-            arrays[f"b{b}_attention_mask"] = batch["attention_mask"].numpy()
+        arrays, self.sets, b = {}, {}, 0
+        for key, tok in (("teacher", self.eval_tok), ("human", self.human_tok)):
+            if tok is None or not tok.ids:
+                continue
+            order = sorted(range(len(tok.ids)), key=lambda i, t=tok: len(t.ids[i]))
+            self.sets[key] = (tok, order, b)  # one npz: the teacher text's batches, then the human text's
+            for start in range(0, len(order), EVAL_BATCH):
+                batch = text.pad_batch(tok, order[start:start + EVAL_BATCH], tokenizer.pad_token_id)
+                arrays[f"b{b}_input_ids"] = batch["input_ids"].numpy()
+                arrays[f"b{b}_attention_mask"] = batch["attention_mask"].numpy()
+                b += 1
         engine.savez(self.eval_path, arrays)
 
-    def flatten(self, path: Path):
-        """(argmax, nll) of an eval output npz, per sequence in the original order, concatenated."""
+    def flatten(self, path: Path, key: str = "teacher"):
+        """(argmax, nll) of an eval output npz for the text set `key`, per sequence in the original order,
+        concatenated."""
         import numpy as np
 
-        with np.load(path) as data:
-            n = len([k for k in data.files if k.endswith("_argmax")])
-            argmax = [data[f"b{b}_argmax"] for b in range(n)]
-            nll = [data[f"b{b}_nll"] for b in range(n)]
+        tok, order, first = self.sets[key]
         rows: dict[int, tuple] = {}
-        for b, start in enumerate(range(0, len(self.order), EVAL_BATCH)):
-            for r, i in enumerate(self.order[start:start + EVAL_BATCH]):
-                length = len(self.eval_tok.ids[i])
-                rows[i] = (argmax[b][r, :length], nll[b][r, :length])
-        ordered = [rows[i] for i in range(self.eval_sequences)]
+        with np.load(path) as data:
+            for b, start in enumerate(range(0, len(order), EVAL_BATCH), start=first):
+                argmax, nll = data[f"b{b}_argmax"], data[f"b{b}_nll"]
+                for r, i in enumerate(order[start:start + EVAL_BATCH]):
+                    length = len(tok.ids[i])
+                    rows[i] = (argmax[r, :length], nll[r, :length])
+        ordered = [rows[i] for i in range(len(tok.ids))]
         return np.concatenate([a for a, _ in ordered]), np.concatenate([x for _, x in ordered])
 
 
@@ -120,19 +130,32 @@ def _measure(cfg, cell, inputs: _Inputs, want_eval: bool, work: Path, budget, ta
 
 
 def _quality(variants, inputs: _Inputs, eval_out: dict) -> dict:
+    """Perplexity and agreement on held-out teacher text; on the data's human text too (human_perplexity,
+    human_agreement: with the fp32 teacher's greedy next token there)."""
     from compress.stages.lm_text import scored_mask
     from compress.tasks.causal_lm import score
 
-    mask = scored_mask(inputs.eval_tok)
-    stats = {key: inputs.flatten(path) for key, path in eval_out.items()}
     reference_variant = next((v.name for v in variants if v.role == "teacher" and v.precision == "fp32"), None)
-    reference = next((stats[k][0] for k in stats if k[0] == reference_variant), None)
-    return {key: score(argmax, nll, mask, reference) | ({} if reference is not None else {"agreement": None})
-            for key, (argmax, nll) in stats.items()}
+    out: dict = {key: {} for key in eval_out}
+    for name, (tok, _, _) in inputs.sets.items():
+        mask = scored_mask(tok)
+        stats = {key: inputs.flatten(path, name) for key, path in eval_out.items()}
+        reference = next((stats[k][0] for k in stats if k[0] == reference_variant), None)
+        prefix = "" if name == "teacher" else f"{name}_"
+        for key, (argmax, nll) in stats.items():
+            scores = score(argmax, nll, mask, reference) | ({} if reference is not None else {"agreement": None})
+            if prefix:
+                scores = {f"{prefix}{k}": v for k, v in scores.items() if k in ("perplexity", "agreement")}
+            out[key].update(scores)
+    return out
 
 
 def _row(cell, results: list[dict], quality: dict, emulated: bool) -> dict:
     row = engine.row(cell, results, quality, emulated)
+    from compress.tasks.common import read_json
+
+    settings = read_json(cell.variant.folder / "compress.json").get("settings")  # int4: algorithm, block...
+    row.update({"settings": settings} if settings else {})
     row["new_tokens"] = next((r.get("new_tokens") for r in results if r.get("status") == "ok"), None)
     ok = [r for r in results if r.get("status") == "ok"]
     if ok:

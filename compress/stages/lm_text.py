@@ -45,6 +45,17 @@ def texts(ctx, train_on: str = "auto") -> tuple[list[tuple[str, str]], list[tupl
     return pairs(rows["train"]), pairs(rows["eval"]), f"generated:{artifact.name}"
 
 
+def human_pairs(ctx) -> list[tuple[str, str]]:
+    """The recipe's held-out data texts (human-written, never trained on), as pairs with no context: a second
+    quality measure beside the teacher's own held-out completions. Empty when there is no generated dataset
+    (the held-out text is the data's already)."""
+    from compress.data import load_dataset
+
+    if not ctx.of_format("dataset"):
+        return []
+    return [("", t) for t in load_dataset(ctx.recipe.data).eval.texts]
+
+
 def tokenize(tokenizer, pairs: list[tuple[str, str]], max_length: int, source: str) -> Tokenized:
     eos = tokenizer.eos_token or ""
     ids, scored = [], []

@@ -22,12 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from compress import quant_check, quant_tools, sensitivity
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 from compress.stages import quantize_int8
+from compress.stages.quantize_int4 import Int4Options
 
 Scheme = Literal["int8-dynamic", "int8-portable", "int8-static", "int4-weight", "fp16"]
 
@@ -71,26 +72,6 @@ class Int8Options(StrictModel):
         default=True, description="int8-static: keep MatMuls fed by GELU in float (their activation outliers "
         "cost MiniLM 7 points of cosine)."
     )
-
-
-class Int4Options(StrictModel):
-    block_size: int = Field(default=32, ge=16, description="Weights per quantization block (a power of 2).")
-    symmetric: bool = Field(default=True, description="Symmetric blocks (no zero point).")
-    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
-        default=None, description="onnxruntime's MatMulNBits compute type: 0 = the input's (fp32 on CPU), 4 = int8, "
-        "which makes int4 decoding fast on CPU (SmolLM2-135M: 2.5x fp32's tokens/s, vs 1.1x with 0). Default: 4 "
-        "for causal-lm, 0 for the encoder tasks (compute-bound: int4 there is about size, not speed).")
-    embeddings: bool | None = Field(
-        default=None, description="Also quantize the token embedding table (Gather, 4 bits): a causal LM's "
-        "largest single tensor (SmolLM2-135M: 199 -> 103 MB), and most of a small encoder (all-MiniLM-L6-v2: "
-        "58 -> 16 MB, with its attention weights). Upgrades the model to opset 21. Default: yes.")
-
-    @field_validator("block_size")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value & (value - 1):
-            raise ValueError(f"block_size {value} is not a power of 2 (use 16, 32, 64, 128...)")
-        return value
 
 
 def _seconds(value):
@@ -285,6 +266,7 @@ def _size(path: Path) -> int:
 
 
 def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exclude=None, only=None) -> None:
+    from compress.stages import quantize_int4
     from compress.tasks.common import read_json, write_json
 
     # Everything but the model travels unchanged (tokenizer, pooling config); the source stays untouched.
@@ -307,7 +289,7 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
     # The timing is not written into the artifact: its bytes (and hash) must not depend on the machine's load.
     write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme,
                                        "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"},
-                                       "runtimes": _runtimes(dst)})
+                                       "runtimes": _runtimes(dst), **quantize_int4.recorded(scheme, options)})
 
 
 def _runtimes(path: Path) -> dict:
@@ -337,11 +319,8 @@ def _scheme(cfg: Config, ctx, source, scheme: str, src: Path, dst: Path, options
     elif scheme == "int8-static":
         quantize_int8.int8_static(cfg.int8, ctx, source, src, dst, options, exclude, only)
     elif scheme == "int4-weight":
-        llm = ctx.recipe.task == "causal-lm"  # memory-bound decoding: int8 compute, embeddings in 4 bits
-        opts = cfg.int4.model_copy(update={
-            "accuracy_level": (4 if llm else 0) if cfg.int4.accuracy_level is None else cfg.int4.accuracy_level,
-            "embeddings": True if cfg.int4.embeddings is None else cfg.int4.embeddings})
-        quantize_int4.int4(opts, src, dst, options, exclude, only)
+        opts = quantize_int4.resolved(cfg.int4, ctx.recipe.task)
+        quantize_int4.int4(opts, src, dst, options, exclude, only, quantize_int4.calibration(ctx, source, opts))
     else:
         _fp16(src, dst, options)
 
