@@ -1,6 +1,7 @@
 """int8-static for CNNs (compress/quant_cnn.py, issue 34 part 3): cross-layer equalization is exact in fp32 and
 evens the channels out; the stage equalizes a CNN whose channel gains differ by 1000x, tries the calibration
-choices and reports them."""
+choices and reports them; unequalized, the mixed-precision search (compress/quant_mixed.py) keeps the crushed
+activation in float and names it."""
 
 from __future__ import annotations
 
@@ -101,13 +102,15 @@ def wide():
 """
 
 
-@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below", [
-    ("{calibration_size: 32}", True, 6, 0.95, None),          # equalized, 3 methods x per-channel on and off
-    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None),
-    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.0, 0.5),  # the weakness
+@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below, kept", [
+    ("{calibration_size: 32}", True, 6, 0.95, None, None),          # equalized, 3 methods x per-channel on and off
+    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None, None),
+    ("{calibration_size: 32, equalize: false, calibration_search: [], mixed: {target: 0}}", False, 0, 0.0, 0.5,
+     0),                                                                                       # the weakness
+    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.9, None, 1),  # mixed mends it
 ])
 def test_quantize_cnn_int8_static_equalizes_and_reports_the_calibration_choices(
-        tmp_path, int8, equalized, tried, agreement_at_least, agreement_below):
+        tmp_path, int8, equalized, tried, agreement_at_least, agreement_below, kept):
     factory = tmp_path / "wide.py"
     factory.write_text(WIDE)
     recipe = parse_recipe(f"""
@@ -138,3 +141,10 @@ stages:
     report = "\n".join(markdown.int8_choice_lines(build.int8_choices(manifest)))
     assert "## int8-static calibration (convolutional model)" in report
     assert ("weight-range ratio" in report) == equalized and report.count("| per-") == tried
+    mixed = cnn["mixed"]
+    if kept is not None:  # kept: the fewest candidates the search must keep in float
+        assert len(mixed["kept_float"]) >= kept and (kept == 0) == (not mixed["kept_float"]), mixed
+    if mixed["kept_float"]:
+        assert mixed["agreement"] > mixed["int8_agreement"], mixed
+        assert f"kept in float (mixed precision): {len(mixed['kept_float'])}" in report
+        assert all(f"  - {name}" in report for name in mixed["kept_float"])

@@ -149,7 +149,18 @@ def int8_choice_lines(choices: dict) -> list[str]:
             lines += [f"| {r['calibration']} | {'per-channel' if r['per_channel'] else 'per-tensor'} | "
                       f"{fmt(r['agreement'])} |" for r in cnn["tried"]]
             lines.append("")
+        lines += _mixed_lines(cnn.get("mixed"))
     return lines
+
+
+def _mixed_lines(mixed) -> list[str]:
+    """The mixed-precision search (compress/quant_mixed.py): what it kept in float and why."""
+    if not isinstance(mixed, dict):
+        return []
+    kept = mixed.get("kept_float") or []
+    lines = [f"- kept in float (mixed precision): {len(kept)} ({mixed.get('reason')}; int8 alone "
+             f"{fmt(mixed.get('int8_agreement'))} on {mixed.get('images')} training images)"]
+    return lines + [f"  - {name}" for name in kept] + [""]
 
 
 def _gate_lines(gates: dict) -> list[str]:

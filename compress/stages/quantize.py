@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator
 
-from compress import quant_check, quant_tools, sensitivity
+from compress import quant_check, quant_mixed, quant_tools, sensitivity
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 from compress.stages import quantize_int8
@@ -53,6 +53,8 @@ class Int8Options(StrictModel):
     equalize: bool | None = Field(
         default=None, description="int8-static of a conv-dominated model: cross-layer equalization of consecutive "
         "convolutions first (exact in fp32; evens out depthwise channels' ranges). Default: yes.")
+    mixed: quant_mixed.MixedOptions = Field(default_factory=quant_mixed.MixedOptions, description="int8-static of a "
+        "conv-dominated model: the tensors whose int8 costs the most agreement kept in float (compress/quant_mixed.py).")
     op_types: list[str] | None = Field(
         default=None, description="Operator types to quantize (default: the scheme's safe set, e.g. MatMul)."
     )
