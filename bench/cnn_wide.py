@@ -71,8 +71,13 @@ def matrix(model: Path, photos: Path, work: Path) -> list[dict]:
     """Every choice quantized as the stage does (pre-processing, QDQ over the task's operators, the CPU's weight
     format), scored on the held-out photos and timed interleaved against fp32."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from compress import quant_cnn, quant_tools
     from compress.recipe.schema import DataConfig
@@ -188,7 +193,7 @@ def render(d: dict) -> list[str]:
              f"{s['fp32_p50_ms']:.3f} ms)",
              f"- cross-layer equalization: {eq.get('pairs')} convolution pairs, widest per-channel weight-range ratio "
              f"{eq.get('weight_range_spread_before')} -> {eq.get('weight_range_spread_after')}",
-             f"- calibration chosen: {cnn.get('chosen')} (scored on {cnn.get('scored_on')} held-out images)",
+             f"- calibration chosen: {cnn.get('chosen')} (scored on {cnn.get('scored_on')} training images, not the held-out ones)",
              f"- kept in float by the mixed-precision search: {len((cnn.get('mixed') or {}).get('kept_float') or [])} "
              f"({(cnn.get('mixed') or {}).get('reason')}): {(cnn.get('mixed') or {}).get('kept_float')}", ""]
     lines += [f"- {k}: {'yes' if ok else 'NO'}" for k, ok in d["passed"].items()]

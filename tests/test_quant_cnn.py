@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compress import quant_cnn, runner
-from compress.report import build, markdown
+from compress import quant_check, quant_cnn, quant_mixed, runner
 from compress.recipe import parse_recipe
+from compress.report import build, markdown
 
 
 def _graph(middle: list[str], second: str, extra_consumer: bool = False):
     """x -> Conv(1->4, channel 0's gain 1000x) -> middle ops -> second conv (depthwise or 1x1) -> y."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -102,32 +101,69 @@ def wide():
 """
 
 
-@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below, kept", [
-    ("{calibration_size: 32}", True, 6, 0.95, None, None),          # equalized, 3 methods x per-channel on and off
-    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None, None),
-    ("{calibration_size: 32, equalize: false, calibration_search: [], mixed: {target: 0}}", False, 0, 0.0, 0.5,
-     0),                                                                                       # the weakness
-    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.9, None, 1),  # mixed mends it
-])
-def test_quantize_cnn_int8_static_equalizes_and_reports_the_calibration_choices(
-        tmp_path, int8, equalized, tried, agreement_at_least, agreement_below, kept):
-    factory = tmp_path / "wide.py"
-    factory.write_text(WIDE)
+@pytest.fixture(scope="module")
+def wide_onnx(tmp_path_factory):
+    """WIDE trained a little on digits and exported once for the module: the cases below quantize this file."""
+    work = tmp_path_factory.mktemp("wide")
+    (work / "wide.py").write_text(WIDE)
     recipe = parse_recipe(f"""
 version: 1
-name: wide-cnn
+name: wide-cnn-train
 task: image-classification
-teacher: {{source: 'python:{factory}:wide', license: mit}}
+teacher: {{source: 'python:{work / "wide.py"}:wide', license: mit}}
 data: {{source: sklearn:digits, image_size: 16, eval_size: 100, train_limit: 200}}
 stages:
   - {{kind: finetune, max_steps: 80, batch_size: 32, lr: 2.0e-2, eval_every: 0}}
   - {{kind: export, models: [teacher-finetuned]}}
+""")
+    runner.run(recipe, work / "run", console=Console(stderr=True, quiet=True))
+    return work / "run" / "artifacts" / "teacher-finetuned.onnx" / "model.onnx"
+
+
+def _rows(feeds: list) -> set:
+    return {image.tobytes() for feed in feeds for image in feed["pixel_values"]}
+
+
+@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below, kept, searched", [
+    # equalized, 3 methods x per-channel on and off
+    ("{calibration_size: 32}", True, 6, 0.95, None, None, {"choose", "search"}),
+    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None, None, {"choose", "search"}),
+    ("{calibration_size: 32, equalize: false, calibration_search: [], mixed: {target: 0}}", False, 0, 0.0, 0.5,
+     0, set()),                                                                                # the weakness
+    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.9, None, 1,
+     {"search"}),                                                                              # mixed mends it
+])
+def test_quantize_cnn_int8_static_equalizes_and_reports_the_calibration_choices(
+        tmp_path, monkeypatch, wide_onnx, int8, equalized, tried, agreement_at_least, agreement_below, kept,
+        searched):
+    seen: dict = {}  # the images each choice was scored on, and the held-out ones the check reports
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen.setdefault(name, []).extend(args[2])  # choose(quantize, fp32, feeds, ...), search(dst, fp32, feeds)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(quant_cnn, "choose")
+    spy(quant_mixed, "search")
+    held_out = quant_check.held_out_feeds
+    monkeypatch.setattr(quant_check, "held_out_feeds",
+                        lambda *a, **k: seen.setdefault("held_out", held_out(*a, **k)))
+    recipe = parse_recipe(f"""
+version: 1
+name: wide-cnn
+task: image-classification
+teacher: {{source: '{wide_onnx}', license: mit}}
+data: {{source: sklearn:digits, image_size: 16, eval_size: 100, train_limit: 200}}
+stages:
   - {{kind: quantize, schemes: [int8-static], check_size: 100, int8: {int8}}}
 """)
 
     manifest = runner.run(recipe, tmp_path / "run", console=Console(stderr=True, quiet=True))
 
-    metrics = manifest["stages"]["quantize"]["metrics"]["teacher-finetuned.int8-static.onnx"]
+    metrics = manifest["stages"]["quantize"]["metrics"]["teacher.int8-static.onnx"]
     cnn, agreement = metrics["options"]["cnn"], metrics["check"]["agreement"]
     if equalized:
         assert cnn["equalization"]["pairs"] == 2 and cnn["equalization"]["weight_range_spread_after"] < 10, cnn
@@ -148,3 +184,7 @@ stages:
         assert mixed["agreement"] > mixed["int8_agreement"], mixed
         assert f"kept in float (mixed precision): {len(mixed['kept_float'])}" in report
         assert all(f"  - {name}" in report for name in mixed["kept_float"])
+    held_out = _rows(seen["held_out"])
+    assert len(held_out) == 100 and {k for k in seen if k != "held_out" and seen[k]} == searched, seen.keys()
+    for name in searched:  # the choices are scored on the 32 calibration images, never on a held-out one
+        assert len(_rows(seen[name])) == 32 and not _rows(seen[name]) & held_out, name

@@ -142,8 +142,8 @@ def int8_choice_lines(choices: dict) -> list[str]:
         lines += [f"### {name}", "", f"- cross-layer equalization: {done}",
                   f"- kept: {chosen.get('calibration', 'as configured')}, "
                   f"{'per-channel' if chosen.get('per_channel', True) else 'per-tensor'} weights "
-                  f"(top-1 agreement with fp32 {fmt(chosen.get('agreement'))} on {cnn.get('scored_on')} held-out "
-                  "inputs)", ""]
+                  f"(top-1 agreement with fp32 {fmt(chosen.get('agreement'))} on {cnn.get('scored_on')} training "
+                  "images, not the held-out ones)", ""]
         if cnn.get("tried"):
             lines += ["| calibration | weights | agreement |", "|---|---|---|"]
             lines += [f"| {r['calibration']} | {'per-channel' if r['per_channel'] else 'per-tensor'} | "

@@ -48,8 +48,8 @@ class Int8Options(StrictModel):
     calibration_size: int = Field(default=128, ge=1, description="int8-static: texts used to calibrate.")
     calibration_search: list[Literal["minmax", "entropy", "percentile"]] | None = Field(
         default=None, description="int8-static of a conv-dominated model: the calibration methods tried, each with "
-        "per-channel weights on and off, scored by top-1 agreement with fp32 on the held-out check images; the "
-        "best is kept and reported (default: all three; []: calibration and per_channel as given).")
+        "per-channel weights on and off, scored by top-1 agreement with fp32 on the calibration (training) images, "
+        "never the held-out check images; the best is kept and reported (default: all three; []: calibration and per_channel as given).")
     equalize: bool | None = Field(
         default=None, description="int8-static of a conv-dominated model: cross-layer equalization of consecutive "
         "convolutions first (exact in fp32; evens out depthwise channels' ranges). Default: yes.")

@@ -133,10 +133,14 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
     calibration, per_channel = opts.calibration, opts.per_channel
+    feeds: list = []  # the choices below are scored on training images: the held-out ones only report them
     if not text and quant_tools.conv_dominated(src):  # a CNN: equalize, then the calibration that keeps top-1
         search = opts.calibration_search if opts.calibration_search is not None else list(methods)
+        mixed = opts.mixed.target > 0 and opts.mixed.max_kept > 0 and not exclude and not only
+        feeds = search_feeds(ctx, source, opts.calibration_size) if ("cnn" not in options and search) or mixed \
+            else []
         model, chosen, chosen_pc = quant_cnn.tune(
-            model, write, src, options.get("feeds") or [], search,
+            model, write, src, feeds, search,
             True if opts.equalize is None else opts.equalize, dst.with_name("calibration-choices"), options)
         calibration = chosen or calibration
         per_channel = per_channel if chosen_pc is None else chosen_pc
@@ -146,8 +150,8 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
         frozen.CopyFrom(model)
     write(model, dst, calibration, per_channel)
     if cnn:  # the few tensors whose int8 costs the most agreement kept in float, scored on training images
-        feeds = search_feeds(ctx, source, opts.calibration_size) if opts.mixed.target > 0 else []
-        options["cnn"]["mixed"] = quant_mixed.search(dst, frozen, feeds, opts.mixed)
+        options["cnn"]["mixed"] = quant_mixed.search(dst, frozen, feeds if opts.mixed.target > 0 else [],
+                                                     opts.mixed)
     options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=calibration,
                    per_channel=per_channel, calibration_texts=counted.get("texts"), matmul_const_b_only=True,
                    float_after_gelu=len(excluded),
@@ -156,7 +160,7 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                         "cosine 0.92 -> 0.99)"
                         if text else "onnxruntime's guidance: pre-processing, then QDQ over the task's operators "
                         "with per-channel weights" + ("; a CNN: cross-layer equalization and the calibration "
-                                                      "with the best agreement on held-out inputs"
+                                                      "with the best agreement on training images"
                                                       if "cnn" in options else "")))
     if excluded:
         options["size_note"] = (f"its {len(excluded)} MatMul(s) fed by GELU stay in float, as int8 their activation "
@@ -165,8 +169,9 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
 
 
 def search_feeds(ctx, source, size: int) -> list[dict]:
-    """Up to `size` training-split images as input batches: the mixed-precision search is scored on them, so that
-    the held-out images of the check and the bench stay out of every choice it makes."""
+    """Up to `size` training-split images (the calibration images) as input batches: the calibration choice and the
+    mixed-precision search are scored on them, so that the held-out images of the check and the bench stay out of
+    every choice they make."""
     task = ctx.task
     images = task.examples(task.load_data(ctx.recipe.data).train)[:size]
     batches = task.inputs(source.path).batches(images, ctx.recipe.data.max_length, 32) if len(images) else []
