@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compress import quant_check, quant_cnn, quant_mixed, runner
+from compress import quant_check, quant_cnn, quant_cost, quant_mixed, runner
 from compress.recipe import parse_recipe
 from compress.report import build, markdown
 
@@ -188,3 +188,56 @@ stages:
     assert len(held_out) == 100 and {k for k in seen if k != "held_out" and seen[k]} == searched, seen.keys()
     for name in searched:  # the choices are scored on the 32 calibration images, never on a held-out one
         assert len(_rows(seen[name])) == 32 and not _rows(seen[name]) & held_out, name
+
+
+def _qdq(tmp_path):
+    """_graph's two convolutions (Relu between) as onnxruntime's int8 QDQ model, and the fp32 one."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    fp32 = _graph(["Relu"], "pointwise")
+    fp32.graph.node[0].name, fp32.graph.node[2].name = "first", "second"
+    onnx.save(fp32, str(tmp_path / "fp32.onnx"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": np.random.default_rng(i).random((1, 1, 8, 8), dtype=np.float32)}
+                               for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv", "Relu"])
+    return onnx.load(str(tmp_path / "qdq.onnx")), fp32
+
+
+@pytest.mark.parametrize("kept, floats", [
+    ([], set()),                                            # all int8
+    ([("weight", "w2")], {"second"}),                       # a float weight: its convolution only
+    ([("activation", "c1")], {"first", "second"}),          # the tensor between them: both
+])
+def test_quant_cost_float_convs_names_the_convolutions_a_kept_tensor_makes_fp32(tmp_path, kept, floats):
+    qdq, fp32 = _qdq(tmp_path)
+    found = quant_mixed.candidates(qdq, fp32)
+    chosen = [c for c in found for kind, name in kept if c["kind"] == kind and name in c["tensors"]]
+    assert len(chosen) == len(kept), found
+
+    got = quant_cost.float_convs(quant_mixed.keep_float(qdq, fp32, chosen))
+
+    assert got == floats
+    assert quant_cost.conv_macs(fp32) == {"first": 4 * 9 * 6 * 6, "second": 6 * 4 * 6 * 6}  # 3x3, no padding: 6x6 out
+
+
+@pytest.mark.parametrize("errors, convs, order", [
+    ([0.010, 0.005], [{"big"}, {"small"}], [1, 0]),               # half the error at a tenth of the cost first
+    ([0.010, 0.002], [{"small"}, {"big"}], [0, 1]),               # more error and cheaper: first
+    ([0.010, 0.001, 0.002], [{"big"}, {"big"}, {"small"}], [2, 0, 1]),  # once "big" is float, 1 costs nothing
+])
+def test_quant_cost_cheapest_first_orders_by_error_per_cost(errors, convs, order):
+    ranked = [{"kind": "activation", "tensors": [str(i)], "error_alone": e} for i, e in enumerate(errors)]
+
+    got = quant_cost.cheapest_first(ranked, convs, {"big": 100_000, "small": 10_000})
+
+    assert [c["tensors"][0] for c in got] == [str(i) for i in order]
+    assert [c["float_convs"] for c in got] == sorted(c["float_convs"] for c in got)
