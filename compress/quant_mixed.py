@@ -10,17 +10,19 @@ the activation tensors that share a quantization scale, and each Conv/Gemm weigh
 
 `search` ranks the candidates by the error each adds alone (relative squared error of the outputs against fp32)
 per unit of the speed it costs (rank: error_per_cost, the default: the multiply-adds of the convolutions it makes
-run in fp32, compress/quant_cost.py; or rank: error, the error alone), then keeps them in float in that order until top-1 agreement with fp32 on the search images reaches the target,
-or the error falls to `error_ratio` of int8's, or `max_kept` are kept (then the step with the smallest error).
+run in fp32, compress/quant_cost.py; or rank: error, the error alone), then keeps them in float in that order
+until top-1 agreement with fp32 on the search images reaches the target, or the error falls to `error_ratio` of
+int8's, or `max_kept` are kept (then the step with the smallest error).
 Measured on mobilenet_wide (256 training photos to search, 300 held-out): error 0.0090 -> 0.0018 with 12 kept,
 held-out agreement 0.90-0.92 -> 0.963; agreement on the search images alone picked noisy peaks (0.977 at 8 kept,
 0.923 held-out), hence the error rule. Ranked by error alone, the kept tensors are the first blocks', the
 slowest to run in fp32 (13 kept: 0.96 held-out at 0.87x fp32's speed); ranked per cost, 16 kept make 8
-convolutions fp32 instead of 9 and the one before the pooling float for free (0.9533 at 1.24-1.34x).
+convolutions fp32 instead of 9, and the tensor before the pooling, which no convolution reads, float at no
+cost (0.9533 held-out at 1.24-1.34x).
 "In float" means the Q/DQ pair is removed (a Relu that onnxruntime's quantizer folded into the pair is put
 back), so onnxruntime runs that convolution in fp32 and the rest as int8: 16-bit activations would cost as much
-speed (onnxruntime's CPU kernels have no 16-bit QLinearConv) for less accuracy. Only agreement and error
-decide, never a timing, so the same inputs give the same model.
+speed (onnxruntime's CPU kernels have no 16-bit QLinearConv) for less accuracy. Only agreement, error and
+counted multiply-adds decide, never a timing, so the same inputs give the same model.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def _qdq(tmp_path):
 @pytest.mark.parametrize("kept, floats", [
     ([], set()),                                            # all int8
     ([("weight", "w2")], {"second"}),                       # a float weight: its convolution only
-    ([("activation", "c1")], {"first", "second"}),          # the tensor between them: both
+    ([("activation", "m0")], {"first", "second"}),          # the tensor between them (after the Relu): both
 ])
 def test_quant_cost_float_convs_names_the_convolutions_a_kept_tensor_makes_fp32(tmp_path, kept, floats):
     qdq, fp32 = _qdq(tmp_path)
