@@ -18,8 +18,8 @@ Measured on mobilenet_wide (256 training photos to search, 300 held-out): error 
 held-out agreement 0.90-0.92 -> 0.963; agreement on the search images alone picked noisy peaks (0.977 at 8 kept,
 0.923 held-out), hence the error rule. Ranked by error alone, the kept tensors are the first blocks', the
 slowest to run in fp32 (13 kept: 0.96 held-out at 0.87x fp32's speed); ranked per cost, 16 kept make 8
-convolutions fp32 instead of 9, and the tensor before the pooling, which no convolution reads, float at no
-cost (0.9533 held-out at 1.24-1.34x).
+convolutions fp32 instead of 9 (0.9533 held-out at 1.21x), and one more at no speed cost 0.9667 at 1.23-1.37x
+(bench/results/2026-12-07-x86_64-2cpu-cnn-mixed.md).
 "In float" means the Q/DQ pair is removed (a Relu that onnxruntime's quantizer folded into the pair is put
 back), so onnxruntime runs that convolution in fp32 and the rest as int8: 16-bit activations would cost as much
 speed (onnxruntime's CPU kernels have no 16-bit QLinearConv) for less accuracy. Only agreement, error and

@@ -116,7 +116,14 @@ stages:
   - {{kind: finetune, max_steps: 80, batch_size: 32, lr: 2.0e-2, eval_every: 0}}
   - {{kind: export, models: [teacher-finetuned]}}
 """)
-    runner.run(recipe, work / "run", console=Console(stderr=True, quiet=True))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains 6x faster on one thread of a shared 2-core machine
+    try:
+        runner.run(recipe, work / "run", console=Console(stderr=True, quiet=True))
+    finally:
+        torch.set_num_threads(threads)
     return work / "run" / "artifacts" / "teacher-finetuned.onnx" / "model.onnx"
 
 
