@@ -193,7 +193,9 @@ def render(d: dict) -> list[str]:
              f"{s['fp32_p50_ms']:.3f} ms)",
              f"- cross-layer equalization: {eq.get('pairs')} convolution pairs, widest per-channel weight-range ratio "
              f"{eq.get('weight_range_spread_before')} -> {eq.get('weight_range_spread_after')}",
-             f"- calibration chosen: {cnn.get('chosen')} (scored on {cnn.get('scored_on')} held-out images)", ""]
+             f"- calibration chosen: {cnn.get('chosen')} (scored on {cnn.get('scored_on')} training images, not the held-out ones)",
+             f"- kept in float by the mixed-precision search: {len((cnn.get('mixed') or {}).get('kept_float') or [])} "
+             f"({(cnn.get('mixed') or {}).get('reason')}): {(cnn.get('mixed') or {}).get('kept_float')}", ""]
     lines += [f"- {k}: {'yes' if ok else 'NO'}" for k, ok in d["passed"].items()]
     lines += ["", "## Calibration choices tried (one process, interleaved rounds, batch 1, 1 thread)", "",
               "| choice | layers kept in fp32 | calibration images | agreement | speed-up vs fp32 | p50 ms |",

@@ -14,8 +14,9 @@ block and lost the speed; per-tensor weights cost 8-12 points; a one-shot empiri
 the 8-bit activations are what is left.
 
 `choose` then quantizes the equalized model with every calibration choice asked for (method x per-channel),
-scores each on held-out inputs against the fp32 model (top-1 agreement), and keeps the best: the stage's
-metadata lists every choice tried and the one kept.
+scores each against the fp32 model (top-1 agreement) on the stage's search images, training-split images
+(compress/stages/quantize_int8.py:search_feeds), never the held-out ones the check and the bench report, and
+keeps the best: the stage's metadata lists every choice tried and the one kept.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def outputs(model_path: Path, feeds: list) -> list:
 def tune(model, quantize: Callable, fp32: Path, feeds: list, methods: list[str], equalize_on: bool,
          scratch: Path, options: dict) -> tuple:
     """(model to quantize, calibration method, per_channel) for a conv-dominated model: equalized when asked,
-    then every method x per-channel choice scored (`quantize(model, path, method, per_channel)`). What was
+    then every method x per-channel choice scored on `feeds` (training images, never the held-out check
+    images: the agreement reported would be biased) with `quantize(model, path, method, per_channel)`. What was
     done goes into options["cnn"]; a second call with the same options (the accuracy search's steps) reuses it."""
     import onnx
 

@@ -1,6 +1,7 @@
 """int8-static for CNNs (compress/quant_cnn.py, issue 34 part 3): cross-layer equalization is exact in fp32 and
 evens the channels out; the stage equalizes a CNN whose channel gains differ by 1000x, tries the calibration
-choices and reports them."""
+choices and reports them; unequalized, the mixed-precision search (compress/quant_mixed.py) keeps the crushed
+activation in float and names it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from compress import quant_cnn, runner
+from compress import quant_check, quant_cnn, quant_cost, quant_mixed, runner
 from compress.recipe import parse_recipe
 from compress.report import build, markdown
 
@@ -100,30 +101,76 @@ def wide():
 """
 
 
-@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below", [
-    ("{calibration_size: 32}", True, 6, 0.95, None),          # equalized, 3 methods x per-channel on and off
-    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None),
-    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.0, 0.5),  # the weakness
-])
-def test_quantize_cnn_int8_static_equalizes_and_reports_the_calibration_choices(
-        tmp_path, int8, equalized, tried, agreement_at_least, agreement_below):
-    factory = tmp_path / "wide.py"
-    factory.write_text(WIDE)
+@pytest.fixture(scope="module")
+def wide_onnx(tmp_path_factory):
+    """WIDE trained a little on digits and exported once for the module: the cases below quantize this file."""
+    work = tmp_path_factory.mktemp("wide")
+    (work / "wide.py").write_text(WIDE)
     recipe = parse_recipe(f"""
 version: 1
-name: wide-cnn
+name: wide-cnn-train
 task: image-classification
-teacher: {{source: 'python:{factory}:wide', license: mit}}
+teacher: {{source: 'python:{work / "wide.py"}:wide', license: mit}}
 data: {{source: sklearn:digits, image_size: 16, eval_size: 100, train_limit: 200}}
 stages:
   - {{kind: finetune, max_steps: 80, batch_size: 32, lr: 2.0e-2, eval_every: 0}}
   - {{kind: export, models: [teacher-finetuned]}}
+""")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains 6x faster on one thread of a shared 2-core machine
+    try:
+        runner.run(recipe, work / "run", console=Console(stderr=True, quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+    return work / "run" / "artifacts" / "teacher-finetuned.onnx" / "model.onnx"
+
+
+def _rows(feeds: list) -> set:
+    return {image.tobytes() for feed in feeds for image in feed["pixel_values"]}
+
+
+@pytest.mark.parametrize("int8, equalized, tried, agreement_at_least, agreement_below, kept, searched", [
+    # equalized, 3 methods x per-channel on and off
+    ("{calibration_size: 32}", True, 6, 0.95, None, None, {"choose", "search"}),
+    ("{calibration_size: 32, calibration_search: [minmax]}", True, 2, 0.95, None, None, {"choose", "search"}),
+    ("{calibration_size: 32, equalize: false, calibration_search: [], mixed: {target: 0}}", False, 0, 0.0, 0.5,
+     0, set()),                                                                                # the weakness
+    ("{calibration_size: 32, equalize: false, calibration_search: []}", False, 0, 0.9, None, 1,
+     {"search"}),                                                                              # mixed mends it
+])
+def test_quantize_cnn_int8_static_equalizes_and_reports_the_calibration_choices(
+        tmp_path, monkeypatch, wide_onnx, int8, equalized, tried, agreement_at_least, agreement_below, kept,
+        searched):
+    seen: dict = {}  # the images each choice was scored on, and the held-out ones the check reports
+
+    def spy(module, name):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            seen.setdefault(name, []).extend(args[2])  # choose(quantize, fp32, feeds, ...), search(dst, fp32, feeds)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    spy(quant_cnn, "choose")
+    spy(quant_mixed, "search")
+    held_out = quant_check.held_out_feeds
+    monkeypatch.setattr(quant_check, "held_out_feeds",
+                        lambda *a, **k: seen.setdefault("held_out", held_out(*a, **k)))
+    recipe = parse_recipe(f"""
+version: 1
+name: wide-cnn
+task: image-classification
+teacher: {{source: '{wide_onnx}', license: mit}}
+data: {{source: sklearn:digits, image_size: 16, eval_size: 100, train_limit: 200}}
+stages:
   - {{kind: quantize, schemes: [int8-static], check_size: 100, int8: {int8}}}
 """)
 
     manifest = runner.run(recipe, tmp_path / "run", console=Console(stderr=True, quiet=True))
 
-    metrics = manifest["stages"]["quantize"]["metrics"]["teacher-finetuned.int8-static.onnx"]
+    metrics = manifest["stages"]["quantize"]["metrics"]["teacher.int8-static.onnx"]
     cnn, agreement = metrics["options"]["cnn"], metrics["check"]["agreement"]
     if equalized:
         assert cnn["equalization"]["pairs"] == 2 and cnn["equalization"]["weight_range_spread_after"] < 10, cnn
@@ -137,3 +184,67 @@ stages:
     report = "\n".join(markdown.int8_choice_lines(build.int8_choices(manifest)))
     assert "## int8-static calibration (convolutional model)" in report
     assert ("weight-range ratio" in report) == equalized and report.count("| per-") == tried
+    mixed = cnn["mixed"]
+    if kept is not None:  # kept: the fewest candidates the search must keep in float
+        assert len(mixed["kept_float"]) >= kept and (kept == 0) == (not mixed["kept_float"]), mixed
+    if mixed["kept_float"]:
+        assert mixed["agreement"] > mixed["int8_agreement"], mixed
+        assert f"kept in float (mixed precision): {len(mixed['kept_float'])}" in report
+        assert all(f"  - {name}" in report for name in mixed["kept_float"])
+    held_out = _rows(seen["held_out"])
+    assert len(held_out) == 100 and {k for k in seen if k != "held_out" and seen[k]} == searched, seen.keys()
+    for name in searched:  # the choices are scored on the 32 calibration images, never on a held-out one
+        assert len(_rows(seen[name])) == 32 and not _rows(seen[name]) & held_out, name
+
+
+def _qdq(tmp_path):
+    """_graph's two convolutions (Relu between) as onnxruntime's int8 QDQ model, and the fp32 one."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    fp32 = _graph(["Relu"], "pointwise")
+    fp32.graph.node[0].name, fp32.graph.node[2].name = "first", "second"
+    onnx.save(fp32, str(tmp_path / "fp32.onnx"))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": np.random.default_rng(i).random((1, 1, 8, 8), dtype=np.float32)}
+                               for i in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(tmp_path / "fp32.onnx"), str(tmp_path / "qdq.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["Conv", "Relu"])
+    return onnx.load(str(tmp_path / "qdq.onnx")), fp32
+
+
+@pytest.mark.parametrize("kept, floats", [
+    ([], set()),                                            # all int8
+    ([("weight", "w2")], {"second"}),                       # a float weight: its convolution only
+    ([("activation", "m0")], {"first", "second"}),          # the tensor between them (after the Relu): both
+])
+def test_quant_cost_float_convs_names_the_convolutions_a_kept_tensor_makes_fp32(tmp_path, kept, floats):
+    qdq, fp32 = _qdq(tmp_path)
+    found = quant_mixed.candidates(qdq, fp32)
+    chosen = [c for c in found for kind, name in kept if c["kind"] == kind and name in c["tensors"]]
+    assert len(chosen) == len(kept), found
+
+    got = quant_cost.float_convs(quant_mixed.keep_float(qdq, fp32, chosen))
+
+    assert got == floats
+    assert quant_cost.conv_macs(fp32) == {"first": 4 * 9 * 6 * 6, "second": 6 * 4 * 6 * 6}  # 3x3, no padding: 6x6 out
+
+
+@pytest.mark.parametrize("errors, convs, order", [
+    ([0.010, 0.005], [{"big"}, {"small"}], [1, 0]),               # half the error at a tenth of the cost first
+    ([0.010, 0.002], [{"small"}, {"big"}], [0, 1]),               # more error and cheaper: first
+    ([0.010, 0.001, 0.002], [{"big"}, {"big"}, {"small"}], [2, 0, 1]),  # once "big" is float, 1 costs nothing
+])
+def test_quant_cost_cheapest_first_orders_by_error_per_cost(errors, convs, order):
+    ranked = [{"kind": "activation", "tensors": [str(i)], "error_alone": e} for i, e in enumerate(errors)]
+
+    got = quant_cost.cheapest_first(ranked, convs, {"big": 100_000, "small": 10_000})
+
+    assert [c["tensors"][0] for c in got] == [str(i) for i in order]
+    assert [c["float_convs"] for c in got] == sorted(c["float_convs"] for c in got)

@@ -142,14 +142,25 @@ def int8_choice_lines(choices: dict) -> list[str]:
         lines += [f"### {name}", "", f"- cross-layer equalization: {done}",
                   f"- kept: {chosen.get('calibration', 'as configured')}, "
                   f"{'per-channel' if chosen.get('per_channel', True) else 'per-tensor'} weights "
-                  f"(top-1 agreement with fp32 {fmt(chosen.get('agreement'))} on {cnn.get('scored_on')} held-out "
-                  "inputs)", ""]
+                  f"(top-1 agreement with fp32 {fmt(chosen.get('agreement'))} on {cnn.get('scored_on')} training "
+                  "images, not the held-out ones)", ""]
         if cnn.get("tried"):
             lines += ["| calibration | weights | agreement |", "|---|---|---|"]
             lines += [f"| {r['calibration']} | {'per-channel' if r['per_channel'] else 'per-tensor'} | "
                       f"{fmt(r['agreement'])} |" for r in cnn["tried"]]
             lines.append("")
+        lines += _mixed_lines(cnn.get("mixed"))
     return lines
+
+
+def _mixed_lines(mixed) -> list[str]:
+    """The mixed-precision search (compress/quant_mixed.py): what it kept in float and why."""
+    if not isinstance(mixed, dict):
+        return []
+    kept = mixed.get("kept_float") or []
+    lines = [f"- kept in float (mixed precision): {len(kept)} ({mixed.get('reason')}; int8 alone "
+             f"{fmt(mixed.get('int8_agreement'))} on {mixed.get('images')} training images)"]
+    return lines + [f"  - {name}" for name in kept] + [""]
 
 
 def _gate_lines(gates: dict) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
-from compress import quant_check, quant_tools, sensitivity
+from compress import quant_check, quant_mixed, quant_tools, sensitivity
 from compress.errors import StageError
 from compress.schema_base import StageBase, StrictModel
 from compress.stages import quantize_int8
@@ -49,11 +49,13 @@ class Int8Options(StrictModel):
     calibration_size: int = Field(default=128, ge=1, description="int8-static: texts used to calibrate.")
     calibration_search: list[Literal["minmax", "entropy", "percentile"]] | None = Field(
         default=None, description="int8-static of a conv-dominated model: the calibration methods tried, each with "
-        "per-channel weights on and off, scored by top-1 agreement with fp32 on the held-out check images; the "
-        "best is kept and reported (default: all three; []: calibration and per_channel as given).")
+        "per-channel weights on and off, scored by agreement with fp32 on the calibration images (not the held-out "
+        "ones); the best is kept and reported (default: all three; []: calibration and per_channel as given).")
     equalize: bool | None = Field(
         default=None, description="int8-static of a conv-dominated model: cross-layer equalization of consecutive "
         "convolutions first (exact in fp32; evens out depthwise channels' ranges). Default: yes.")
+    mixed: quant_mixed.MixedOptions = Field(default_factory=quant_mixed.MixedOptions, description="int8-static of a "
+        "conv-dominated model: the tensors whose int8 costs the most agreement kept in float (compress/quant_mixed.py).")
     op_types: list[str] | None = Field(
         default=None, description="Operator types to quantize (default: the scheme's safe set, e.g. MatMul)."
     )
@@ -198,8 +200,10 @@ def _tune(cfg: Config, ctx, source, scheme: str, name: str, options: dict) -> tu
     groups = sensitivity.group_nodes(nodes, acc.granularity)
     search = sensitivity.Search(name, scheme, acc.max_quality_drop, acc.time_budget, ctx.work_dir)
 
+    off = cfg.int8.model_copy(update={"mixed": quant_mixed.MixedOptions(target=0)})  # this search keeps in float
+
     def build(folder: Path, exclude=None, only=None) -> None:
-        _bundle(cfg, ctx, source, scheme, folder, options, exclude=exclude, only=only)
+        _bundle(cfg.model_copy(update={"int8": off}), ctx, source, scheme, folder, options, exclude=exclude, only=only)
 
     def save(folder: Path, step: dict) -> None:
         from compress.tasks.common import read_json, write_json

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from compress import quant_cnn, quant_tools
+from compress import quant_cnn, quant_mixed, quant_tools
 from compress.errors import StageError
 from compress.quant_rules import kept_float
 
@@ -133,14 +133,25 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
 
     calibration, per_channel = opts.calibration, opts.per_channel
+    feeds: list = []  # the choices below are scored on training images: the held-out ones only report them
     if not text and quant_tools.conv_dominated(src):  # a CNN: equalize, then the calibration that keeps top-1
         search = opts.calibration_search if opts.calibration_search is not None else list(methods)
+        mixed = opts.mixed.target > 0 and opts.mixed.max_kept > 0 and not exclude and not only
+        feeds = search_feeds(ctx, source, opts.calibration_size) if ("cnn" not in options and search) or mixed \
+            else []
         model, chosen, chosen_pc = quant_cnn.tune(
-            model, write, src, options.get("feeds") or [], search,
+            model, write, src, feeds, search,
             True if opts.equalize is None else opts.equalize, dst.with_name("calibration-choices"), options)
         calibration = chosen or calibration
         per_channel = per_channel if chosen_pc is None else chosen_pc
+    cnn = not text and "cnn" in options and not exclude and not only  # the accuracy search: its own choices
+    if cnn:  # quantize_static may change the model it is given: the float one is needed after it
+        frozen = onnx.ModelProto()
+        frozen.CopyFrom(model)
     write(model, dst, calibration, per_channel)
+    if cnn:  # the few tensors whose int8 costs the most agreement kept in float, scored on training images
+        options["cnn"]["mixed"] = quant_mixed.search(dst, frozen, feeds if opts.mixed.target > 0 else [],
+                                                     opts.mixed)
     options.update(format="QDQ", activation_type="uint8", op_types=op_types, calibration=calibration,
                    per_channel=per_channel, calibration_texts=counted.get("texts"), matmul_const_b_only=True,
                    float_after_gelu=len(excluded),
@@ -149,12 +160,22 @@ def int8_static(opts, ctx, source, src: Path, dst: Path, options: dict, exclude=
                         "cosine 0.92 -> 0.99)"
                         if text else "onnxruntime's guidance: pre-processing, then QDQ over the task's operators "
                         "with per-channel weights" + ("; a CNN: cross-layer equalization and the calibration "
-                                                      "with the best agreement on held-out inputs"
+                                                      "with the best agreement on training images"
                                                       if "cnn" in options else "")))
     if excluded:
         options["size_note"] = (f"its {len(excluded)} MatMul(s) fed by GELU stay in float, as int8 their activation "
                                 "outliers cost MiniLM 7 points of cosine (int8.skip_after_gelu: false trades that "
                                 "quality for size)")
+
+
+def search_feeds(ctx, source, size: int) -> list[dict]:
+    """Up to `size` training-split images (the calibration images) as input batches: the calibration choice and the
+    mixed-precision search are scored on them, so that the held-out images of the check and the bench stay out of
+    every choice they make."""
+    task = ctx.task
+    images = task.examples(task.load_data(ctx.recipe.data).train)[:size]
+    batches = task.inputs(source.path).batches(images, ctx.recipe.data.max_length, 32) if len(images) else []
+    return [{k: v for k, v in b.items() if not k.startswith("_")} for b in batches]
 
 
 def with_shapes(src: Path):
