@@ -345,3 +345,16 @@ def test_report_says_where_variants_run(tmp_path, artifacts, present, absent):
     markdown = (tmp_path / "report.md").read_text()
     assert all(line in markdown for line in present) and not any(text in markdown for text in absent)
     assert set(result["runtimes"]) == {a["name"] for a in artifacts if "runtimes" in a["metadata"]}
+
+
+@pytest.mark.parametrize("ci, expected", [
+    ({"top10_agreement": [0.85, 0.95]}, "top10_agreement 0.900 [0.850, 0.950]"),  # per-item scores gave one
+    ({}, "top10_agreement 0.900"),  # none measured: the figure alone, no made-up interval
+])
+def test_table_cells_other_quality_shows_its_interval(tmp_path, ci, expected):
+    result = report.write_reports(tmp_path, make_run(tmp_path, BASE))
+    row_ = {**find(result, "student.onnx"), "quality_ci": ci}
+
+    cell = report.table_cells(row_, result["headline"])[report.COLUMNS.index("other quality")]
+
+    assert cell == expected

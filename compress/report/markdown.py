@@ -26,7 +26,9 @@ def fmt(value, spec: str = ".4f") -> str:
 
 def table_cells(row: dict, headline: str) -> list[str]:
     """One decision row as text, one cell per entry of COLUMNS (markdown, terminal and the gate pick from it)."""
-    others = ", ".join(f"{k} {v:.3f}" for k, v in row["quality"].items() if k != headline and v is not None)
+    cis = row.get("quality_ci") or {}  # each figure with its 95% interval where per-item scores gave one
+    others = ", ".join(f"{k} {interval_text(v, cis.get(k), '.3f')}" for k, v in row["quality"].items()
+                       if k != headline and v is not None)
     return [row["variant"], where(row), row["precision"] or "-", row["setting"], fmt(row["size_mb"], ".1f"),
             fmt(row["size_ratio"], ".2f") + ("x" if row["size_ratio"] is not None else ""),
             fmt(row["p50_ms"], ".2f"), fmt(row["p90_ms"], ".2f"), fmt(row.get("ttft_ms"), ".2f"),
