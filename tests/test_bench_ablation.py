@@ -26,9 +26,9 @@ def tiny_run(tmp_path_factory) -> dict:
     words = ["good", "bad", "great", "awful", "fine", "boring", "brilliant", "dull", "moving", "flat"]
     with open(data, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["text"])
-        writer.writerows([[f"the movie was {' '.join(words[(i * 7 + j * 3) % 10] for j in range(2 + i % 9))}"]
-                          for i in range(90)])
+        writer.writerow(["text", "category"])  # the quickstart's recipe reads fresh/rotten labels
+        writer.writerows([[f"the movie was {' '.join(words[(i * 7 + j * 3) % 10] for j in range(2 + i % 9))}",
+                           ("fresh", "rotten")[i % 2]] for i in range(90)])
     argv = ["--tiny", "--mixes", ",".join(TINY_MIXES), "--teacher", str(teacher), "--data", str(data), "--layers", "0", "--eval-size", "24",
             "--train-limit", "60", "--out", str(root / "results"), "--work", str(root / "work")]
     assert ablation.main(argv) == 0
