@@ -1,5 +1,5 @@
 """`python -m bench [distill | lm | cnn | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ... |
-ablation [--minutes X] ... | frontier [--reuse] ... | llm-peers [--setup] ...]`: compress's own benchmarks, written to
+ablation [--minutes X] ... | frontier [--reuse] ... | llm-peers [--setup] ... | llm-int4 [option ...]]`: compress's own benchmarks, written to
 bench/results/.
 
 Each benchmark runs real recipes with the installed `compress` and writes a markdown and a JSON file named
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import ablation, cnn, distill, frontier, gpu, llm_peers, lm, mpnet, peers
+from bench import ablation, cnn, distill, frontier, gpu, llm_int4, llm_peers, lm, mpnet, peers
 
 BENCHMARKS = {
     "distill": distill.main,  # both tasks
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "mpnet": lambda: mpnet.main(),  # all-mpnet-base-v2 -> MiniLM + projection (recipes/mpnet-to-small.yaml)
     "peers": lambda: peers.main([]),  # against Optimum and Olive; `python -m bench peers --help` for its options
     "llm-peers": lambda: llm_peers.main([]),  # SmolLM2 through compress's ONNX, llama.cpp and onnxruntime-genai
+    "llm-int4": lambda: llm_int4.main([]),  # issue 30: the int4-weight options on the SmolLM2 teacher, one row each
     "ablation": lambda: ablation.main([]),  # issue 16: one row per technique mix; `python -m bench ablation --help`
     "frontier": lambda: frontier.main([]),  # issue 31: teacher, layer-cut, pruned, static, int8s; one table
 }
@@ -33,6 +34,9 @@ def main(argv: list[str]) -> int:
         return gpu.main(argv[1:])
     if argv[:1] == ["llm-peers"]:
         return llm_peers.main(argv[1:])
+    if argv[:1] == ["llm-int4"]:
+        llm_int4.main(argv[1:])
+        return 0
     if argv[:1] == ["ablation"]:
         return ablation.main(argv[1:])
     if argv[:1] == ["frontier"]:

@@ -46,7 +46,8 @@ def python() -> Path:
 
 
 def setup() -> None:
-    """bench/.venv-llm: the peers on top of compress's own environment (a .pth names its site-packages)."""
+    """bench/.venv-llm: the peers on top of compress's own environment (a .pth names its site-packages), and
+    llama.cpp's converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the llama-cpp-python sdist it builds."""
     import site
     import sysconfig
 
@@ -55,11 +56,45 @@ def setup() -> None:
                              check=True, capture_output=True, text=True).stdout.strip()
     ours = sysconfig.get_paths()["purelib"] if sys.prefix != sys.base_prefix else site.getsitepackages()[0]
     Path(purelib, "zz_compress_env.pth").write_text(ours + "\n")
-    subprocess.run([str(python()), "-m", "pip", "install", *(f"{k}=={v}" for k, v in PEERS.items()), *PEER_EXTRAS],
+    sdist = _llama_sdist()
+    _unpack_converter(sdist, LLAMA_SRC)
+    subprocess.run([str(python()), "-m", "pip", "install", str(sdist),
+                    *(f"{k}=={v}" for k, v in PEERS.items() if k != "llama-cpp-python"), *PEER_EXTRAS],
                    check=True,
-                   env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
-    print(f"bench/.venv-llm ready. llama.cpp's converter: copy convert_hf_to_gguf.py, conversion/ and gguf-py/ of the "
-          f"llama-cpp-python {PEERS['llama-cpp-python']} sdist's vendor/llama.cpp into {LLAMA_SRC}")
+                   env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+                        "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "-DLLAVA_BUILD=OFF")})
+    print(f"bench/.venv-llm ready; llama.cpp's converter in {LLAMA_SRC.relative_to(ROOT)}")
+
+
+def _llama_sdist() -> Path:
+    """The llama-cpp-python source archive (pip download, kept in bench/.venv-llm/src)."""
+    dest = VENV / "src"
+    version = PEERS["llama-cpp-python"]
+    found = sorted(dest.glob(f"llama_cpp_python-{version}.tar.gz"))
+    if not found:
+        subprocess.run([str(python()), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(dest),
+                        f"llama-cpp-python=={version}"], check=True)
+        found = sorted(dest.glob(f"llama_cpp_python-{version}.tar.gz"))
+    return found[0]
+
+
+def _unpack_converter(sdist: Path, dest: Path) -> None:
+    """convert_hf_to_gguf.py and what it imports (conversion/, gguf-py/) from the sdist's vendor/llama.cpp."""
+    import shutil
+    import tarfile
+
+    prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(sdist) as archive:
+        members = [m for m in archive.getmembers()
+                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
+        for member in members:
+            member.name = member.name[len(prefix):]
+        archive.extractall(tmp, members=members, filter="data")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
 
 
 def peer_python(code: str, timeout: float = 1800) -> subprocess.CompletedProcess:

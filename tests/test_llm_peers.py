@@ -100,3 +100,28 @@ def test_llm_peers_worker_loads_a_peer_when_installed(module, tmp_path):
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     assert worker.main([str(tmp_path / "spec.json")]) == 1  # a missing model is an error row, not a crash
     assert json.loads((tmp_path / "r.json").read_text())["status"] == "error"
+
+
+def test_llm_peers_unpack_converter_takes_the_converter_and_its_imports_only(tmp_path):
+    """--setup takes llama.cpp's converter from the llama-cpp-python sdist it builds: no manual copy."""
+    import io
+    import tarfile
+
+    from bench import llm_peers
+
+    sdist = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    vendor = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
+    files = {"convert_hf_to_gguf.py": b"print('convert')", "conversion/base.py": b"", "gguf-py/gguf/__init__.py": b"",
+             "CMakeLists.txt": b"", "convert_lora_to_gguf.py": b"", "../../setup.py": b""}
+    with tarfile.open(sdist, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(vendor + name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "src" / "llama.cpp"
+
+    llm_peers._unpack_converter(sdist, dest)
+
+    found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert found == ["conversion/base.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+    assert not dest.with_name("llama.cpp.tmp").exists()

@@ -24,7 +24,7 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     rows = {(r["variant"], r["runtime"]) for r in report["rows"] if r["status"] == "ok"}
     for expected in [("teacher", "torch"), ("teacher.onnx", "onnxruntime"), ("student.onnx", "onnxruntime"),
                      ("student.int8-dynamic.onnx", "onnxruntime"), ("student.int8-static.onnx", "onnxruntime"),
-                     ("student.int4-weight.onnx", "onnxruntime"), ("student.fp16.onnx", "onnxruntime"),
+                     ("student.int4-weight.onnx", "onnxruntime"),
                      ("teacher.int8-dynamic.onnx", "onnxruntime"), ("student-static.onnx", "onnxruntime"),
                      ("student-static.int8-dynamic.onnx", "onnxruntime")]:
         assert expected in rows
