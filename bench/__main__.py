@@ -1,4 +1,4 @@
-"""`python -m bench [distill | lm | cnn | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ... |
+"""`python -m bench [distill | lm [--no-control] | cnn | gpu [--cpu] ... | mpnet [key=value ...] | peers [--setup] ... |
 ablation [--minutes X] ... | frontier [--reuse] ... | llm-peers [--setup] ... | llm-int4 [option ...]]`: compress's own benchmarks, written to
 bench/results/.
 
@@ -34,6 +34,9 @@ def main(argv: list[str]) -> int:
         return gpu.main(argv[1:])
     if argv[:1] == ["llm-peers"]:
         return llm_peers.main(argv[1:])
+    if argv[:1] == ["lm"]:  # --no-control: the shipped recipe only
+        lm.main(argv[1:])
+        return 0
     if argv[:1] == ["llm-int4"]:
         llm_int4.main(argv[1:])
         return 0
