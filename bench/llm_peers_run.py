@@ -80,18 +80,23 @@ def compress_variants(run_dir: Path) -> list[dict]:
     from compress.stages.bench_engine import size_mb
 
     out = []
-    for name, artifact, how in (("compress fp32", "teacher.onnx", "compress export (optimum, key/value cache), fp32"),
-                                ("compress int4", "teacher.int4-weight.onnx",
-                                 "compress quantize int4-weight (the quantize stage's defaults on this branch)")):
+    for name, runtime, artifact, how in (
+            ("compress fp32", "onnx", "teacher.onnx", "compress export (optimum, key/value cache), fp32"),
+            ("compress int4", "onnx", "teacher.int4-weight.onnx",
+             "compress quantize int4-weight (the quantize stage's defaults on this branch)"),
+            ("compress genai int4", "genai", "teacher.genai.int4-weight.onnx",
+             "compress export genai: true (onnxruntime-genai 0.14.1's builder, fp32) + quantize int4-weight, "
+             "run through compress's onnxruntime-genai 0.14.1")):
         folder = run_dir / "artifacts" / artifact
-        out.append({"name": name, "runtime": "onnx", "model": str(folder), "size_mb": size_mb(folder, "onnxruntime"),
+        out.append({"name": name, "runtime": runtime, "own": True, "model": str(folder),
+                    "size_mb": size_mb(folder, "onnxruntime"),
                     "status": "ok" if folder.exists() else "unavailable",
                     "reason": None if folder.exists() else f"{artifact} was not made", "how": how})
     return out
 
 
 def _worker(spec: dict, peer_python: Path) -> dict:
-    exe = sys.executable if spec["runtime"] == "onnx" else str(peer_python)
+    exe = sys.executable if spec.pop("own", False) else str(peer_python)  # compress's variants: its own packages
     spec_path = Path(spec["out"]).with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
     try:
@@ -115,7 +120,8 @@ def score_all(variants: list[dict], texts: Texts, peer_python: Path) -> tuple[di
             continue
         folder = texts.folder / "scores" / v["name"].replace(" ", "_")
         folder.mkdir(parents=True, exist_ok=True)
-        spec = {"runtime": v["runtime"], "model": v["model"], "threads": os.cpu_count() or 2,
+        spec = {"runtime": v["runtime"], "own": v.get("own", False), "model": v["model"],
+                "threads": os.cpu_count() or 2,
                 "score": [[str(p), str(folder / f"{name.split()[0]}.npz")] for name, p in texts.paths.items()],
                 "check": str(texts.check) if v["runtime"] != "onnx" else None, "out": str(folder / "result.json")}
         result = _worker(spec, peer_python)
@@ -156,7 +162,8 @@ def measure(variants: list[dict], texts: Texts, threads: list[int], rounds: int,
                 if done and done[-1].get("status") != "ok":
                     continue
                 out = work / f"{v['name'].replace(' ', '_')}-t{t}-r{round_}.json"
-                spec = {"runtime": v["runtime"], "model": v["model"], "threads": t, "prompts": str(texts.prompts),
+                spec = {"runtime": v["runtime"], "own": v.get("own", False), "model": v["model"], "threads": t,
+                        "prompts": str(texts.prompts),
                         "new_tokens": new_tokens, "iterations": iterations, "warmup": 1, "out": str(out)}
                 result = _worker(spec, peer_python)
                 done.append(result)

@@ -31,10 +31,10 @@ def reason(scheme: str, message: str) -> str:
 
 
 def check_graph(path: Path, scheme: str) -> None:
-    import onnx
+    from compress.sources import checked
 
     try:
-        onnx.checker.check_model(str(path))
+        checked(str(path))
     except Exception as exc:  # ValidationError, and onnx's C++ errors of other types
         raise ArtifactCheckError(reason(scheme, str(exc))) from None
 

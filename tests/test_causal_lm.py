@@ -33,7 +33,7 @@ GENERATE = ('  - {kind: generate, count: 40, eval_size: 8, max_new_tokens: 8, ba
 FULL = GENERATE + """\
   - {kind: distill, student: {from_teacher: {layers: auto, keep: 2}}, losses: {sequence: 1.0, token-kl: 1.0},
      max_steps: 6, batch_size: 8, eval_every: 3}
-  - {kind: export}
+  - {kind: export, genai: true}
   - {kind: quantize, schemes: [int4-weight], int4: {block_size: 16}}
   - {kind: bench, seq_lens: [8, 12], new_tokens: 4, rounds: 2, min_iterations: 2, min_seconds: 0, warmup: 1,
      generation: {decoding: [greedy, sampled], new_tokens: [6], seed: 3}}
@@ -41,7 +41,7 @@ FULL = GENERATE + """\
 
 
 @pytest.fixture(scope="module")
-def lm_run(tmp_path_factory, tiny_llama):
+def lm_run(tmp_path_factory):
     from conftest import LM_WORDS
 
     folder = tmp_path_factory.mktemp("lm-run")
@@ -49,9 +49,13 @@ def lm_run(tmp_path_factory, tiny_llama):
     data = folder / "lm.txt"
     data.write_text("\n".join(" ".join(words[(i * 5 + j * 7) % len(words)] for j in range(4 + i % 6))
                               for i in range(160)) + "\n")
+    from conftest import make_tiny_llama
+
     from compress.report import write_reports
 
-    write_reports(folder / "run", run(lm_recipe(tiny_llama, data, FULL), folder / "run"))
+    # heads of 16 dimensions: onnxruntime's GroupQueryAttention (export genai: true) takes no fewer
+    teacher = make_tiny_llama(folder / "teacher", hidden=64)
+    write_reports(folder / "run", run(lm_recipe(teacher, data, FULL), folder / "run"))
     return folder / "run"
 
 
@@ -149,15 +153,22 @@ def test_causal_lm_int4_algorithm_quantizes_and_keeps_the_vocabulary_in_8_bits(l
 def test_causal_lm_bench_reports_generation_speed_and_quality(lm_run):
     report = json.loads((lm_run / "report.json").read_text())
     rows = {r["variant"]: r for r in report["rows"]}
-    assert set(rows) == {"teacher.onnx", "student.onnx", "teacher.int4-weight.onnx", "student.int4-weight.onnx"}
-    for row in rows.values():
+    assert set(rows) == {f"{m}{f}{s}.onnx" for m in ("teacher", "student") for f in ("", ".genai")
+                         for s in ("", ".int4-weight")}
+    for name, row in rows.items():
+        assert row["runtime"] == ("onnxruntime-genai" if ".genai" in name else "onnxruntime")
         assert row["status"] == "ok" and row["tokens_per_s"] > 0 and row["ttft_ms"] > 0 and row["size_mb"] > 0
         assert set(row["quality"]) >= {"perplexity", "agreement", "human_perplexity", "human_agreement"}
         assert row["quality"]["human_perplexity"] > 1 and row["quality"]["human_perplexity"] != row["quality"]["perplexity"]
     assert rows["teacher.onnx"]["quality"]["agreement"] == 1.0 and rows["teacher.onnx"]["is_baseline"]
     assert rows["teacher.onnx"]["quality"]["human_agreement"] == 1.0 and "settings" not in rows["teacher.onnx"]
     settings = "q4_1, block 16, asymmetric, int8 compute, vocabulary 8-bit"
-    assert rows["teacher.int4-weight.onnx"]["settings"] == settings
+    assert rows["teacher.int4-weight.onnx"]["settings"] == rows["teacher.genai.int4-weight.onnx"]["settings"] == settings
+    # genai's graph computes what optimum's does: same quality, to float rounding
+    for plain, genai in (("teacher.onnx", "teacher.genai.onnx"),
+                         ("student.int4-weight.onnx", "student.genai.int4-weight.onnx")):
+        for key in ("perplexity", "human_perplexity"):
+            assert rows[genai]["quality"][key] == pytest.approx(rows[plain]["quality"][key], rel=0.02), (genai, key)
     markdown = (lm_run / "report.md").read_text()
     assert "| TTFT ms | tokens/s |" in markdown and "perplexity" in markdown and "human_perplexity" in markdown
     assert f"teacher.int4-weight.onnx was quantized with: {settings}" in markdown
@@ -179,6 +190,33 @@ def test_causal_lm_harness_decodes_through_the_cache_like_a_full_forward(lm_run)
         np.testing.assert_allclose(logits[0, -1], full[0, t], atol=1e-4)
     _, _, tokens = lm.generate(ids, 5)
     assert len(tokens) == 5
+
+
+def test_causal_lm_genai_bundle_generates_in_onnxruntime_genai_as_in_onnxruntime(lm_run):
+    import onnxruntime as ort
+    import onnxruntime_genai as og
+
+    from compress.targets.harness import GenaiLM, LMSession
+
+    folder = lm_run / "artifacts" / "teacher.genai.onnx"
+    ids = np.asarray([[1, 5, 9, 12, 7, 20, 8]], dtype=np.int64)
+    plain = LMSession(ort.InferenceSession(str(folder / "onnx" / "model.onnx"))).generate(ids, 6)[2]
+    assert GenaiLM(str(folder), "CPUExecutionProvider", 1).generate(ids, 6)[2] == plain
+    model = og.Model(str(folder))  # as an app opens it: the folder, nothing else
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=10)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids.astype(np.int32))
+    generator.generate_next_token()
+    assert int(generator.get_next_tokens()[0]) == plain[0]
+
+
+def test_causal_lm_export_genai_refuses_heads_genai_cannot_run_in_one_line(tmp_path, tiny_llama, lm_texts):
+    stages = GENERATE + "  - {kind: distill, student: {from_teacher: {layers: [0]}}, max_steps: 1}\n" \
+        "  - {kind: export, genai: true}\n"
+    with pytest.raises(CompressError, match="heads of 8 dimensions.*multiple of 16"):
+        run(lm_recipe(tiny_llama, lm_texts, stages), tmp_path / "run")
+    assert not list((tmp_path / "run" / "artifacts").glob("*genai*"))
 
 
 def test_causal_lm_bench_times_every_prompt_decoding_and_new_token_cell(lm_run):

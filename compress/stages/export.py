@@ -40,9 +40,17 @@ class Config(StageBase):
     )
     parity_texts: int = Field(default=64, ge=1, description="Held-out examples (texts, images) used for the parity "
                               "check.")
+    genai: bool = Field(
+        default=False, description="Task causal-lm: also export each model in onnxruntime-genai's format "
+        "(<name>.genai.onnx: GroupQueryAttention over a key/value buffer shared between steps, genai_config.json; "
+        "onnxruntime_genai.Model loads the folder, and bench times generation through it). quantize's int4-weight "
+        "quantizes it like the other export. Needs onnxruntime-genai (compress[llm]).")
 
 
 def run(cfg: Config, ctx) -> list:
+    if cfg.genai:
+        raise StageError(f"stage {ctx.stage_name}: genai: true is for task causal-lm (onnxruntime-genai's format is a "
+                         f"text generator's), not {ctx.recipe.task}")
     # Started at the first check, not with the stage: started early, a Ctrl-C during the first export once ended
     # the run with the bare signal (exit -2) instead of its one line (a loaded 2-core CI machine; not reproduced).
     with ParityChecker() as checker:

@@ -161,6 +161,8 @@ def _row(cell, results: list[dict], quality: dict, emulated: bool) -> dict:
     if ok:
         from compress.targets.harness import summarize
 
+        row["runtime"] = ok[0].get("runtime", row["runtime"])  # onnxruntime-genai for a genai-format bundle
+
         ttft = summarize([s for r in ok for s in r["ttft_samples_ms"]], 1)["latency_ms"]
         ttft["rounds_p50"] = [r["ttft_ms"]["p50"] for r in ok]
         row["ttft_ms"] = ttft

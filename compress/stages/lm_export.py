@@ -24,16 +24,28 @@ MIN_OPSET = 18  # optimum's minimum for Llama; also what int4 embedding quantiza
 def run(cfg, ctx) -> list:
     from dataclasses import replace
 
+    from compress.stages import lm_genai
+
     out = []
     for source in ctx.of_format("hf-model", cfg.models):
-        name, meta = f"{source.name}.onnx", {}
-        artifact = ctx.save(name, "onnx", lambda tmp, s=source, m=meta: _export(cfg, ctx, s, tmp, m))
-        artifact = replace(artifact, metadata={"source": source.name, "precision": "fp32",
-                                               "role": source.metadata.get("role", source.name), **meta})
-        out.append(artifact)
-        ctx.metrics[name] = meta
-        ctx.console.print(f"  exported {source.name} -> {name} (with past key/values): parity max|diff| "
-                          f"{meta['parity_max_abs']:.2e}, decode step {meta['parity_decode_max_abs']:.2e}")
+        writers = [("", "with past key/values", lambda tmp, m, s=source: _export(cfg, ctx, s, tmp, m))]
+        if cfg.genai:
+            writers.append((".genai", "onnxruntime-genai's format", lambda tmp, m, s=source: lm_genai.export(
+                ctx, s, tmp, m, lambda bundle: _checked(cfg, ctx, s, bundle))))
+        for suffix, what, write in writers:
+            name, meta = f"{source.name}{suffix}.onnx", {}
+            artifact = ctx.save(name, "onnx", lambda tmp, w=write, m=meta: w(tmp, m))
+            artifact = replace(artifact, metadata={"source": source.name, "precision": "fp32",
+                                                   "role": source.metadata.get("role", source.name), **meta})
+            out.append(artifact)
+            ctx.metrics[name] = meta
+            ctx.console.print(f"  exported {source.name} -> {name} ({what}): parity max|diff| "
+                              f"{meta['parity_max_abs']:.2e}, decode step {meta['parity_decode_max_abs']:.2e}")
+            check = meta.get("tokenizer_check")
+            if check and check["match"] < check["of"]:
+                ctx.console.print(f"  [yellow]warning[/]: onnxruntime-genai's tokenizer gives transformers' ids for "
+                                  f"{check['match']} of {check['of']} held-out texts: an app tokenizing with it "
+                                  f"feeds {name} other ids {check.get('error') or ''}")
     return out
 
 
@@ -56,19 +68,26 @@ def _export(cfg, ctx, source, tmp: Path, meta: dict) -> None:
                              f"{str(exc).strip().splitlines()[0][:300]}") from None
     for extra in tmp.glob("model.onnx_data"):  # optimum's external-data name for big models: keep it beside
         meta["external_data"] = extra.name
-    names = _io_names(tmp / "model.onnx")
+    names = io_names(tmp / "model.onnx")
     write_json(tmp / "compress.json", {**bundle_info(source.path), "inputs": names["inputs"],
                                         "outputs": names["outputs"], "precision": "fp32", "opset": opset,
                                         "max_length": ctx.recipe.data.max_length})
     meta.update(opset=opset, past_inputs=sum(n.startswith("past_key_values") for n in names["inputs"]))
-    meta.update(_parity(ctx, source.path, tmp))
+    meta.update(_checked(cfg, ctx, source, tmp))
+
+
+def _checked(cfg, ctx, source, bundle: Path) -> dict:
+    """Parity of the ONNX `bundle` with torch (full sequences, and one step through the cache); an error past
+    ten times parity_max_abs (logits are unnormalised: ten times an embedding's tolerance)."""
+    meta = _parity(ctx, source.path, bundle)
     worst = max(meta["parity_max_abs"], meta["parity_decode_max_abs"])
-    if worst > cfg.parity_max_abs * 10:  # logits are unnormalised: ten times an embedding's tolerance
+    if worst > cfg.parity_max_abs * 10:
         raise StageError(f"export of {source.name}: ONNX logits differ from torch by {worst:.3g} "
                          f"(> 10 x parity_max_abs {cfg.parity_max_abs})")
+    return meta
 
 
-def _io_names(path: Path) -> dict:
+def io_names(path: Path) -> dict:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

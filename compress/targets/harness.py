@@ -451,6 +451,57 @@ class LMSession:
         return first - start, time.perf_counter() - first, tokens
 
 
+def genai_folder(model: str) -> str | None:
+    """The folder holding genai_config.json for the graph `model` (onnxruntime-genai's format), else None."""
+    here = os.path.dirname(os.path.abspath(model))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "genai_config.json")):
+            return folder
+    return None
+
+
+class GenaiLM:
+    """A bundle in onnxruntime-genai's format through onnxruntime-genai's own Generator, as an app using it
+    generates (its key/value buffer shared between steps, its own sampling). Same interface as LMSession.generate;
+    a Sampler's settings become genai's search options. EOS is held back until the last token (min_length), so a
+    run always does exactly `new_tokens` of work."""
+
+    def __init__(self, folder: str, provider: str, threads: int):
+        import onnxruntime_genai as og
+
+        config = og.Config(folder)
+        config.clear_providers()
+        if provider == "CUDAExecutionProvider":
+            config.append_provider("cuda")
+        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.og, self.model = og, og.Model(config)
+        with open(os.path.join(folder, "genai_config.json"), encoding="utf-8") as handle:
+            self.vocab = int(json.load(handle)["model"]["vocab_size"])
+
+    def generate(self, ids, new_tokens: int, pick=None) -> tuple[float, float, list[int]]:
+        import numpy as np
+
+        length = int(ids.shape[1]) + new_tokens
+        search = {"max_length": length, "min_length": length, "batch_size": int(ids.shape[0]), "do_sample": False}
+        if isinstance(pick, Sampler):
+            # top_k beyond the vocabulary aborts genai 0.14 (an assertion, not an error)
+            search.update(do_sample=True, temperature=pick.temperature, top_k=min(pick.top_k, self.vocab), top_p=pick.top_p,
+                          random_seed=pick.seed)
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(**search)
+        generator = self.og.Generator(self.model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.ascontiguousarray(ids, np.int32))
+        generator.generate_next_token()  # picks from the prompt's logits
+        first = time.perf_counter()
+        tokens = [int(generator.get_next_tokens()[0])]
+        for _ in range(new_tokens - 1):
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        return first - start, time.perf_counter() - first, tokens
+
+
 def greedy(logits):
     return logits.argmax(-1)[:, None].astype("int64")
 
@@ -538,9 +589,10 @@ def generation_modes(args) -> list[tuple[str, int]]:
     return [(d, n) for d in decodings for n in args.generate]
 
 
-def bench_generation(args, session, result: dict, arrays: dict) -> dict:
+def bench_generation(args, lm, result: dict, arrays: dict) -> dict:
+    """`lm`: an LMSession (onnxruntime) or a GenaiLM (onnxruntime-genai)."""
     ids = arrays["input_ids"][:, : args.prompt_tokens or None].astype("int64")
-    lm, modes = LMSession(session), []
+    modes = []
     for decoding, new_tokens in generation_modes(args):
         sampler = Sampler(**(args.sampling or {})) if decoding == "sampled" else None
         ttft, per_token, tokens = time_generation(lm, ids, new_tokens, args.warmup, args.min_iterations,
@@ -574,6 +626,9 @@ def bench(args) -> dict:
                           f"({', '.join(result['available_providers'])})"}
     with np.load(args.inputs) as data:
         arrays = {k: data[k] for k in data.files}
+    folder = genai_folder(args.model) if args.generate else None
+    if folder:
+        return _bench_genai(args, folder, result, arrays)
     t0 = time.perf_counter()
     session = make_session(args.model, args.provider, args.threads, args.graph_opt, args.inter_threads,
                            args.execution_mode, args.provider_options)
@@ -585,19 +640,52 @@ def bench(args) -> dict:
         reason = placement_reason(args.provider, result["placement"])
     if reason:
         return {**result, "status": "unavailable", "reason": reason}
+    result["runtime"] = "onnxruntime"
     if args.generate:
-        result = bench_generation(args, session, result, arrays)
+        result = bench_generation(args, LMSession(session), result, arrays)
     else:
         result = _bench_forward(args, session, result, arrays)
     result["peak_rss_mb"] = peak_rss_mb()  # before eval, whose batches would add to it
+    del session  # quality is not timed: let the eval use every core
+    gc.collect()
+    return _evaluate(args, result)
+
+
+def _evaluate(args, result: dict) -> dict:
     if args.eval:
-        del session  # quality is not timed: let the eval use every core
-        gc.collect()
         eval_session = make_session(args.model, args.provider, 0, args.graph_opt, args.inter_threads,
                                     args.execution_mode, args.provider_options)
         evaluate = run_eval_lm if args.generate else run_eval
         result.update(evaluate(eval_session, args.eval, args.eval_out))
     return result
+
+
+GENAI_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+def _bench_genai(args, folder: str, result: dict, arrays: dict) -> dict:
+    """Generation through onnxruntime-genai (the bundle has genai_config.json); scoring (--eval) through
+    onnxruntime on the same graph, whose logits are what genai picks from."""
+    result["runtime"] = "onnxruntime-genai"
+    if args.provider not in GENAI_PROVIDERS:
+        return {**result, "status": "unavailable", "providers_used": [],
+                "reason": f"this harness runs onnxruntime-genai on {' and '.join(GENAI_PROVIDERS)} only"}
+    try:
+        import onnxruntime_genai
+    except ImportError:
+        return {**result, "status": "unavailable", "providers_used": [],
+                "reason": "the bundle is in onnxruntime-genai's format and onnxruntime-genai is not installed here "
+                          "(pip install onnxruntime-genai)"}
+    t0 = time.perf_counter()
+    lm = GenaiLM(folder, args.provider, args.threads)
+    result["session_seconds"] = time.perf_counter() - t0
+    result["providers_used"] = [args.provider]  # genai has no placement report: the provider its config names
+    result["genai_version"] = onnxruntime_genai.__version__
+    result = bench_generation(args, lm, result, arrays)
+    result["peak_rss_mb"] = peak_rss_mb()
+    del lm
+    gc.collect()
+    return _evaluate(args, result)
 
 
 def _bench_forward(args, session, result: dict, arrays: dict) -> dict:

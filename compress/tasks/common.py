@@ -190,6 +190,10 @@ def finish_bundle(folder: Path) -> None:
         info["model"] = model.relative_to(folder).as_posix()
         info["outputs"] = describe_outputs(model, info.get("outputs"))
         write_json(folder / "compress.json", info)
+    genai = read_json(folder / "genai_config.json")
+    if genai.get("model", {}).get("decoder"):  # onnxruntime-genai opens the decoder by this path
+        genai["model"]["decoder"]["filename"] = model.relative_to(folder).as_posix()
+        write_json(folder / "genai_config.json", genai)
     config = read_json(folder / "config.json")
     if config:
         # transformers.js picks the file by dtype (fp32: onnx/model.onnx, q8: onnx/model_quantized.onnx, ...), and in
