@@ -329,7 +329,8 @@ def test_convert_gguf_refuses_an_unreadable_file_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_generate_example_decodes_like_torch_greedy_generation(lm_run):
+@pytest.mark.parametrize("bundle", ["student.onnx", "student.genai.onnx"])
+def test_generate_example_decodes_like_torch_greedy_generation(lm_run, bundle):
     import subprocess
     import sys
 
@@ -339,7 +340,7 @@ def test_generate_example_decodes_like_torch_greedy_generation(lm_run):
 
     root = Path(__file__).resolve().parent.parent
     prompt = "the movie was good and the cast"
-    proc = subprocess.run([sys.executable, str(root / "export" / "generate.py"), str(lm_run / "artifacts" / "student.onnx"),
+    proc = subprocess.run([sys.executable, str(root / "export" / "generate.py"), str(lm_run / "artifacts" / bundle),
                            prompt, "--max-new-tokens", "6"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tokens = json.loads(proc.stdout)["tokens"]
@@ -352,3 +353,40 @@ def test_generate_example_decodes_like_torch_greedy_generation(lm_run):
     expected = [t for t in out[0, ids.shape[1]:].tolist()]
     expected = expected[: expected.index(model.config.eos_token_id)] if model.config.eos_token_id in expected else expected
     assert tokens == expected
+
+
+def _bpe_tokenizer(path: Path, byte_level: bool, byte_fallback: bool) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if byte_level else list("abcdefghijklmnopqrstuvwxyz ")
+    vocab = {c: i for i, c in enumerate(sorted(alphabet))}
+    vocab.update({"Ġt": len(vocab), "he": len(vocab) + 1} if byte_level else {})
+    merges = [("Ġ", "t"), ("h", "e")] if byte_level else []
+    tok = Tokenizer(models.BPE(vocab, merges, byte_fallback=byte_fallback))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if byte_level else pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()]) if byte_fallback else decoders.ByteLevel()
+    tok.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("byte_level, byte_fallback, changed", [
+    (True, True, True),     # transformers' form of a GGUF byte-level BPE: genai misreads it
+    (True, False, False),   # already plain byte-level
+    (False, True, False),   # SentencePiece-style: byte_fallback is real there
+])
+def test_byte_level_decoding_rewrites_only_byte_level_bpe_with_fallback(tmp_path, byte_level, byte_fallback, changed):
+    from tokenizers import Tokenizer
+
+    from compress.stages.lm_genai import byte_level_decoding
+
+    path = _bpe_tokenizer(tmp_path / "tokenizer.json", byte_level, byte_fallback)
+    text = "the heat, then café"
+    before = Tokenizer.from_file(str(path)).encode(text).ids
+    original = path.read_text()
+    assert byte_level_decoding(path) is changed
+    after = Tokenizer.from_file(str(path))
+    assert after.encode(text).ids == before  # the ids a model sees never change
+    if changed:
+        assert after.decode(before) == text and '"byte_fallback": false' in path.read_text()
+    else:
+        assert path.read_text() == original

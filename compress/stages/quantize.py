@@ -293,14 +293,19 @@ def _bundle(cfg: Config, ctx, source, scheme: str, tmp: Path, options: dict, exc
     # The timing is not written into the artifact: its bytes (and hash) must not depend on the machine's load.
     write_json(tmp / "compress.json", {**read_json(source.path / "compress.json"), "precision": scheme,
                                        "check": {k: v for k, v in options["check"].items() if k != "speedup_b1"},
-                                       "runtimes": _runtimes(dst), **quantize_int4.recorded(scheme, options)})
+                                       "runtimes": _runtimes(dst, genai=(tmp / "genai_config.json").is_file()),
+                                       **quantize_int4.recorded(scheme, options)})
 
 
-def _runtimes(path: Path) -> dict:
-    """Which runtimes load the model (quant_tools.runtimes), with the sentence a reader of compress.json needs."""
+def _runtimes(path: Path, genai: bool = False) -> dict:
+    """Which runtimes load the model (quant_tools.runtimes), with the sentence a reader of compress.json needs;
+    `genai`: the bundle is in onnxruntime-genai's format (export genai: true)."""
     import onnx
 
     found = quant_tools.runtimes(onnx.load(str(path), load_external_data=False))
+    if genai:
+        return {**found, "note": "onnxruntime-genai (onnxruntime_genai.Model on this folder), and onnxruntime on "
+                "onnx/model.onnx with the key/value cache fed by hand (export/generate.py)"}
     note = ("standard ONNX operators only: any ONNX runtime (OpenVINO, onnxruntime-web, ...)" if found["standard_onnx"]
             else f"onnxruntime only: {', '.join(found['onnxruntime_only'])}" if found["onnxruntime_only"]
             else "onnxruntime and OpenVINO (com.microsoft operators that OpenVINO converts)")
