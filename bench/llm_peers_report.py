@@ -113,8 +113,10 @@ def render(data: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-PAIRS = (("compress int4", "llama.cpp Q4_K_M"), ("compress int4", "onnxruntime-genai int4"),
-         ("compress int4", "compress fp32"), ("onnxruntime-genai int4", "llama.cpp Q4_K_M"))
+PAIRS = (("compress genai int4", "llama.cpp Q4_K_M"), ("compress genai int4", "llama.cpp Q4_1 (packaged)"),
+         ("compress genai int4", "onnxruntime-genai int4"), ("compress genai int4", "compress fp32"),
+         ("compress int4", "llama.cpp Q4_K_M"), ("compress int4", "compress fp32"),
+         ("onnxruntime-genai int4", "llama.cpp Q4_K_M"))
 
 
 def comparisons(data: dict) -> list[str]:

@@ -112,8 +112,8 @@ def render(d: dict) -> str:
     lines += ["", "## ONNX variants (the recipe's bench)", "",
               "Greedy generation through the key/value cache, 64-token prompt, 32 new tokens, batch 1, 1 thread, "
               "3 interleaved rounds; quality with onnxruntime on the same held-out teacher text and on held-out "
-              "human-written reviews (the recipe's data). `[genai]`: the onnxruntime-genai format, timed and scored "
-              "through onnxruntime-genai; the others through onnxruntime. Speed-up: tokens/s over teacher.onnx's.", "",
+              "human-written reviews (the recipe's data). `[genai]`: the onnxruntime-genai format, timed through "
+              "onnxruntime-genai (scored through onnxruntime on the same graph); the others through onnxruntime. Speed-up: tokens/s over teacher.onnx's.", "",
               "| variant | size MB | TTFT ms | ms/token | tokens/s | speed-up | perplexity | human-text perplexity | "
               "agreement |", "|---|---|---|---|---|---|---|---|---|"]
     rows = sorted(d["onnx_rows"].items(), key=lambda kv: (not kv[0].startswith("teacher"), "int4" in kv[0], "[genai]" in kv[0]))

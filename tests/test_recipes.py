@@ -34,6 +34,7 @@ SHRINK = {
         "stages.0.batch_size=12", "stages.1.student.from_teacher={layers: [0, 29]}", "stages.1.max_steps=2",
         "stages.1.max_minutes=null", "stages.1.eval_every=0", "stages.1.batch_size=8",
         "stages.3.models=[teacher.genai.onnx, student.onnx]",  # int4 in each format, not every pair
+        "stages.4.models=null", "stages.4.eval_size=null",  # every variant the shrunk run makes
         "stages.4.seq_lens=[16]", "stages.4.new_tokens=4", "stages.4.rounds=1", "stages.4.min_iterations=1",
     ],
     "edge-cnn.yaml": [
