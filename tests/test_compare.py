@@ -63,8 +63,8 @@ stages:
     seq_lens: [64]
     warmup: 3
     min_iterations: 20
-    min_seconds: 0.1
-    rounds: 3
+    min_seconds: 0.3
+    rounds: 5
     eval_size: 8
 """
 
