@@ -18,7 +18,9 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     args = ["run", "recipes/quickstart.yaml", "--out", str(run_dir)]
     sets = [a for s in SHRINK["quickstart.yaml"] for a in ("--set", s)]
 
+    started = time.monotonic()
     first = compress(*args, *sets)
+    first_seconds = time.monotonic() - started
     assert first.returncode == 0, first.stderr[-3000:]
     report = json.loads((run_dir / "report.json").read_text())
     rows = {(r["variant"], r["runtime"]) for r in report["rows"] if r["status"] == "ok"}
@@ -37,7 +39,9 @@ def test_quickstart_runs_caches_and_reruns_only_what_changed(tmp_path):
     cached_seconds = time.monotonic() - started
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count(": cached") == 6, again.stderr
-    assert cached_seconds < 15
+    # Relative to the first run, measured in the same test: an absolute bound read a busy CI neighbour as a
+    # cache miss (15.9 s once). A rerun that redid any stage would take most of the first run's time.
+    assert cached_seconds < first_seconds / 4, (cached_seconds, first_seconds)
 
     bench_changed = compress(*args, *sets, "--set", "stages.5.warmup=2")
     assert bench_changed.returncode == 0, bench_changed.stderr[-3000:]

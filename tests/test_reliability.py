@@ -59,10 +59,12 @@ def bomb(width: int, levels: int) -> str:
     ],
 )
 def test_parse_recipe_refuses_hostile_yaml_fast_with_file_line(text, expected):
-    started = time.monotonic()
+    # CPU time, not wall time: what matters is that no input makes the parser blow up (an alias bomb would
+    # take minutes), and a busy neighbour on a 2-core CI machine must not read as that.
+    started = time.process_time()
     with pytest.raises(RecipeError) as info:
         parse_recipe(text, "r.yaml")
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 5.0
     assert expected in str(info.value)
     assert all(LOCATED.match(line) or line.startswith("... and") for line in str(info.value).splitlines())
 
@@ -84,12 +86,12 @@ KEY_PATHS = [("version",), ("name",), ("teacher",), ("teacher", "source"), ("dat
     st.text(max_size=200),
 ))
 def test_parse_recipe_property_only_recipe_errors_with_a_line(text):
-    started = time.monotonic()
+    started = time.process_time()
     try:
         parse_recipe(text, "r.yaml")
     except RecipeError as exc:
         assert all(LOCATED.match(line) or line.startswith("... and") for line in str(exc).splitlines()), str(exc)
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 5.0
 
 
 def _replace(path: tuple, value) -> str:
