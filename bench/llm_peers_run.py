@@ -123,12 +123,15 @@ def score_all(variants: list[dict], texts: Texts, peer_python: Path) -> tuple[di
         spec = {"runtime": v["runtime"], "own": v.get("own", False), "model": v["model"],
                 "threads": os.cpu_count() or 2,
                 "score": [[str(p), str(folder / f"{name.split()[0]}.npz")] for name, p in texts.paths.items()],
-                "check": str(texts.check) if v["runtime"] != "onnx" else None, "out": str(folder / "result.json")}
+                "out": str(folder / "result.json")}
         result = _worker(spec, peer_python)
+        if v["runtime"] != "onnx":  # a worker of its own: a tokenizer that aborts its runtime loses only this
+            check = _worker({**spec, "score": None, "check": str(texts.check), "out": str(folder / "check.json")},
+                            peer_python)
+            checks[v["name"]] = check.get("tokenizer") or {"status": "error", "reason": check.get("reason")}
         if result.get("status") != "ok":
             quality[v["name"]] = {name: {"status": "error", "reason": result.get("reason")} for name in texts.paths}
             continue
-        checks[v["name"]] = result.get("tokenizer")
         outputs[v["name"]] = {name: _flatten(folder / f"{name.split()[0]}.npz") for name in texts.paths}
     reference = outputs.get("compress fp32", {})
     for name, per_text in outputs.items():
@@ -191,7 +194,8 @@ def meta(args, argv: list[str], versions: dict, texts: Texts, checks: dict, run:
              f"{t['human text']['scored_tokens']} scored). Every runtime scores the same token ids (the teacher "
              f"tokenizer's); agreement = share of teacher-text positions whose greedy next token is compress fp32's.",
              "Tokenizer check (the runtime's own tokenizer on 30 completions gives the same ids): "
-             + (", ".join(f"{k} {v['match']}/{v['of']}" for k, v in checks.items() if v) or "n/a")
+             + (", ".join(f"{k} {v['match']}/{v['of']}" if 'match' in v else f"{k} {v.get('reason')}"
+                          for k, v in checks.items() if v) or "n/a")
              + ". A mismatch does not change the table: every runtime is fed the same ids."]
     return {"command": "python -m bench llm-peers " + " ".join(argv), "cpu": cpu.get("model"), "cores": os.cpu_count(),
             "cpu_flags": flags, "versions": versions, "texts": list(texts.paths), "intro": intro,

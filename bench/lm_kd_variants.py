@@ -29,8 +29,15 @@ VARIANTS = {
 
 def rows_of(run_dir: Path) -> list[dict]:
     data = run_dir / "artifacts" / "generated" / "data.jsonl"
-    if data.is_file():
-        raise SystemExit("use the progress file (top-k lists inline) of a generate stage still running or stopped")
+    if data.is_file():  # a finished generate stage: its rows, the held-out split first, top-k from topk.npz
+        from compress.stages import lm_topk
+
+        kept = lm_topk.read(data.parent)
+        rows = [json.loads(line) for line in open(data, encoding="utf-8")]
+        for row in rows:
+            if row["id"] in kept:
+                row["topk_ids"], row["topk_logprobs"] = kept[row["id"]]
+        return sorted(rows, key=lambda r: (r.get("split") != "eval", r["id"]))
     files = glob.glob(str(run_dir / "work" / "generate" / "progress.jsonl.*"))
     rows = [r for f in files for line in open(f) for r in json.loads(line)["rows"]]
     return sorted(rows, key=lambda r: r["id"])

@@ -377,7 +377,7 @@ def _bpe_tokenizer(path: Path, byte_level: bool, byte_fallback: bool) -> Path:
 def test_byte_level_decoding_rewrites_only_byte_level_bpe_with_fallback(tmp_path, byte_level, byte_fallback, changed):
     from tokenizers import Tokenizer
 
-    from compress.stages.lm_genai import byte_level_decoding
+    from compress.tasks.causal_lm import byte_level_decoding
 
     path = _bpe_tokenizer(tmp_path / "tokenizer.json", byte_level, byte_fallback)
     text = "the heat, then café"
@@ -390,3 +390,27 @@ def test_byte_level_decoding_rewrites_only_byte_level_bpe_with_fallback(tmp_path
         assert after.decode(before) == text and '"byte_fallback": false' in path.read_text()
     else:
         assert path.read_text() == original
+
+
+def test_model_stats_scores_only_the_scored_positions_as_the_full_logits_would(tiny_llama):
+    import numpy as np
+    import torch
+
+    from compress.stages import lm_text
+    from compress.tasks.causal_lm import load_backbone, load_tokenizer, next_token_stats
+
+    model, tokenizer = load_backbone(tiny_llama).eval(), load_tokenizer(tiny_llama)
+    pairs = [("the movie was", "good and moving"), ("a film", "boring but fine story"), ("it", "is not")]
+    tok = lm_text.tokenize(tokenizer, pairs, 64, "test")
+    argmax, nll = lm_text.model_stats(model, tok, tokenizer.pad_token_id, batch_size=2)
+    mask = lm_text.scored_mask(tok)
+    full_argmax, full_nll = [], []
+    with torch.inference_mode():  # the reference: every position's logits, one sequence at a time
+        for ids in tok.ids:
+            a, n = next_token_stats(model(input_ids=torch.tensor([ids])).logits, torch.tensor([ids]))
+            full_argmax.append(np.concatenate([[0], a[0, :-1].numpy()]))
+            full_nll.append(np.concatenate([[0.0], n[0, :-1].numpy()]))
+    assert mask.sum() == sum(len(c.split()) for _, c in pairs)
+    np.testing.assert_array_equal(argmax[mask], np.concatenate(full_argmax)[mask])
+    np.testing.assert_allclose(nll[mask], np.concatenate(full_nll)[mask], rtol=1e-4, atol=1e-5)
+    assert (nll[~mask] == 0).all()

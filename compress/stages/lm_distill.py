@@ -114,22 +114,12 @@ def _train_tokens(cfg, ctx, tokenizer, pairs, max_length: int, source: str, loss
     return lm_topk.tokenize(tokenizer, read_generated(generated[-1].path)["train"], kept, max_length, source)
 
 
-def logits_at(net, input_ids, attention_mask, keep):
-    """The model's next-token logits at the positions `keep` [B, S-1] marks (position t predicts token t+1):
-    the output projection runs only there (Llama-style models; others compute all logits, then pick)."""
-    base = getattr(net, net.base_model_prefix, None)
-    plain = base is not None and not any(getattr(net.config, a, None) for a in ("final_logit_softcapping", "logit_scale"))
-    if not plain:
-        return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    return net.get_output_embeddings()(hidden[:, :-1][keep])
-
-
 def distiller_module(student, teacher, losses: dict, temperature: float):
     import torch
     import torch.nn.functional as F
 
     from compress.stages import lm_topk
+    from compress.stages.lm_text import logits_at
 
     class Distiller(torch.nn.Module):
         def __init__(self):

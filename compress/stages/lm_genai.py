@@ -29,7 +29,7 @@ def export(ctx, source, tmp: Path, meta: dict, parity) -> None:
     from importlib.util import find_spec
 
     from compress.stages.lm_export import io_names
-    from compress.tasks.causal_lm import bundle_info
+    from compress.tasks.causal_lm import bundle_info, byte_level_decoding
     from compress.tasks.common import read_json, write_json
 
     if find_spec("onnxruntime_genai") is None:
@@ -56,7 +56,7 @@ def export(ctx, source, tmp: Path, meta: dict, parity) -> None:
     for name in ("config.json", "generation_config.json"):  # what transformers-side readers of the bundle expect
         if (source.path / name).is_file() and not (tmp / name).exists():
             shutil.copy2(source.path / name, tmp / name)
-    byte_level_decoding(tmp / "tokenizer.json")
+    byte_level_decoding(tmp / "tokenizer.json")  # a teacher converted before compress did this itself
     meta["tokenizer_check"] = tokenizer_check(tmp, source.path, _texts(ctx))
     names = io_names(tmp / "model.onnx")
     genai = read_json(tmp / "genai_config.json")["model"]
@@ -66,30 +66,6 @@ def export(ctx, source, tmp: Path, meta: dict, parity) -> None:
                                        "genai_tokenizer": meta["tokenizer_check"]})
     meta.update(format="genai", external_data="model.onnx.data" if (tmp / "model.onnx.data").is_file() else None)
     meta.update(parity(tmp))
-
-
-def byte_level_decoding(path: Path) -> bool:
-    """A byte-level BPE tokenizer (GPT-2's pre-tokenizer) that says byte_fallback, as transformers writes one it
-    converts from a GGUF file, turned into the plain byte-level form; True when it changed the file.
-    onnxruntime-genai's tokenizer reads byte_fallback as SentencePiece's and gives -1 for every space (SmolLM2:
-    0 of 30 texts as transformers tokenizes them; 30 of 30 after). transformers gives the same ids either way:
-    a byte-level vocabulary holds every byte, so the fallback never fires."""
-    import json
-
-    from compress.tasks.common import write_json
-
-    if not path.is_file():
-        return False
-    tok = json.loads(path.read_text(encoding="utf-8"))
-    pre = tok.get("pre_tokenizer") or {}
-    kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
-    model = tok.get("model") or {}
-    if "ByteLevel" not in kinds or model.get("type") != "BPE" or not model.get("byte_fallback"):
-        return False
-    model.update(byte_fallback=False, fuse_unk=False)
-    tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
-    write_json(path, tok)
-    return True
 
 
 def tokenizer_check(bundle: Path, model_dir: Path, texts: list[str]) -> dict:

@@ -105,13 +105,12 @@ def pad_batch(tok: Tokenized, index: list[int], pad_id: int) -> dict:
 
 def model_stats(model, tok: Tokenized, pad_id: int, batch_size: int = 8):
     """Per sequence (argmax, nll) arrays of a torch causal LM, aligned so position t is the prediction of
-    token t (from tokens before it); position 0 is never scored."""
+    token t (from tokens before it); position 0 is never scored. Only the scored positions are computed (the
+    output projection is a fifth of a small model's forward pass, and prompts are most positions): the others
+    hold 0, and every caller reads these arrays through scored_mask."""
     import numpy as np
     import torch
 
-    from compress.tasks.causal_lm import next_token_stats
-
-    argmaxes, nlls = [], []
     was_training = model.training
     model.eval()
     order = sorted(range(len(tok.ids)), key=lambda i: len(tok.ids[i]))
@@ -120,25 +119,32 @@ def model_stats(model, tok: Tokenized, pad_id: int, batch_size: int = 8):
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             batch = pad_batch(tok, index, pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            argmax, nll = next_token_stats(logits, batch["input_ids"])
+            keep = batch["scored"][:, 1:].bool()  # position t predicts token t + 1
+            logp = torch.log_softmax(logits_at(model, batch["input_ids"], batch["attention_mask"], keep).float(), -1)
+            argmax = torch.zeros(keep.shape, dtype=torch.long)
+            nll = torch.zeros(keep.shape, dtype=torch.float32)
+            argmax[keep] = logp.argmax(-1)
+            nll[keep] = -logp.gather(-1, batch["input_ids"][:, 1:][keep].unsqueeze(-1)).squeeze(-1)
             for r, i in enumerate(index):
                 n = len(tok.ids[i])
-                results[i] = (shift(argmax[r, :n].numpy()), shift(nll[r, :n].numpy()))
+                # index t of these arrays describes token t: the prediction made at position t - 1
+                results[i] = (np.concatenate([[0], argmax[r, :n - 1].numpy()]),
+                              np.concatenate([[0.0], nll[r, :n - 1].numpy()]).astype(np.float32))
     model.train(was_training)
-    for i in range(len(tok.ids)):
-        argmaxes.append(results[i][0])
-        nlls.append(results[i][1])
+    argmaxes = [results[i][0] for i in range(len(tok.ids))]
+    nlls = [results[i][1] for i in range(len(tok.ids))]
     return np.concatenate(argmaxes) if argmaxes else np.zeros(0), np.concatenate(nlls) if nlls else np.zeros(0)
 
 
-def shift(values):
-    """Move per-position predictions one step right: index t then describes token t (index 0 gets 0)."""
-    import numpy as np
-
-    out = np.zeros_like(values)
-    out[1:] = values[:-1]
-    return out
+def logits_at(net, input_ids, attention_mask, keep):
+    """The model's next-token logits at the positions `keep` [B, S-1] marks (position t predicts token t+1):
+    the output projection runs only there (Llama-style models; others compute all logits, then pick)."""
+    base = getattr(net, net.base_model_prefix, None)
+    plain = base is not None and not any(getattr(net.config, a, None) for a in ("final_logit_softcapping", "logit_scale"))
+    if not plain:
+        return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return net.get_output_embeddings()(hidden[:, :-1][keep])
 
 
 def scored_mask(tok: Tokenized):

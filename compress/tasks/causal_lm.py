@@ -83,6 +83,10 @@ def next_token_stats(logits, input_ids):
 # ---------------------------------------------------------------- GGUF teachers
 
 
+# 2: the tokenizer is written in plain byte-level form (byte_level_decoding); folders of format 1 are converted again
+GGUF_FOLDER_FORMAT = 2
+
+
 def is_gguf(path: Path) -> bool:
     return Path(path).is_file() and Path(path).suffix.lower() == ".gguf"
 
@@ -99,7 +103,8 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
 
     digest = _file_digest(gguf)
     stamp = dest / "compress-gguf.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
+    if stamp.is_file() and json.loads(stamp.read_text()) == {"sha256": digest, "gguf": str(gguf),
+                                                              "format": GGUF_FOLDER_FORMAT}:
         return dest
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -123,16 +128,48 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if gguf_field(gguf, "tokenizer.ggml.add_bos_token") is False and getattr(tokenizer, "add_bos_token", False):
+        # transformers' GGUF reader makes a Llama tokenizer that adds BOS whatever the file says; SmolLM2's says
+        # no, and the extra token also hides the vocabulary from llama.cpp's converter (its pre-tokenizer hash)
+        tokenizer.add_bos_token = False
+    if gguf_field(gguf, "tokenizer.ggml.model") == "gpt2":  # byte-level BPE: decoding must not drop the spaces
+        tokenizer.clean_up_tokenization_spaces = False  # before punctuation ("a ." is two tokens, kept as written)
     with atomic_path(dest) as tmp:
         tmp.mkdir(parents=True)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "compress-gguf.json").write_text(json.dumps({"sha256": digest, "gguf": str(gguf)}) + "\n")
+        byte_level_decoding(tmp / "tokenizer.json")  # what onnxruntime-genai and llama.cpp's converter read right
+        (tmp / "compress-gguf.json").write_text(json.dumps({"sha256": digest, "gguf": str(gguf),
+                                                            "format": GGUF_FOLDER_FORMAT}) + "\n")
         license_id = gguf_license(gguf)
         if license_id:  # a model card, so that the licence check reads what the file declares
             (tmp / "README.md").write_text(f"---\nlicense: {license_id}\n---\n\nConverted by compress from "
                                            f"{gguf.name} (GGUF metadata general.license).\n")
     return dest
+
+
+def byte_level_decoding(path: Path) -> bool:
+    """A byte-level BPE tokenizer (GPT-2's pre-tokenizer) that says byte_fallback, as transformers writes one it
+    converts from a GGUF file, turned into the plain byte-level form; True when it changed the file.
+    Clients read byte_fallback as SentencePiece's: onnxruntime-genai's tokenizer gives -1 for every space
+    (SmolLM2: 0 of 30 texts as transformers tokenizes them; 30 of 30 after), and llama.cpp's convert_hf_to_gguf.py
+    writes a SentencePiece ("llama") vocabulary whose tokenizer aborts llama.cpp (std::out_of_range) and
+    detokenizes spaces as "Ġ". transformers gives the same ids either way: a byte-level vocabulary holds every
+    byte, so the fallback never fires."""
+    if not path.is_file():
+        return False
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    pre = tok.get("pre_tokenizer") or {}
+    kinds = {pre.get("type")} | {p.get("type") for p in pre.get("pretokenizers") or []}
+    model = tok.get("model") or {}
+    if "ByteLevel" not in kinds or model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return False
+    model.update(byte_fallback=False, fuse_unk=False)
+    tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    from compress.tasks.common import write_json
+
+    write_json(path, tok)
+    return True
 
 
 def _file_digest(path: Path) -> str:
@@ -145,14 +182,24 @@ def _file_digest(path: Path) -> str:
 
 def gguf_license(path: Path) -> str | None:
     """The licence a GGUF file declares in its metadata (general.license), if any."""
-    try:
-        from gguf import GGUFReader
+    value = gguf_field(path, "general.license")
+    return value if isinstance(value, str) else None
 
-        field = GGUFReader(str(path)).fields.get("general.license")
-        if field is None:
+
+def gguf_field(path: Path, key: str):
+    """One scalar of a GGUF file's metadata (str, bool or number), or None when absent or unreadable."""
+    try:
+        from gguf import GGUFReader, GGUFValueType
+
+        field = GGUFReader(str(path)).fields.get(key)
+        if field is None or not field.data:
             return None
-        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    except Exception:  # metadata is a hint; the recipe's teacher.license is the fallback
+        part = field.parts[field.data[0]]
+        if field.types and field.types[0] == GGUFValueType.STRING:
+            return bytes(part).decode("utf-8", "replace")
+        value = part.tolist()[0]
+        return bool(value) if field.types and field.types[0] == GGUFValueType.BOOL else value
+    except Exception:  # metadata is a hint: the caller keeps its default
         return None
 
 
