@@ -61,4 +61,5 @@ def test_smollm2_distill_generates_distills_exports_int4_and_benches(tmp_path):
     original = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     converted = AutoTokenizer.from_pretrained(str(run_dir / "artifacts" / "teacher"))
     for text in ("The film was a  quiet triumph.", "Ünïcödé — and 🎬 emoji\n\ttabs", " leading space"):
-        assert converted(text)["input_ids"] == original(text)["input_ids"], text
+        # transformers' GGUF reader adds BOS although the file says add_bos_token false; the converted folder does not
+        assert converted(text)["input_ids"] == original(text, add_special_tokens=False)["input_ids"], text
