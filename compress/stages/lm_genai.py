@@ -56,7 +56,7 @@ def export(ctx, source, tmp: Path, meta: dict, parity) -> None:
     for name in ("config.json", "generation_config.json"):  # what transformers-side readers of the bundle expect
         if (source.path / name).is_file() and not (tmp / name).exists():
             shutil.copy2(source.path / name, tmp / name)
-    byte_level_decoding(tmp / "tokenizer.json")  # a teacher converted before compress did this itself
+    byte_level_decoding(tmp / "tokenizer.json")  # a HF-folder teacher that transformers converted from GGUF elsewhere
     meta["tokenizer_check"] = tokenizer_check(tmp, source.path, _texts(ctx))
     names = io_names(tmp / "model.onnx")
     genai = read_json(tmp / "genai_config.json")["model"]
