@@ -12,13 +12,31 @@ from compress.errors import Interrupted
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+# The signals received and not yet seen propagating (signal dispositions are process-wide state already). Python
+# raises a signal's exception in whatever code runs next: inside a library's finalizer (__del__) it is printed as
+# "Exception ignored" and dropped, and the run would go on as if no one had pressed Ctrl-C.
+_pending: list[int] = []
+
+
 def raise_on_sigterm() -> None:
     """From now on SIGTERM raises Interrupted (a KeyboardInterrupt) in the main thread: temporaries are removed and
-    subprocess.run kills its child before the process exits 143."""
+    subprocess.run kills its child before the process exits 143. Ctrl-C raises KeyboardInterrupt as before; both
+    are also recorded, so that raise_if_lost() can stop the run at a stage's end if the exception was swallowed."""
     def handler(signum, frame):
-        raise Interrupted(signum)
+        _pending.append(signum)
+        raise Interrupted(signum) if signum != signal.SIGINT else KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, &)
+        signal.signal(signal.SIGINT, handler)
+
+
+def raise_if_lost() -> None:
+    """Raise the interrupt of a signal that arrived but whose exception never reached this point's caller."""
+    if _pending:
+        signum = _pending[-1]
+        _pending.clear()
+        raise Interrupted(signum) if signum != signal.SIGINT else KeyboardInterrupt
 
 
 def exit_code(exc: BaseException) -> int:
@@ -68,6 +86,7 @@ def stopped_in(where: str):
     try:
         yield
     except KeyboardInterrupt as exc:
+        _pending.clear()  # on its way out: not lost
         if not getattr(exc, "stage", None):
             exc.stage = where
         raise

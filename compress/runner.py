@@ -26,7 +26,7 @@ from compress.context import RunContext
 from compress.errors import CompressError, StageError
 from compress.inputs import check_paths, local_path
 from compress.launch import launch
-from compress.procs import stopped_in
+from compress.procs import raise_if_lost, stopped_in
 from compress.ranks import rank_world
 from compress.recipe import Recipe, dump_recipe, load_recipe
 from compress.rundir import (
@@ -93,6 +93,7 @@ def run(recipe: Recipe, run_dir: Path, console: Console | None = None, nproc: in
                 else:
                     console.rule(f"[bold]{stage.name}[/] ({stage.kind})")
                     entry, produced = _run_stage(recipe, stage, key, artifacts, run_dir, console, nproc)
+                    raise_if_lost()  # a Ctrl-C swallowed inside the stage stops the run here, before it is recorded
                     entry["cache"] = "computed"
                     console.print(f"[green]✓[/] {stage.name}: done in {entry['seconds']:.1f} s")
                     if shared is not None:
