@@ -93,6 +93,31 @@ def test_layer_choice_importance_scores_a_layer_that_does_nothing_zero(tiny_llam
     assert len(teacher.model.layers) == 4  # the teacher is whole again
 
 
+def test_layer_choice_importance_matches_removing_each_layer_from_the_whole_model(tiny_llama):
+    """The scores continue from the cached input of the removed layer: the same as running the model without it."""
+    import torch
+
+    from compress.stages.layer_choice import importance
+
+    teacher, tokenizer = _llama(tiny_llama)
+    batch = _batch(tokenizer, TEXTS, k=4)
+    keep = batch["scored"][:, 1:].bool()
+    layers = teacher.model.layers
+
+    def logprobs():
+        return torch.log_softmax(teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                                 .logits[:, :-1][keep], -1)
+
+    with torch.no_grad():
+        ref, expected = logprobs(), []
+        for i in range(len(layers)):
+            teacher.model.layers = torch.nn.ModuleList([m for j, m in enumerate(layers) if j != i])
+            expected.append(float(torch.nn.functional.kl_div(logprobs(), ref, log_target=True, reduction="sum"))
+                            / int(keep.sum()))
+        teacher.model.layers = layers
+    assert importance(teacher, [batch]) == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
 @pytest.mark.parametrize("spec, error", [
     ({"layers": "auto"}, "give keep with layers: auto"),
     ({"layers": [0, 3], "keep": 2}, "give keep with layers: auto"),

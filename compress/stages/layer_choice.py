@@ -38,7 +38,9 @@ class FromTeacher(StrictModel):
 
 def importance(teacher, batches: list[dict]) -> list[float]:
     """Per teacher layer: mean KL(teacher || teacher without that layer) over the scored positions of `batches`
-    (lm_text.pad_batch dicts)."""
+    (lm_text.pad_batch dicts). Without layer i the teacher's layers after i continue from the input of layer i,
+    which the full forward pass already computed: each variant runs only the layers after its gap (half the work
+    of running every variant from the embeddings), where the model takes that input as `inputs_embeds`."""
     import torch
 
     base = getattr(teacher, teacher.base_model_prefix)
@@ -46,23 +48,33 @@ def importance(teacher, batches: list[dict]) -> list[float]:
     was_training = teacher.training
     teacher.eval()
 
-    def logprobs(batch):
-        hidden = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    def logprobs(batch, keep, start=None):
+        base.layers = torch.nn.ModuleList(keep)
+        given = {"input_ids": batch["input_ids"]} if start is None else {"inputs_embeds": start}
+        hidden = base(**given, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
         return torch.log_softmax(head(hidden[:, :-1][batch["scored"][:, 1:].bool()]).float(), -1)
 
-    scores = []
+    scores = [0.0] * len(layers)
     try:
         with torch.inference_mode():
-            reference = [logprobs(b) for b in batches]
-            for i in range(len(layers)):
-                base.layers = torch.nn.ModuleList([m for j, m in enumerate(layers) if j != i])
-                kl = [torch.nn.functional.kl_div(logprobs(b), ref, log_target=True, reduction="sum")
-                      for b, ref in zip(batches, reference)]
-                scores.append(float(sum(kl)) / max(sum(len(r) for r in reference), 1))
+            for batch in batches:
+                base.layers = layers
+                out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                           output_hidden_states=True)
+                ref = torch.log_softmax(head(out.last_hidden_state[:, :-1][batch["scored"][:, 1:].bool()]).float(), -1)
+                inputs = out.hidden_states  # [i]: the input of layer i
+                # a model that rescales inputs_embeds (Gemma) would not continue where it stopped: run it whole
+                resume = torch.allclose(logprobs(batch, list(layers), inputs[0]), ref, atol=1e-4)
+                for i in range(len(layers)):
+                    rest = list(layers[i + 1:]) if resume else [m for j, m in enumerate(layers) if j != i]
+                    kl = torch.nn.functional.kl_div(logprobs(batch, rest, inputs[i] if resume else None), ref,
+                                                    log_target=True, reduction="sum")
+                    scores[i] += float(kl)
     finally:
         base.layers = layers
         teacher.train(was_training)
-    return scores
+    positions = sum(int(b["scored"][:, 1:].sum()) for b in batches)
+    return [s / max(positions, 1) for s in scores]
 
 
 def choose(scores: list[float], keep: int) -> list[int]:
