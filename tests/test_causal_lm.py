@@ -414,3 +414,22 @@ def test_model_stats_scores_only_the_scored_positions_as_the_full_logits_would(t
     np.testing.assert_array_equal(argmax[mask], np.concatenate(full_argmax)[mask])
     np.testing.assert_allclose(nll[mask], np.concatenate(full_nll)[mask], rtol=1e-4, atol=1e-5)
     assert (nll[~mask] == 0).all()
+
+
+def test_gguf_fields_reads_the_scalars_asked_for_and_none_for_the_rest(tmp_path):
+    import gguf
+
+    from compress.tasks.causal_lm import gguf_fields
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_bool("tokenizer.ggml.add_bos_token", False)
+    writer.add_string("general.license", "apache-2.0")
+    writer.add_uint32("llama.block_count", 7)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert gguf_fields(path, "tokenizer.ggml.add_bos_token", "general.license", "llama.block_count", "absent") == {
+        "tokenizer.ggml.add_bos_token": False, "general.license": "apache-2.0", "llama.block_count": 7, "absent": None}
+    assert gguf_fields(tmp_path / "missing.gguf", "general.license") == {"general.license": None}

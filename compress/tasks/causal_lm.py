@@ -128,11 +128,12 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if gguf_field(gguf, "tokenizer.ggml.add_bos_token") is False and getattr(tokenizer, "add_bos_token", False):
+    meta = gguf_fields(gguf, "tokenizer.ggml.add_bos_token", "tokenizer.ggml.model", "general.license")
+    if meta["tokenizer.ggml.add_bos_token"] is False and getattr(tokenizer, "add_bos_token", False):
         # transformers' GGUF reader makes a Llama tokenizer that adds BOS whatever the file says; SmolLM2's says
         # no, and the extra token also hides the vocabulary from llama.cpp's converter (its pre-tokenizer hash)
         tokenizer.add_bos_token = False
-    if gguf_field(gguf, "tokenizer.ggml.model") == "gpt2":  # byte-level BPE: decoding must not drop the spaces
+    if meta["tokenizer.ggml.model"] == "gpt2":  # byte-level BPE: decoding must not drop the spaces
         tokenizer.clean_up_tokenization_spaces = False  # before punctuation ("a ." is two tokens, kept as written)
     with atomic_path(dest) as tmp:
         tmp.mkdir(parents=True)
@@ -141,8 +142,8 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
         byte_level_decoding(tmp / "tokenizer.json")  # what onnxruntime-genai and llama.cpp's converter read right
         (tmp / "compress-gguf.json").write_text(json.dumps({"sha256": digest, "gguf": str(gguf),
                                                             "format": GGUF_FOLDER_FORMAT}) + "\n")
-        license_id = gguf_license(gguf)
-        if license_id:  # a model card, so that the licence check reads what the file declares
+        license_id = meta["general.license"]
+        if isinstance(license_id, str) and license_id:  # a model card, so that the licence check reads what the file declares
             (tmp / "README.md").write_text(f"---\nlicense: {license_id}\n---\n\nConverted by compress from "
                                            f"{gguf.name} (GGUF metadata general.license).\n")
     return dest
@@ -180,27 +181,31 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def gguf_license(path: Path) -> str | None:
-    """The licence a GGUF file declares in its metadata (general.license), if any."""
-    value = gguf_field(path, "general.license")
-    return value if isinstance(value, str) else None
-
-
-def gguf_field(path: Path, key: str):
-    """One scalar of a GGUF file's metadata (str, bool or number), or None when absent or unreadable."""
+def gguf_fields(path: Path, *keys: str) -> dict:
+    """Scalars of a GGUF file's metadata (str, bool or number) by key, read once; None where absent or unreadable
+    (metadata is a hint: callers keep their defaults)."""
     try:
         from gguf import GGUFReader, GGUFValueType
 
-        field = GGUFReader(str(path)).fields.get(key)
-        if field is None or not field.data:
-            return None
-        part = field.parts[field.data[0]]
-        if field.types and field.types[0] == GGUFValueType.STRING:
-            return bytes(part).decode("utf-8", "replace")
-        value = part.tolist()[0]
-        return bool(value) if field.types and field.types[0] == GGUFValueType.BOOL else value
-    except Exception:  # metadata is a hint: the caller keeps its default
-        return None
+        fields = GGUFReader(str(path)).fields
+    except Exception:
+        return dict.fromkeys(keys)
+    out = {}
+    for key in keys:
+        field = fields.get(key)
+        try:
+            if field is None or not field.data:
+                out[key] = None
+                continue
+            part, kind = field.parts[field.data[0]], field.types[0] if field.types else None
+            if kind == GGUFValueType.STRING:
+                out[key] = bytes(part).decode("utf-8", "replace")
+            else:
+                value = part.tolist()[0]
+                out[key] = bool(value) if kind == GGUFValueType.BOOL else value
+        except Exception:
+            out[key] = None
+    return out
 
 
 def chat_prompt(tokenizer, text: str, template: str, system: str | None, use_chat: bool) -> str:
