@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench import reliability_cases_files, reliability_cases_gate, reliability_cases_inputs
 from bench.reliability_inputs import FIXED as INPUTS_FIXED
-from bench.reliability_inputs import Inputs
+from bench.reliability_inputs import Inputs, as_in_a_terminal
 
 # Issue 29's classes (own-file claims, sources inside the run, links followed by deletion, archive members, gate
 # semantics, label mapping, baseline matching, signal handling per command): one cases module per area.
@@ -320,7 +320,7 @@ class Run:
         command = [sys.executable, "-m", "compress.cli", "run", str(recipe), "--out", str(run_dir), *(extra or [])]
         self.proc = subprocess.Popen(command,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
-                                     cwd=ROOT)
+                                     cwd=ROOT, preexec_fn=as_in_a_terminal)  # SIGINT reaches it even under `&`
         self.lines: list[tuple[float, str]] = []
         self.started = time.monotonic()
         self._reader = threading.Thread(target=self._read, daemon=True)

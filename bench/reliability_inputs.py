@@ -126,7 +126,7 @@ def _run_signalled(command: list[str], work: Path, case: Case) -> tuple[int, str
     """Start `command`, wait until a child process runs (`wait_for` in its command line), send the signal to the
     parent only, and check that the child ended with it."""
     proc = subprocess.Popen(command, cwd=work, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=as_in_a_terminal)
     child, deadline = None, time.monotonic() + TIMEOUT
     while child is None and proc.poll() is None and time.monotonic() < deadline:
         child = _find_process(case.wait_for, proc.pid)
@@ -142,6 +142,14 @@ def _run_signalled(command: list[str], work: Path, case: Case) -> tuple[int, str
             stderr += f"\nchild process {child} outlived its parent"
             os.kill(child, signal.SIGKILL)
     return proc.returncode, stderr
+
+
+def as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition, as a command started from a terminal has it. A shell's background job (`cmd &`,
+    e.g. a CI script started that way) ignores SIGINT and its children inherit that: Python then keeps ignoring it,
+    as it should, and the case would test nothing (a clean-clone run of the suite so started failed both SIGINT
+    cases: the run finished with exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _find_process(needle: str, parent: int) -> int | None:

@@ -165,6 +165,7 @@ def test_runner_stops_at_the_stage_end_when_a_ctrl_c_was_swallowed(tmp_path, tin
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     monkeypatch.setattr(runner, "_run_stage", swallowing)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores SIGINT)
         procs.raise_on_sigterm()
         with pytest.raises(KeyboardInterrupt) as stopped:
             runner.run(parse_recipe(recipe_text(tiny_bert, tiny_texts)), tmp_path / "run", console=quiet())
