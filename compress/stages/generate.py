@@ -142,21 +142,20 @@ def _batches(prompts: list[dict], cfg: Config) -> list[tuple[int, list[dict]]]:
 
 
 def _generate(model, tokenizer, rows: list[dict], cfg: Config) -> list[dict]:
-    import torch
+    from compress.stages import lm_decode
 
-    encoded = tokenizer([r["prompt_text"] for r in rows], return_tensors="pt", padding=True,
-                        add_special_tokens=False, return_token_type_ids=False)
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
-    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else \
-        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    with torch.inference_mode():
-        out = model.generate(**encoded, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos, output_logits=bool(cfg.top_k), return_dict_in_generate=True,
-                             **sampling)
-        topk = lm_topk.capture(out.logits, cfg.top_k) if cfg.top_k else None
     eos_ids = set(eos if isinstance(eos, list) else [eos])
+    if lm_decode.plain_config(model.generation_config):
+        prompts = [tokenizer(r["prompt_text"], add_special_tokens=False)["input_ids"] for r in rows]
+        sampling = {"temperature": cfg.temperature, "top_k": model.generation_config.top_k,
+                    "top_p": cfg.top_p} if cfg.do_sample else None
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        new, topk = lm_decode.generate(model, prompts, cfg.max_new_tokens, eos_ids, pad, sampling, cfg.top_k)
+    else:
+        new, topk = _hf_generate(model, tokenizer, rows, cfg, eos)
     records = []
-    for r, (row, tokens) in enumerate(zip(rows, out.sequences[:, encoded["input_ids"].shape[1]:].tolist())):
+    for r, (row, tokens) in enumerate(zip(rows, new)):
         cut = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
         kept = tokens if cut is None else tokens[:cut]
         records.append({"id": row["id"], "prompt": row["prompt"], "prompt_text": row["prompt_text"],
@@ -166,6 +165,22 @@ def _generate(model, tokenizer, rows: list[dict], cfg: Config) -> list[dict]:
             steps = len(kept) + (cut is not None)
             records[-1].update(completion_ids=tokens[:steps], **lm_topk.row_record(topk[0][r], topk[1][r], steps))
     return records
+
+
+def _hf_generate(model, tokenizer, rows: list[dict], cfg: Config, eos) -> tuple[list[list[int]], list | None]:
+    """transformers' generate, for models whose generation config asks for more than lm_decode does."""
+    import torch
+
+    encoded = tokenizer([r["prompt_text"] for r in rows], return_tensors="pt", padding=True,
+                        add_special_tokens=False, return_token_type_ids=False)
+    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.do_sample else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    with torch.inference_mode():
+        out = model.generate(**encoded, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=eos, output_logits=bool(cfg.top_k), return_dict_in_generate=True,
+                             **sampling)
+        topk = lm_topk.capture(out.logits, cfg.top_k) if cfg.top_k else None
+    return out.sequences[:, encoded["input_ids"].shape[1]:].tolist(), topk
 
 
 def _read_progress(path: Path) -> dict[int, list[dict]]:

@@ -1,0 +1,95 @@
+"""The generate stage's own decoding loop (compress/stages/lm_decode.py) against transformers' generate."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([[1, 2, 3, 4], [1, 2, 3, 5, 6]], 3),
+    ([[1, 2, 3], [1, 2, 3, 4]], 2),  # a row that is all prefix keeps its last token
+    ([[7, 2], [1, 2]], 0),
+    ([[1, 2, 3]], 0),  # one row: nothing to share
+])
+def test_common_prefix_leaves_each_row_a_token(rows, expected):
+    from compress.stages.lm_decode import common_prefix
+
+    assert common_prefix(rows) == expected
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 50, 0.9), (1.0, 5, 0.5), (0.8, None, 0.95),
+                                                       (1.3, 20, 1.0), (0.5, 50, 0.01)])
+def test_candidates_give_transformers_sampling_distribution(temperature, top_k, top_p):
+    import torch
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from compress.stages.lm_decode import candidates
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 300) * 3
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else [])
+                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    expected = torch.softmax(warpers(None, logits.clone()), -1)
+    values, index = candidates(logits, {"temperature": temperature, "top_k": top_k, "top_p": top_p})
+    got = torch.zeros_like(logits).scatter(-1, index, torch.softmax(values, -1))
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_generate_greedy_matches_transformers_with_left_padding(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compress.stages import lm_decode, lm_topk
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.padding_side = "left"
+    texts = ["<|im_start|> system : be a critic <|im_end|> <|im_start|> user : " + t for t in
+             ("the film was good", "a movie", "the plot and the cast were not really brilliant but fine")]
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
+                        return_token_type_ids=False)
+    with torch.inference_mode():
+        out = model.generate(**encoded, max_new_tokens=7, do_sample=False, pad_token_id=2, eos_token_id=2,
+                             output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
+    expected = out.sequences[:, encoded["input_ids"].shape[1]:].tolist()
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert lm_decode.common_prefix(prompts) > 5  # the shared system message and template are computed once
+    new, (ids, logp) = lm_decode.generate(model, prompts, 7, {2}, 2, None, keep_top=4)
+    assert new == expected
+    want_ids, want_logp = lm_topk.capture(out.logits, 4)
+    assert torch.equal(ids, want_ids) and torch.allclose(logp, want_logp, atol=1e-4)
+
+
+def test_generate_sampling_is_seeded_and_pads_after_the_end(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compress.stages import lm_decode
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    prompts = [[1, 5, 6, 7], [1, 5, 9], [1, 5, 6, 10, 11]]
+    sampling = {"temperature": 1.5, "top_k": 20, "top_p": 0.95}
+    torch.manual_seed(3)
+    first, _ = lm_decode.generate(model, prompts, 12, {2}, 0, sampling)
+    torch.manual_seed(3)
+    assert lm_decode.generate(model, prompts, 12, {2}, 0, sampling)[0] == first
+    for row in first:
+        if 2 in row:  # everything after the end token is padding, as transformers writes it
+            assert set(row[row.index(2) + 1:]) <= {0}
+
+
+@pytest.mark.parametrize("field, value, plain", [(None, None, True), ("repetition_penalty", 1.2, False),
+                                                 ("min_p", 0.05, False), ("top_k", 10, True),
+                                                 ("no_repeat_ngram_size", 3, False)])
+def test_plain_config_sends_other_processors_to_transformers(field, value, plain):
+    from transformers import GenerationConfig
+
+    from compress.stages.lm_decode import plain_config
+
+    config = GenerationConfig(**({field: value} if field else {}))
+    assert plain_config(config) is plain
