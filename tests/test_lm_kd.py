@@ -145,3 +145,34 @@ def test_lm_topk_write_then_read_round_trips_per_row(tmp_path):
     assert summary["k"] == 2 and summary["positions"] == 3 and all("topk_ids" not in r for r in rows)
     assert sorted(kept) == [3, 4] and kept[3][0].tolist() == [[5, 1], [2, 7]]
     np.testing.assert_allclose(kept[4][1], [[-0.01, -5.0]], atol=1e-3)
+
+
+@pytest.mark.parametrize("rows, shared", [
+    ([[1, 5, 6, 7, 8, 9, 10], [1, 5, 6, 7, 8, 11], [1, 5, 6, 7, 8, 12, 13, 14]], 5),  # right-padded rows
+    ([[1, 5, 6, 7, 8], [1, 5, 6, 7, 8]], 4),  # identical rows: the last position stays the rows' own
+    ([[1, 5, 6], [9, 5, 6]], 0),
+])
+def test_lm_text_logits_at_shares_a_prefix_with_the_same_values_and_gradients(tiny_llama, rows, shared):
+    import torch
+
+    from compress.stages import lm_text
+
+    model, _ = _llama(tiny_llama)
+    tok = lm_text.Tokenized(rows, [[0] + [1] * (len(r) - 1) for r in rows], "test")
+    batch = lm_text.pad_batch(tok, list(range(len(rows))), 2)
+    keep = batch["scored"][:, 1:].bool()
+    assert lm_text.shared_columns(batch["input_ids"], batch["attention_mask"]) == shared
+
+    def run(minimum):
+        lm_text.MIN_SHARED = minimum
+        model.zero_grad()
+        logits = lm_text.logits_at(model, batch["input_ids"], batch["attention_mask"], keep)
+        logits.square().mean().backward()
+        return logits.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()
+
+    try:
+        (shared_logits, shared_grad), (plain_logits, plain_grad) = run(1), run(10**9)
+    finally:
+        lm_text.MIN_SHARED = 4
+    assert torch.allclose(shared_logits, plain_logits, atol=1e-5)
+    assert torch.allclose(shared_grad, plain_grad, atol=1e-6)

@@ -136,15 +136,42 @@ def model_stats(model, tok: Tokenized, pad_id: int, batch_size: int = 8):
     return np.concatenate(argmaxes) if argmaxes else np.zeros(0), np.concatenate(nlls) if nlls else np.zeros(0)
 
 
+MIN_SHARED = 4  # shorter shared prefixes are not worth a second call of the model
+
+
 def logits_at(net, input_ids, attention_mask, keep):
     """The model's next-token logits at the positions `keep` [B, S-1] marks (position t predicts token t+1):
-    the output projection runs only there (Llama-style models; others compute all logits, then pick)."""
+    the output projection runs only there (Llama-style models; others compute all logits, then pick). A prefix
+    every row shares runs once, its keys and values shared by the rows (the same values and gradients: the
+    prompt template is a quarter of the tokens of recipes/smollm2-distill.yaml's training sequences)."""
+    import torch
+
     base = getattr(net, net.base_model_prefix, None)
     plain = base is not None and not any(getattr(net.config, a, None) for a in ("final_logit_softcapping", "logit_scale"))
     if not plain:
         return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    shared = shared_columns(input_ids, attention_mask)
+    if shared < MIN_SHARED:
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    else:  # the batch's common prefix (chat template, system message, prompt template) runs once, not per row
+        head = base(input_ids=input_ids[:1, :shared], use_cache=True)
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        positions = torch.arange(shared, input_ids.shape[1]).expand(input_ids.shape[0], -1)
+        tail = base(input_ids=input_ids[:, shared:], attention_mask=attention_mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = torch.cat([head.last_hidden_state.expand(input_ids.shape[0], -1, -1), tail], 1)
     return net.get_output_embeddings()(hidden[:, :-1][keep])
+
+
+def shared_columns(input_ids, attention_mask) -> int:
+    """Leading positions where every row of a batch holds the same real token (at most all but the last)."""
+    import torch
+
+    if input_ids.shape[0] < 2:
+        return 0
+    same = ((input_ids == input_ids[:1]) & attention_mask.bool()).all(0)
+    return min(int(torch.cumprod(same.int(), 0).sum()), input_ids.shape[1] - 1)
 
 
 def scored_mask(tok: Tokenized):
