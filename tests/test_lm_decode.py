@@ -40,7 +40,8 @@ def test_candidates_give_transformers_sampling_distribution(temperature, top_k, 
     assert torch.allclose(got, expected, atol=1e-6)
 
 
-def test_generate_greedy_matches_transformers_with_left_padding(tiny_llama):
+@pytest.mark.parametrize("stop", ["eos", "first row's second token"])
+def test_generate_greedy_matches_transformers_with_left_padding(tiny_llama, stop):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -53,16 +54,28 @@ def test_generate_greedy_matches_transformers_with_left_padding(tiny_llama):
              ("the film was good", "a movie", "the plot and the cast were not really brilliant but fine")]
     encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                         return_token_type_ids=False)
-    with torch.inference_mode():
-        out = model.generate(**encoded, max_new_tokens=7, do_sample=False, pad_token_id=2, eos_token_id=2,
-                             output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
-    expected = out.sequences[:, encoded["input_ids"].shape[1]:].tolist()
     prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert lm_decode.common_prefix(prompts) > 5  # the shared system message and template are computed once
-    new, (ids, logp) = lm_decode.generate(model, prompts, 7, {2}, 2, None, keep_top=4)
+    eos = 2 if stop == "eos" else lm_decode.generate(model, prompts, 2, {-1}, 2, None)[0][0][1]
+
+    def hf():
+        with torch.inference_mode():
+            out = model.generate(**encoded, max_new_tokens=7, do_sample=False, pad_token_id=2, eos_token_id=eos,
+                                 output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None,
+                                 top_k=None)
+        return out.sequences[:, encoded["input_ids"].shape[1]:].tolist(), lm_topk.capture(out.logits, 4)
+
+    expected, (want_ids, want_logp) = hf()
+    new, (ids, logp) = lm_decode.generate(model, prompts, 7, {eos}, 2, None, keep_top=4)
     assert new == expected
-    want_ids, want_logp = lm_topk.capture(out.logits, 4)
-    assert torch.equal(ids, want_ids) and torch.allclose(logp, want_logp, atol=1e-4)
+    if stop != "eos":  # the first row ended early and left the batch; the others went on
+        end = new[0].index(eos)
+        assert end <= 1 and set(new[0][end + 1:]) <= {2} and len(new[0]) > end + 1
+        assert any(eos not in row[:end + 1] for row in new[1:])
+    for r, row in enumerate(new):  # the distributions of every step up to each row's end
+        steps = row.index(eos) + 1 if eos in row else len(row)
+        assert torch.equal(ids[r, :steps], want_ids[r, :steps])
+        assert torch.allclose(logp[r, :steps], want_logp[r, :steps], atol=1e-4)
 
 
 def test_generate_sampling_is_seeded_and_pads_after_the_end(tiny_llama):

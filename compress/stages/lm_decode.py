@@ -7,7 +7,9 @@ whole vocabulary. Here the candidates are cut to the generation config's top-k f
 otherwise, as transformers does), so top-p sorts and samples 50 values, not 49,152: the same distribution.
 Every prompt also begins with the same tokens (chat template, system message, prompt template: 24 of ~55 in
 that recipe); their keys and values are computed once for the batch and shared, the rest of each prompt is
-left-padded after them (padding in the middle is masked out, positions count real tokens only).
+left-padded after them (padding in the middle is masked out, positions count real tokens only). A row that
+has written its end token leaves the batch (its cache rows are dropped), where transformers computes it on until
+the batch's longest row ends: that recipe's completions average 35 of their 48 tokens.
 
 The loop runs only when the model's generation config asks for nothing more than temperature, top-k and
 top-p (`plain_config`); anything else (repetition penalty, min-p, bad words, ...) goes to transformers' generate.
@@ -59,27 +61,29 @@ def generate(model, rows: list[list[int]], max_new_tokens: int, eos_ids: set[int
         cache = _shared_cache(model, rows[0][:shared], batch)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
-        done = torch.zeros(batch, dtype=torch.bool)
-        stop = torch.tensor(sorted(eos_ids))
-        tokens, tops = [], []
-        for _ in range(max_new_tokens):
+        alive, stop = torch.arange(batch), torch.tensor(sorted(eos_ids))  # the rows still writing
+        tokens = torch.full((batch, max_new_tokens), pad_id)
+        top = (torch.zeros((batch, max_new_tokens, keep_top), dtype=torch.int32),
+               torch.zeros((batch, max_new_tokens, keep_top))) if keep_top else None
+        for step in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             if keep_top:
-                tops.append(lm_topk.capture([logits], keep_top))
+                top_ids, top_logp = lm_topk.capture([logits], keep_top)
+                top[0][alive, step], top[1][alive, step] = top_ids[:, 0], top_logp[:, 0]
             pick = _sample(logits, sampling) if sampling else logits.argmax(-1)
-            pick = torch.where(done, torch.full_like(pick, pad_id), pick)
-            tokens.append(pick)
-            done |= torch.isin(pick, stop)
-            if bool(done.all()):
+            tokens[alive, step] = pick
+            going = ~torch.isin(pick, stop)
+            if not bool(going.any()) or step + 1 == max_new_tokens:
                 break
-            mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], 1)
+            if not bool(going.all()):  # a finished row leaves the batch (transformers runs it to the end)
+                alive, pick, mask, positions = alive[going], pick[going], mask[going], positions[going]
+                out.past_key_values.batch_select_indices(going.nonzero()[:, 0])
+            mask = torch.cat([mask, torch.ones(len(alive), 1, dtype=mask.dtype)], 1)
             positions = positions[:, -1:] + 1
             out = model(input_ids=pick[:, None], attention_mask=mask, position_ids=positions,
                         past_key_values=out.past_key_values, use_cache=True)
-    new = torch.stack(tokens, 1).tolist()
-    if not keep_top:
-        return new, None
-    return new, [torch.cat([t[0] for t in tops], 1), torch.cat([t[1] for t in tops], 1)]
+    new = tokens[:, :step + 1].tolist()
+    return new, (top[0][:, :step + 1], top[1][:, :step + 1]) if keep_top else None
 
 
 def _shared_cache(model, prefix: list[int], batch: int):
