@@ -24,6 +24,9 @@ VARIANTS = {
     "seq-auto": {"losses": {"sequence": 1.0}, "layers": "auto"},
     "seq+kl-cached-auto": {"losses": {"sequence": 1.0, "token-kl": 1.0}, "layers": "auto", "targets": "cached"},
     "seq+kl-online-auto": {"losses": {"sequence": 1.0, "token-kl": 1.0}, "layers": "auto", "targets": "online"},
+    "kl-cached-auto": {"losses": {"token-kl": 1.0}, "layers": "auto", "targets": "cached"},
+    "seq+kl-cached-auto-embeddings": {"losses": {"sequence": 1.0, "token-kl": 1.0}, "layers": "auto",
+                                      "targets": "cached", "train_embeddings": True},
 }
 
 
@@ -60,6 +63,7 @@ def one(args, name: str) -> dict:
     teacher, tokenizer = load_backbone(teacher_dir).eval(), load_tokenizer(teacher_dir)
     rows = rows_of(args.run_dir)
     held, train_rows = rows[:args.eval], rows[args.eval:]
+    train_rows = train_rows[:args.train_limit] if args.train_limit else train_rows  # fewer completions generated
     topk = {r["id"]: (np.asarray(r["topk_ids"]), np.asarray(r["topk_logprobs"], np.float32)) for r in train_rows}
     train = lm_topk.tokenize(tokenizer, train_rows, topk, 160, "progress")
     pairs = [(r["prompt_text"], r["completion"] + (tokenizer.eos_token if r["finish"] == "eos" else "")) for r in held]
@@ -69,7 +73,7 @@ def one(args, name: str) -> dict:
     layers = args.auto_layers if spec["layers"] == "auto" else spec["layers"]
     holder = type("Spec", (), {"from_teacher": FromTeacher(layers=layers)})()
     student = build_student(holder, None, teacher_dir, teacher, False)[0]
-    student.get_input_embeddings().weight.requires_grad_(False)
+    student.get_input_embeddings().weight.requires_grad_(bool(spec.get("train_embeddings")))
     online = spec.get("targets") == "online"
     module = distiller_module(student, teacher if online else None, spec["losses"], args.temperature)
     params = [p for p in student.parameters() if p.requires_grad]
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--auto-layers", type=json.loads, default=None, help="the layers auto chose, as JSON")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --minutes")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
+    parser.add_argument("--train-limit", type=int, default=None, help="train on the first N training completions")
     parser.add_argument("--only", default=None)
     args = parser.parse_args()
     if args.only:
