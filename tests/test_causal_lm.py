@@ -433,3 +433,30 @@ def test_gguf_fields_reads_the_scalars_asked_for_and_none_for_the_rest(tmp_path)
     assert gguf_fields(path, "tokenizer.ggml.add_bos_token", "general.license", "llama.block_count", "absent") == {
         "tokenizer.ggml.add_bos_token": False, "general.license": "apache-2.0", "llama.block_count": 7, "absent": None}
     assert gguf_fields(tmp_path / "missing.gguf", "general.license") == {"general.license": None}
+
+
+@pytest.mark.parametrize("returncode, stdout, stderr, expected", [
+    (0, "genai says hello\n[[1, 2], [3]]\n", "", [[1, 2], [3]]),
+    (3, "", "Cannot know how to parse line:\n", "Cannot know how to parse line:"),
+    (-11, "", "Fatal Python error: Segmentation fault\n", "onnxruntime-genai's tokenizer crashed reading it (SIGSEGV)"),
+])
+def test_genai_ids_turns_the_childs_exit_into_ids_or_one_line(monkeypatch, tmp_path, returncode, stdout, stderr,
+                                                              expected):
+    import subprocess
+
+    from compress.stages import lm_genai
+
+    def child(command, **kwargs):
+        assert json.loads(kwargs["input"]) == ["a b", "c"]  # the texts travel on stdin
+        return subprocess.CompletedProcess(command, returncode, stdout, stderr)
+
+    monkeypatch.setattr(lm_genai.subprocess, "run", child)
+    assert lm_genai._genai_ids(tmp_path, ["a b", "c"]) == expected
+
+
+def test_genai_ids_reports_a_bundle_genai_cannot_open_in_one_line(tmp_path):
+    from compress.stages import lm_genai
+
+    # the real child: onnxruntime-genai's error for a folder without genai_config.json comes back as text
+    said = lm_genai._genai_ids(tmp_path / "missing", ["a"])
+    assert isinstance(said, str) and "genai_config.json" in said

@@ -71,18 +71,49 @@ def export(ctx, source, tmp: Path, meta: dict, parity) -> None:
 def tokenizer_check(bundle: Path, model_dir: Path, texts: list[str]) -> dict:
     """How many of `texts` onnxruntime-genai's tokenizer (the one an app using the bundle calls) turns into the
     ids transformers' tokenizer of the source model gives."""
-    import onnxruntime_genai as og
-
     from compress.tasks.causal_lm import load_tokenizer
 
     reference = load_tokenizer(model_dir)
-    try:
-        genai = og.Tokenizer(og.Model(str(bundle)))
-    except RuntimeError as exc:  # a tokenizer onnxruntime-extensions cannot read (e.g. a word-level one)
-        return {"match": 0, "of": len(texts), "error": str(exc).strip().splitlines()[0][:200]}
-    match = sum([int(t) for t in genai.encode(text)] == reference(text, add_special_tokens=False)["input_ids"]
-                for text in texts)
+    got = _genai_ids(bundle, texts)
+    if isinstance(got, str):
+        return {"match": 0, "of": len(texts), "error": got}
+    match = sum(ids == reference(text, add_special_tokens=False)["input_ids"] for ids, text in zip(got, texts))
     return {"match": match, "of": len(texts)}
+
+
+def _genai_ids(bundle: Path, texts: list[str]) -> list[list[int]] | str:
+    """genai's token ids of `texts`, or why there are none. In a child process: onnxruntime-extensions (genai
+    0.14.1) reads some tokenizers it does not support into undefined behaviour, e.g. a WordLevel tokenizer.json gave
+    an error, wrong ids or a segmentation fault on alternate loads in one process."""
+    import json
+    import signal
+
+    code = "import sys; from compress.stages.lm_genai import encode_main; sys.exit(encode_main(sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(bundle)], input=json.dumps(texts), capture_output=True,
+                          text=True, timeout=900, preexec_fn=die_with_parent)
+    if proc.returncode < 0:
+        return f"onnxruntime-genai's tokenizer crashed reading it ({signal.Signals(-proc.returncode).name})"
+    lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return (lines[-1] if lines else f"exit {proc.returncode}")[:200]
+    return json.loads(lines[-1])
+
+
+def encode_main(bundle: str) -> int:
+    """The child of _genai_ids: texts (a JSON list) on stdin, their ids (one JSON line) last on stdout."""
+    import json
+
+    import onnxruntime_genai as og
+
+    texts = json.load(sys.stdin)
+    try:
+        model = og.Model(bundle)  # kept alive while the tokenizer that reads its folder is used
+        tokenizer = og.Tokenizer(model)
+    except RuntimeError as exc:  # a tokenizer onnxruntime-extensions cannot read
+        print(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), file=sys.stderr)
+        return 3
+    print(json.dumps([[int(t) for t in tokenizer.encode(text)] for text in texts]))
+    return 0
 
 
 def _texts(ctx, n: int = 20) -> list[str]:
