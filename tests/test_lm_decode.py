@@ -106,3 +106,32 @@ def test_plain_config_sends_other_processors_to_transformers(field, value, plain
 
     config = GenerationConfig(**({field: value} if field else {}))
     assert plain_config(config) is plain
+
+
+def test_generate_stage_sends_a_repetition_penalty_to_transformers(tiny_llama):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compress.stages import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.padding_side = "left"
+    model.generation_config.repetition_penalty = 5.0  # the own loop would ignore it
+    rows = [{"id": i, "prompt": t, "prompt_text": t} for i, t in enumerate(["the film was good", "a movie"])]
+    cfg = generate.Config(do_sample=False, max_new_tokens=6)
+    records = generate._generate(model, tokenizer, rows, cfg)
+    encoded = tokenizer([r["prompt_text"] for r in rows], return_tensors="pt", padding=True,
+                        add_special_tokens=False, return_token_type_ids=False)
+    with torch.inference_mode():
+        penalised = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                   temperature=None, top_p=None, top_k=None)
+        model.generation_config.repetition_penalty = 1.0
+        plain = model.generate(**encoded, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                               temperature=None, top_p=None, top_k=None)
+    width = encoded["input_ids"].shape[1]
+    eos = model.generation_config.eos_token_id
+    cut = [row[width:][:row[width:].index(eos)] if eos in row[width:] else row[width:] for row in penalised.tolist()]
+    wanted = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in cut]
+    assert [r["completion"] for r in records] == wanted
+    assert penalised.tolist() != plain.tolist()  # the penalty changed the text: the fallback is what applied it

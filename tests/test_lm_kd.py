@@ -164,15 +164,11 @@ def test_lm_text_logits_at_shares_a_prefix_with_the_same_values_and_gradients(ti
     assert lm_text.shared_columns(batch["input_ids"], batch["attention_mask"]) == shared
 
     def run(minimum):
-        lm_text.MIN_SHARED = minimum
         model.zero_grad()
-        logits = lm_text.logits_at(model, batch["input_ids"], batch["attention_mask"], keep)
+        logits = lm_text.logits_at(model, batch["input_ids"], batch["attention_mask"], keep, min_shared=minimum)
         logits.square().mean().backward()
         return logits.detach(), model.model.layers[0].mlp.up_proj.weight.grad.clone()
 
-    try:
-        (shared_logits, shared_grad), (plain_logits, plain_grad) = run(1), run(10**9)
-    finally:
-        lm_text.MIN_SHARED = 4
+    (shared_logits, shared_grad), (plain_logits, plain_grad) = run(1), run(10**9)
     assert torch.allclose(shared_logits, plain_logits, atol=1e-5)
     assert torch.allclose(shared_grad, plain_grad, atol=1e-6)

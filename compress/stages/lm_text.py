@@ -139,11 +139,12 @@ def model_stats(model, tok: Tokenized, pad_id: int, batch_size: int = 8):
 MIN_SHARED = 4  # shorter shared prefixes are not worth a second call of the model
 
 
-def logits_at(net, input_ids, attention_mask, keep):
+def logits_at(net, input_ids, attention_mask, keep, min_shared: int = MIN_SHARED):
     """The model's next-token logits at the positions `keep` [B, S-1] marks (position t predicts token t+1):
     the output projection runs only there (Llama-style models; others compute all logits, then pick). A prefix
     every row shares runs once, its keys and values shared by the rows (the same values and gradients: the
-    prompt template is a quarter of the tokens of recipes/smollm2-distill.yaml's training sequences)."""
+    prompt template is a quarter of the tokens of recipes/smollm2-distill.yaml's training sequences); shorter
+    prefixes than `min_shared` are not worth the second call."""
     import torch
 
     base = getattr(net, net.base_model_prefix, None)
@@ -151,7 +152,7 @@ def logits_at(net, input_ids, attention_mask, keep):
     if not plain:
         return net(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]
     shared = shared_columns(input_ids, attention_mask)
-    if shared < MIN_SHARED:
+    if shared < min_shared:
         hidden = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     else:  # the batch's common prefix (chat template, system message, prompt template) runs once, not per row
         head = base(input_ids=input_ids[:1, :shared], use_cache=True)
