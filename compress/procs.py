@@ -52,18 +52,41 @@ def run_child(command: list[str], grace: float = 30.0, **popen) -> int:
     """Run `command` to its end and return its exit code; if this process is interrupted meanwhile (Ctrl-C,
     SIGTERM), the child gets SIGTERM (a launcher such as torchrun passes it on to its workers), then SIGKILL after
     `grace` seconds. The child also dies with this process on SIGKILL (die_with_parent)."""
+    return run_children([command], grace=grace, **popen)[0]
+
+
+def run_children(commands: list[list[str]], poll=None, interval: float = 1.0, grace: float = 30.0,
+                 logs: list | None = None, **popen) -> list[int]:
+    """run_child for several commands at once: their exit codes, in order. `poll()`, if given, is called every
+    `interval` seconds while any runs (a progress bar); `logs`: one open file per command for its stdout and
+    stderr. Interrupted, every child still running gets SIGTERM, then SIGKILL after `grace` seconds."""
     import subprocess
 
-    proc = subprocess.Popen(command, preexec_fn=die_with_parent, **popen)
+    procs = []
     try:
-        return proc.wait()
+        for k, command in enumerate(commands):
+            output = {"stdout": logs[k], "stderr": subprocess.STDOUT} if logs else {}
+            procs.append(subprocess.Popen(command, preexec_fn=die_with_parent, **output, **popen))
+        while any(p.poll() is None for p in procs):
+            try:
+                next(p for p in procs if p.poll() is None).wait(interval)
+            except subprocess.TimeoutExpired:
+                pass
+            if poll is not None:
+                poll()
+        if poll is not None:
+            poll()
+        return [p.returncode for p in procs]
     except BaseException:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         raise
 
 
