@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 from pathlib import Path
@@ -48,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
             seconds[n].append(done["manifest"]["stages"]["generate"]["metrics"]["seconds"])
             texts[n] = (out / "artifacts" / "generated" / "data.jsonl").read_text()
             print(json.dumps({"round": round_, "processes": n, "seconds": seconds[n][-1]}), flush=True)
+    from compress.targets.harness import cpu_environment
+
+    cpu = cpu_environment()
+    flags = ", ".join(f for f, on in cpu["cpu_flags"].items() if on)
     base = statistics.median(seconds[args.processes[0]])
-    lines = [f"# generate: one process vs several ({platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, {args.rounds} interleaved rounds)", "",
+    lines = [f"# generate: one process vs several ({cpu['cpu_model']}, {os.cpu_count()} cores: {flags}; "
+             f"{args.rounds} interleaved rounds)", "",
              f"recipes/smollm2-distill.yaml's generate stage, {args.count} completions (batches of 32, 48 new tokens, "
              "top-32 kept); the stage's recorded seconds (model load, worker start, generation).", "",
              "| processes | seconds per round | median | vs first |", "|---|---|---|---|"]
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"Same completions as {args.processes[0]} process(es): "
               + ", ".join(f"{n}: {'yes' if s else 'no'}" for n, s in same.items()), ""]
     write_results(f"lm-generate-procs-{args.count}", "\n".join(lines), {"seconds": seconds, "same_text": same,
-                                                          "count": args.count})
+                                                                     "count": args.count, "cpu": cpu})
     return 0
 
 
