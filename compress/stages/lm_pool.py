@@ -49,9 +49,10 @@ def generate(cfg, ctx, source, todo: list, progress: Path, processes: int, tick)
     from compress.procs import run_children
 
     threads = max(1, torch.get_num_threads() // processes)
-    commands, outputs, logs = [], [], []
+    commands, outputs, logs, jobs = [], [], [], []
     for k in range(processes):
         job = ctx.work_dir / f"{progress.name}.job{k}.json"
+        jobs.append(job)
         outputs.append(progress.with_name(f"{progress.name}.w{k}"))
         logs.append(ctx.work_dir / f"generate.worker{k}.log")
         job.write_text(json.dumps({"model": str(source.path), "trust_remote_code": ctx.recipe.teacher.trust_remote_code,
@@ -71,8 +72,8 @@ def generate(cfg, ctx, source, todo: list, progress: Path, processes: int, tick)
     finally:
         for handle in handles:
             handle.close()
-        for k in range(processes):
-            (ctx.work_dir / f"{progress.name}.job{k}.json").unlink(missing_ok=True)
+        for job in jobs:
+            job.unlink(missing_ok=True)
     failed = [(k, code) for k, code in enumerate(codes) if code != 0]
     if failed:
         k, code = failed[0]
